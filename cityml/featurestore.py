@@ -1,0 +1,90 @@
+"""Access to the Feast feature store configured by the settings (embedded SQLite or Redis online)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from cityml.naming import zone_key
+from cityml.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+def _export_env(settings: Settings) -> None:
+    """Feast reads its YAML placeholders and our source paths from the environment."""
+    os.environ.update(settings.feast_env())
+    settings.feast_state_dir.mkdir(parents=True, exist_ok=True)
+
+
+def get_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore over ``feature_repo/`` with the online store the settings choose."""
+    from feast import FeatureStore
+
+    _export_env(settings)
+    return FeatureStore(repo_path=str(settings.feast_repo_path), fs_yaml_file=settings.feast_yaml)
+
+
+def apply(settings: Settings) -> list[str]:
+    """Register every definition in ``feature_repo/`` with ``feast apply``. Returns service names.
+
+    Runs the Feast CLI, exactly as a user would, so that Feast imports the repo's modules
+    the way it expects (from the repo folder) and this process stays clean.
+    """
+    _export_env(settings)
+    feast = Path(sys.executable).with_name("feast")
+    cmd = [str(feast), "-c", str(settings.feast_repo_path), "-f", str(settings.feast_yaml), "apply"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"feast apply failed in {settings.feast_repo_path}:\n{proc.stderr[-4000:]}")
+    log.info("feast apply: %s", proc.stdout.strip().replace("\n", "; "))
+    store = get_store(settings)
+    return sorted(s.name for s in store.list_feature_services())
+
+
+def feature_service(store: FeatureStore, name: str) -> FeatureService:
+    return store.get_feature_service(name)
+
+
+def materialize(settings: Settings, end: datetime, start: datetime | None = None) -> None:
+    """Load feature values up to ``end`` into the online store.
+
+    Without ``start`` this is incremental: each view continues from where the last run stopped
+    (Feast keeps that in the registry), so re-running for the same ``end`` writes nothing new.
+    """
+    store = get_store(settings)
+    if start is None:
+        store.materialize_incremental(end_date=end)
+    else:
+        store.materialize(start_date=start, end_date=end)
+
+
+def service_feature_names(service: FeatureService) -> list[str]:
+    """Column names a service's features get with ``full_feature_names=True``, in service order."""
+    return [
+        f"{projection.name_to_use()}__{feature.name}"
+        for projection in service.feature_view_projections
+        for feature in projection.features
+    ]
+
+
+def entity_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The Feast join keys of trips or requests (``city``, ``pickup_zone``, ``dropoff_zone``)."""
+    return pd.DataFrame(
+        {
+            "city": df["city"].astype(str),
+            "pickup_zone_key": [zone_key(c, z) for c, z in zip(df["city"], df["pickup_zone"], strict=True)],
+            "dropoff_zone_key": [zone_key(c, z) for c, z in zip(df["city"], df["dropoff_zone"], strict=True)],
+        },
+        index=df.index,
+    )

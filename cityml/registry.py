@@ -1,0 +1,79 @@
+"""Reading the MLflow registry: the client for the configured tracking URI, champions, profiles.
+
+Writes (logging, registering, promoting) live in ``training.registry``; serving and monitoring
+only read, through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cityml.naming import CHAMPION
+from cityml.profile import PROFILE_FILE
+from cityml.settings import Settings
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def client(settings: Settings) -> MlflowClient:
+    """An MLflow client on the settings' tracking and registry URI (also made the process default)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if settings.tracking_uri.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def champion(c: MlflowClient, name: str) -> ModelVersion | None:
+    """The version holding ``@champion``, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    booster: lgb.Booster
+    tags: dict[str, str]
+    run_id: str | None
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.booster.feature_name())
+
+
+def load_champion(c: MlflowClient, name: str) -> LoadedModel | None:
+    """Load ``models:/<name>@champion`` as a LightGBM booster (native text format, no pickle)."""
+    import mlflow.lightgbm
+
+    mv = champion(c, name)
+    if mv is None:
+        return None
+    booster = mlflow.lightgbm.load_model(f"models:/{name}@{CHAMPION}")
+    return LoadedModel(name=name, version=str(mv.version), booster=booster, tags=dict(mv.tags), run_id=mv.run_id)
+
+
+def read_profile(c: MlflowClient, run_id: str) -> dict[str, Any]:
+    """The reference profile saved with a model version's training run."""
+    import mlflow.artifacts
+
+    del c  # the client set the process tracking URI this download uses
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PROFILE_FILE)
+    with open(path) as fh:
+        return dict(json.load(fh))

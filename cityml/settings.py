@@ -1,0 +1,136 @@
+"""One typed settings object for every cityml process.
+
+Values come from environment variables prefixed ``CITYML_`` (or a ``.env`` file). Nothing here
+runs at import time: call :func:`get_settings` where the settings are needed, and build a
+:class:`Settings` of your own in tests.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where cityml keeps its state and how it reaches MLflow, Feast, Airflow and the API."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYML_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=PROJECT_ROOT / "var", description="State folder (data, registry, logs).")
+    catalog_path: Path = Field(
+        default=Path(__file__).resolve().parent / "cities.yaml", description="City catalog YAML."
+    )
+    mlflow_tracking_uri: str = Field(default="", description="Empty: a SQLite file under home.")
+    mlflow_artifact_root: str = Field(default="", description="Empty: a folder under home.")
+    mlflow_experiment: str = "cityml"
+    feast_repo_path: Path = PROJECT_ROOT / "feature_repo"
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "127.0.0.1:6379"
+    airflow_home: Path | None = Field(default=None, description="Empty: home/airflow.")
+    dags_folder: Path = PROJECT_ROOT / "dags"
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    admin_key: SecretStr | None = None
+    reload_interval_s: float = 30.0
+    drift_min_rows: int = 50
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("home", "feast_repo_path", "dags_folder", "catalog_path", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # Derived locations -------------------------------------------------------------------
+    @property
+    def trips_dir(self) -> Path:
+        return self.home / "data" / "trips"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "data" / "features"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "data" / "quarantine"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.home / "predictions"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def feast_state_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or (self.home / "mlartifacts").as_uri()
+
+    @property
+    def airflow_home_path(self) -> Path:
+        return (self.airflow_home or self.home / "airflow").expanduser().resolve()
+
+    @property
+    def feast_yaml(self) -> Path:
+        name = "feature_store.yaml" if self.online_store == "sqlite" else "feature_store.redis.yaml"
+        return self.feast_repo_path / name
+
+    def feast_env(self) -> dict[str, str]:
+        """Environment variables that ``feature_store.yaml`` and the Feast definitions read."""
+        return {
+            "CITYML_FEAST_STATE_DIR": str(self.feast_state_dir),
+            "CITYML_FEATURES_DIR": str(self.features_dir),
+            "CITYML_REDIS_URL": self.redis_url,
+        }
+
+    def airflow_env(self) -> dict[str, str]:
+        """Environment for an embedded Airflow (SQLite metadata under home)."""
+        home = self.airflow_home_path
+        return {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The effective settings as JSON-safe values, secrets masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, list):
+                value = ["********" if isinstance(v, SecretStr) else v for v in value]
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["mlflow_tracking_uri"] = self.tracking_uri
+        out["mlflow_artifact_root"] = self.artifact_root
+        out["airflow_home"] = str(self.airflow_home_path)
+        out["feast_yaml"] = str(self.feast_yaml)
+        return out
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
