@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     redis_url: str = "127.0.0.1:6379"
     airflow_home: Path | None = Field(default=None, description="Empty: home/airflow.")
     dags_folder: Path = PROJECT_ROOT / "dags"
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Comma-separated.")
     admin_key: SecretStr | None = None
     reload_interval_s: float = 30.0
     drift_min_rows: int = 50

@@ -1,0 +1,58 @@
+"""
+### monitor_drift
+
+Every day: compare, per city and target, the features the API logged in the last day with the
+reference profile saved with that city's champion (PSI per feature). Cities with a drifting model
+get a `retrain_city_models` run for just those cities; the JSON report is written under
+`var/reports/drift/`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id="monitor_drift",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["cityml", "monitoring"],
+    default_args={"owner": "cityml", "retries": 2, "retry_delay": timedelta(minutes=5)},
+)
+def monitor_drift() -> None:
+    @task
+    def drift() -> dict[str, Any]:
+        """Drift of every champion over the last day of logged predictions."""
+        from cityml.catalog import load_catalog
+        from cityml.naming import TARGETS
+        from cityml.settings import get_settings
+        from monitoring.drift import run_drift
+
+        s = get_settings()
+        report = run_drift(s, load_catalog(s.catalog_path).slugs, list(TARGETS))
+        return {"retrain": report["retrain"], "report_path": report["report_path"],
+                "verdicts": {f"{m['target']}-{m['city']}": m["verdict"] for m in report["models"]}}
+
+    @task.short_circuit
+    def needs_retrain(result: dict[str, Any]) -> bool:
+        return bool(result["retrain"])
+
+    result = drift()
+    retrain = TriggerDagRunOperator(
+        task_id="retrain_drifted_cities",
+        trigger_dag_id="retrain_city_models",
+        conf={"cities": "{{ ti.xcom_pull(task_ids='drift')['retrain'] | join(',') }}"},
+        wait_for_completion=False,
+    )
+    needs_retrain(result) >> retrain
+
+
+monitor_drift()

@@ -1,0 +1,79 @@
+"""
+### retrain_city_models
+
+Retrains every city's **ETA** and **pricing** LightGBM models from Feast features into the MLflow
+registry, one mapped task per (city, target), named `<target>-<city>` in the grid view.
+
+Each task trains on trips picked up before the run's data interval end, registers a new version
+of `eta-<city>` / `price-<city>` and moves `@champion` only when the gate passes. A city that fails
+keeps its champion; the others go on. The `report` task prints the fleet table.
+
+**Trigger with config** (Airflow UI → Trigger DAG w/ config):
+`{"cities": "lisbon,nairobi", "targets": ["eta"]}` — `cities` is a comma list or `all`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+
+@dag(
+    dag_id="retrain_city_models",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["cityml", "training"],
+    default_args={"owner": "cityml", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "cities": Param("all", type="string", description="Comma-separated city slugs, or 'all'."),
+        "targets": Param(["eta", "price"], type="array", description="Targets to retrain."),
+    },
+)
+def retrain_city_models() -> None:
+    @task
+    def select_cities(params: dict[str, Any] | None = None) -> list[str]:
+        """The catalog cities this run retrains."""
+        from cityml.catalog import load_catalog
+        from cityml.settings import get_settings
+
+        spec = (params or {}).get("cities", "all")
+        return [c.slug for c in load_catalog(get_settings().catalog_path).select(spec)]
+
+    @task
+    def select_targets(params: dict[str, Any] | None = None) -> list[str]:
+        from cityml.naming import check_target
+
+        return [check_target(t) for t in (params or {}).get("targets", ["eta", "price"])]
+
+    @task(map_index_template="{{ model_label }}", retries=1)
+    def train(city: str, target: str, run_id: str | None = None,
+              data_interval_end: pendulum.DateTime | None = None) -> dict[str, Any]:
+        """Train, register and gate one city's model on data before the interval end."""
+        from cityml.settings import get_settings
+        from training.pipeline import train_city
+
+        get_current_context()["model_label"] = f"{target}-{city}"  # type: ignore[typeddict-unknown-key]
+        return train_city(get_settings(), city, target, until=data_interval_end, run_label=run_id or "airflow")
+
+    @task(trigger_rule="all_done")
+    def report(results: list[dict[str, Any]]) -> dict[str, int]:
+        """Print the run's fleet table and count outcomes."""
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+            m = r.get("metrics", {})
+            print(f"{r['model']:<24} {r['status']:<9} v{r.get('version', '-'):<4} "
+                  f"mae={m.get('mae', float('nan')):.4g} baseline={m.get('baseline_mae', float('nan')):.4g} "
+                  f"{r.get('reason', '')}")
+        return counts
+
+    report(train.expand(city=select_cities(), target=select_targets()))
+
+
+retrain_city_models()

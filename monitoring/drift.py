@@ -1,0 +1,128 @@
+"""Drift: live features (from the prediction log) against the champion's reference profile.
+
+The score is the population stability index (PSI) over the reference's quantile bins, plus a
+missing-value bin. Conventional reading: below 0.1 stable, 0.1–0.25 watch, 0.25 and above drift.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cityml.naming import model_name
+from cityml.prediction_log import read_predictions
+from cityml.profile import bin_shares, build_profile
+from cityml.registry import champion, client, read_profile
+from cityml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WATCH = 0.1
+DRIFT = 0.25
+EPS = 1e-4
+
+
+def psi(expected: list[float], actual: list[float]) -> float:
+    """Population stability index between two share vectors over the same bins."""
+    e = np.clip(np.asarray(expected, dtype="float64"), EPS, None)
+    a = np.clip(np.asarray(actual, dtype="float64"), EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def verdict(score: float) -> str:
+    return "drift" if score >= DRIFT else "watch" if score >= WATCH else "stable"
+
+
+def _with_missing(shares: list[float], missing: float) -> list[float]:
+    return [s * (1 - missing) for s in shares] + [missing]
+
+
+def feature_scores(reference: dict[str, Any], current: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """PSI and verdict per feature of ``reference['features']`` found in ``current``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, ref in reference["features"].items():
+        if name not in current.columns:
+            continue
+        values = pd.to_numeric(current[name], errors="coerce").to_numpy(dtype="float64")
+        missing = float(np.isnan(values).mean()) if values.size else 0.0
+        expected = _with_missing(ref["shares"], ref["missing_share"])
+        actual = _with_missing(bin_shares(values, ref["edges"]), missing)
+        score = psi(expected, actual)
+        out[name] = {"psi": round(score, 4), "verdict": verdict(score)}
+    return out
+
+
+def _summary(scores: dict[str, dict[str, Any]], rows: int, min_rows: int) -> dict[str, Any]:
+    if rows < min_rows:
+        return {"verdict": "insufficient data", "rows": rows, "drifted": [], "features": scores}
+    drifted = sorted(n for n, s in scores.items() if s["verdict"] == "drift")
+    watch = any(s["verdict"] == "watch" for s in scores.values())
+    overall = "drift" if drifted else "watch" if watch else "stable"
+    return {"verdict": overall, "rows": rows, "drifted": drifted, "features": scores}
+
+
+def drift_model(settings: Settings, city: str, target: str, since: datetime) -> dict[str, Any]:
+    """Drift of one city's champion: logged live features vs the profile saved with it."""
+    name = model_name(target, city)
+    c = client(settings)
+    mv = champion(c, name)
+    base = {"city": city, "target": target, "model": name}
+    if mv is None or mv.run_id is None:
+        return {**base, "verdict": "no champion", "rows": 0, "drifted": [], "features": {}}
+    records = [r for r in read_predictions(settings.predictions_dir, city, target, since) if r["model"] == name]
+    live = pd.DataFrame([r["features"] for r in records])
+    reference = read_profile(c, mv.run_id)
+    scores = feature_scores(reference, live) if len(live) else {}
+    if len(live):
+        pred = pd.Series([r["prediction"] for r in records])
+        scores["prediction"] = feature_scores({"features": {"prediction": reference["prediction"]}},
+                                              pd.DataFrame({"prediction": pred}))["prediction"]
+    return {**base, "version": str(mv.version), **_summary(scores, len(live), settings.drift_min_rows)}
+
+
+def run_drift(settings: Settings, cities: list[str], targets: list[str], window: timedelta = timedelta(days=1)) -> dict[str, Any]:
+    """Drift for every (city, target) over the last ``window`` of predictions; writes a JSON report.
+
+    Returns the report, whose ``retrain`` lists the cities with a drifting model.
+    """
+    now = datetime.now(UTC)
+    results = [drift_model(settings, city, t, now - window) for city in cities for t in targets]
+    report = {
+        "generated_at": now.isoformat(),
+        "window_start": (now - window).isoformat(),
+        "models": results,
+        "retrain": sorted({r["city"] for r in results if r["verdict"] == "drift"}),
+    }
+    path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    report["report_path"] = str(path)
+    return report
+
+
+def compare_files(reference: Path, current: Path, min_rows: int = 50) -> dict[str, Any]:
+    """Ad-hoc drift between two parquet tables, over the numeric columns they share."""
+    ref = _read_table(reference)
+    cur = _read_table(current)
+    numeric = [c for c in ref.columns if c in cur.columns and pd.api.types.is_numeric_dtype(ref[c])]
+    if not numeric:
+        raise ValueError(f"{reference} and {current} share no numeric column")
+    profile = build_profile(ref[numeric], np.zeros(len(ref)))
+    scores = feature_scores(profile, cur[numeric])
+    return {"reference": str(reference), "current": str(current), "reference_rows": len(ref),
+            **_summary(scores, len(cur), min_rows)}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - name the file in the error
+        raise ValueError(f"{path} is not a readable parquet file: {exc}") from exc
