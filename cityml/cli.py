@@ -145,8 +145,9 @@ def features_materialize(
         rows = build_feature_tables(s.trips_dir, s.features_dir)
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from exc
-    materialize(s, end=until)
-    _emit({"tables": rows, "materialized_until": until.isoformat()}, as_json, f"tables {rows}; online up to {until:%Y-%m-%d %H:%M}Z")
+    views = materialize(s, end=until)
+    _emit({"tables": rows, "materialized_until": until.isoformat(), "views": views}, as_json,
+          "\n".join([f"tables: {rows}", *(f"{k}: {v}" for k, v in views.items())]))
 
 
 @app.command()
@@ -205,7 +206,7 @@ def drift(
     ctx: typer.Context,
     cities: Annotated[str, typer.Option(help="Comma-separated slugs or 'all'.")] = "all",
     targets: Annotated[str, typer.Option()] = ",".join(TARGETS),
-    hours: Annotated[float, typer.Option(help="Look back this many hours of logged predictions.")] = 24.0,
+    hours: Annotated[float, typer.Option(help="Look back this many hours of logged predictions.")] = 7 * 24.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Drift of each city's live features against its champion's reference profile."""

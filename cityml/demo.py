@@ -7,6 +7,8 @@ Every stage is a real process: the ``cityml`` CLI, ``airflow dags test`` for the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -23,8 +25,7 @@ from cityml.catalog import load_catalog
 from cityml.settings import Settings
 from cityml.trips import read_trips
 
-REQUESTS_PER_CITY = 300
-BATCH = 100
+REPLAY_HOURS = 7 * 24  # a week of live traffic: the drift job's default window
 
 
 def _say(msg: str) -> None:
@@ -61,25 +62,73 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _instances(trips: pd.DataFrame, city: str, shifted: bool) -> list[dict[str, Any]]:
-    """Recent real trips of a city as predict instances (long trips only when ``shifted``)."""
-    t = trips[trips["city"] == city]
-    t = t[t["pickup_ts"] >= t["pickup_ts"].max() - pd.Timedelta(days=2)]
-    if shifted:
-        t = t[t["distance_km"] >= t["distance_km"].quantile(0.8)]
-    t = t.sample(n=min(REQUESTS_PER_CITY, len(t)), random_state=1)
+def _instances(trips: pd.DataFrame) -> list[dict[str, Any]]:
+    """Trips as predict instances: the app knows the points and the pickup time, not the outcome."""
     cols = ["city", "pickup_lat", "pickup_lon", "dropoff_lat", "dropoff_lon"]
-    out = t[cols].to_dict("records")
-    for row, ts in zip(out, t["pickup_ts"], strict=True):
+    out = trips[cols].to_dict("records")
+    for row, ts in zip(out, trips["pickup_ts"], strict=True):
         row["pickup_ts"] = ts.isoformat()
     return out
 
 
-def _serve_and_predict(runner: Runner, settings: Settings, slugs: list[str], port: int, key: str) -> dict[tuple[str, str], str]:
+def replay_window(settings: Settings, cities: list[str], hours: int = REPLAY_HOURS) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The last ``hours`` whole hours of stored trips: the demo's "live" traffic."""
+    last = read_trips(settings.trips_dir, cities)["pickup_ts"].max()
+    end = last.floor("h") + pd.Timedelta(hours=1)
+    return end - pd.Timedelta(hours=hours), end
+
+
+def replay(
+    settings: Settings,
+    url: str,
+    key: str,
+    cities: list[str],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    share: float = 0.1,
+    long_only: str | None = None,
+) -> dict[tuple[str, str], str]:
+    """Replay stored trips hour by hour as live traffic, as an app would send it.
+
+    Before each hour the online store is materialized up to that hour, so every request sees
+    the features it would have seen live. ``share`` of each hour's trips is sent, so busy hours
+    weigh as much as they do in training. ``long_only`` names a city whose traffic is shifted
+    to its longest trips, to show what drift looks like. Returns one sample prediction per
+    (city, target).
+    """
+    from cityml.featurestore import materialize
+
+    trips = read_trips(settings.trips_dir, cities, start=start.to_pydatetime(), end=end.to_pydatetime())
+    samples: dict[tuple[str, str], str] = {}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for hour in pd.date_range(start, end, freq="h", inclusive="left"):
+            with contextlib.redirect_stdout(io.StringIO()):  # Feast prints progress on stdout
+                materialize(settings, end=hour.to_pydatetime())
+            in_hour = trips[(trips["pickup_ts"] >= hour) & (trips["pickup_ts"] < hour + pd.Timedelta(hours=1))]
+            for city in cities:
+                t = in_hour[in_hour["city"] == city]
+                if city == long_only:
+                    t = t[t["distance_km"] >= t["distance_km"].quantile(0.7)]
+                if t.empty:
+                    continue
+                batch = _instances(t.sample(frac=share, random_state=hour.hour).head(1000))
+                if not batch:
+                    continue
+                for target in ("eta", "price"):
+                    r = http.post(f"/v1/predict/{target}", json={"instances": batch}, headers={"X-API-Key": key})
+                    if r.status_code != 200:
+                        raise StageFailed(f"predict {target} {city}: HTTP {r.status_code} {r.text[:300]}")
+                    p = r.json()["predictions"][0]
+                    samples.setdefault((city, target), f"{p['value']:.1f} {p['unit']}")
+    return samples
+
+
+def _serve_and_predict(
+    runner: Runner, settings: Settings, slugs: list[str], port: int, key: str, window: tuple[pd.Timestamp, pd.Timestamp]
+) -> dict[tuple[str, str], str]:
     url = f"http://127.0.0.1:{port}"
     log = (runner.logs / "serve.log").open("w")
     server = subprocess.Popen([str(runner.bin / "cityml"), "serve", "--port", str(port)], stdout=log, stderr=log, env=runner.env)
-    samples: dict[tuple[str, str], str] = {}
     try:
         started = time.perf_counter()
         with httpx.Client(base_url=url, timeout=30) as http:
@@ -94,22 +143,11 @@ def _serve_and_predict(runner: Runner, settings: Settings, slugs: list[str], por
                 if time.perf_counter() - started > 120:
                     raise StageFailed("server not ready after 120s")
                 time.sleep(0.5)
-            _say(f"{'serve':<12} ready in {time.perf_counter() - started:5.1f}s on {url}")
-            trips = read_trips(settings.trips_dir, slugs)
-            sent = 0
-            started = time.perf_counter()
-            for i, city in enumerate(slugs):
-                instances = _instances(trips, city, shifted=(i == len(slugs) - 1 and len(slugs) > 1))
-                for target in ("eta", "price"):
-                    for b in range(0, len(instances), BATCH):
-                        r = http.post(f"/v1/predict/{target}", json={"instances": instances[b:b + BATCH]},
-                                      headers={"X-API-Key": key})
-                        if r.status_code != 200:
-                            raise StageFailed(f"predict {target} {city}: HTTP {r.status_code} {r.text[:300]}")
-                        p = r.json()["predictions"][0]
-                        samples.setdefault((city, target), f"{p['value']:.1f} {p['unit']}")
-                        sent += len(instances[b:b + BATCH])
-            _say(f"{'predict':<12} {sent} predictions over HTTP in {time.perf_counter() - started:5.1f}s")
+        _say(f"{'serve':<12} ready in {time.perf_counter() - started:5.1f}s on {url}")
+        started = time.perf_counter()
+        shifted = slugs[-1] if len(slugs) > 1 else None
+        samples = replay(settings, url, key, slugs, *window, long_only=shifted)
+        _say(f"{'predict':<12} replayed {REPLAY_HOURS}h of traffic over HTTP in {time.perf_counter() - started:5.1f}s")
     finally:
         server.terminate()
         try:
@@ -132,12 +170,15 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
     try:
         runner.run("generate", "cityml", "data", "generate", "--cities", ",".join(slugs), "--days", str(days))
         runner.run("apply", "cityml", "features", "apply")
-        runner.run("materialize", "cityml", "features", "materialize")
+        window = replay_window(settings, slugs)
+        # Online features stop where the replayed "live" day starts; the replay moves them on.
+        runner.run("materialize", "cityml", "features", "materialize", "--end", window[0].isoformat())
         runner.run("airflow-db", "airflow", "db", "migrate")
         runner.run("retrain-dag", "airflow", "dags", "test", "retrain_city_models", "-c",
                    json.dumps({"cities": ",".join(slugs)}))
-        samples = _serve_and_predict(runner, settings, slugs, port or _free_port(), key)
-        drift = json.loads(runner.run("drift", "cityml", "drift", "--cities", ",".join(slugs), "--json"))
+        samples = _serve_and_predict(runner, settings, slugs, port or _free_port(), key, window)
+        drift = json.loads(runner.run("drift", "cityml", "drift", "--cities", ",".join(slugs), "--json",
+                                      "--hours", str(REPLAY_HOURS)))
         fleet = json.loads(runner.run("models", "cityml", "models", "list", "--json"))
     except StageFailed as exc:
         print(str(exc), file=sys.stderr)
@@ -154,9 +195,9 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
             mae, base = m.get("mae"), m.get("baseline_mae")
             ok &= r.get("champion_version") is not None and mae is not None and base is not None and mae < base
             d = verdicts.get((city, target), {})
-            worst = max(d.get("features", {}).items(), key=lambda kv: kv[1]["psi"], default=None)
-            note = f" ({worst[0]} psi {worst[1]['psi']:.2f})" if worst and d.get("verdict") == "drift" else ""
-            shifted = " [demo sent long trips only]" if i == len(slugs) - 1 and len(slugs) > 1 else ""
+            drifted = d.get("drifted", [])
+            note = f" ({', '.join(drifted[:2])}{', ...' if len(drifted) > 2 else ''})" if drifted else ""
+            shifted = " [demo sent its longest trips only]" if i == len(slugs) - 1 and len(slugs) > 1 else ""
             print(f"{city:<11} {target:<6} {'v' + str(r.get('champion_version', '-')):>8} "
                   f"{mae if mae is not None else float('nan'):>10.2f} {base if base is not None else float('nan'):>10.2f} "
                   f"{samples.get((city, target), '-'):>18}  {d.get('verdict', '-')}{note}{shifted}")

@@ -55,19 +55,20 @@ def zone_hour(trips: pd.DataFrame) -> pd.DataFrame:
 def city_hour(trips: pd.DataFrame) -> pd.DataFrame:
     """Demand per city and hour: trips completed, and the ratio to the same hour of the 4 weeks before.
 
-    Hours without trips are present with 0, so the ratio sees quiet hours too.
+    "Same hour" is the same hour of the same weekday (7, 14, 21 and 28 days back), so a quiet
+    Sunday morning is compared with Sunday mornings. The ratio is missing until all four weeks
+    exist: a mean over fewer weeks is a noisier, different feature, and mixing both would read
+    as drift once the history fills up. Hours without trips are present with 0.
     """
     frames = []
     for city, t in trips.groupby("city", sort=True):
         counts = _hour_end(t["dropoff_ts"]).value_counts().sort_index()
         full = pd.date_range(counts.index.min(), counts.index.max(), freq="h")
         counts = counts.reindex(full, fill_value=0).astype("float64")
-        # The same hour of day on each of the previous 28 days.
-        history = pd.concat([counts.shift(24 * d, freq="h") for d in range(1, 7 * DEMAND_WEEKS + 1)], axis=1)
+        history = pd.concat([counts.shift(24 * 7 * w, freq="h") for w in range(1, DEMAND_WEEKS + 1)], axis=1)
         history = history.reindex(full)
-        seen = history.notna().sum(axis=1)
         mean = history.mean(axis=1)
-        ratio = np.where((seen >= 7) & (mean > 0), counts / mean, np.nan)
+        ratio = np.where(history.notna().all(axis=1) & (mean > 0), counts / mean, np.nan)
         frames.append(
             pd.DataFrame(
                 {

@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,17 +56,28 @@ def feature_service(store: FeatureStore, name: str) -> FeatureService:
     return store.get_feature_service(name)
 
 
-def materialize(settings: Settings, end: datetime, start: datetime | None = None) -> None:
-    """Load feature values up to ``end`` into the online store.
+def materialize(settings: Settings, end: datetime, start: datetime | None = None) -> dict[str, str]:
+    """Load feature values up to ``end`` into the online store; returns what each view did.
 
-    Without ``start`` this is incremental: each view continues from where the last run stopped
-    (Feast keeps that in the registry), so re-running for the same ``end`` writes nothing new.
+    Without ``start`` it is incremental and idempotent: each view continues from where its last
+    run stopped (Feast keeps that in the registry) and a view already at or past ``end`` is left
+    alone. A view never materialized starts at ``end - ttl``: older rows are past their TTL, so
+    serving must not see them (training does not either). Feast's own first incremental run would
+    start at ``now - ttl`` instead, which loses everything when ``end`` is in the past.
     """
     store = get_store(settings)
-    if start is None:
-        store.materialize_incremental(end_date=end)
-    else:
-        store.materialize(start_date=start, end_date=end)
+    done: dict[str, str] = {}
+    for view in store.list_feature_views():
+        last = view.most_recent_end_time
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        begin = start or last or end - view.ttl
+        if start is None and last is not None and last >= end:
+            done[view.name] = f"up to date ({last.isoformat()})"
+            continue
+        store.materialize(start_date=begin, end_date=end, feature_views=[view.name])
+        done[view.name] = f"{begin.isoformat()} -> {end.isoformat()}"
+    return done
 
 
 def service_feature_names(service: FeatureService) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 N_BINS = 10
+MIN_SEGMENT_ROWS = 200
 PROFILE_FILE = "reference_profile.json"
 
 
@@ -45,10 +46,42 @@ def feature_profile(values: pd.Series) -> dict[str, Any]:
     }
 
 
-def build_profile(features: pd.DataFrame, predictions: np.ndarray) -> dict[str, Any]:
-    """The reference profile of a training matrix and the model's predictions."""
+def _section(features: pd.DataFrame, predictions: np.ndarray) -> dict[str, Any]:
     return {
         "rows": len(features),
         "features": {name: feature_profile(features[name]) for name in features.columns},
         "prediction": feature_profile(pd.Series(predictions)),
     }
+
+
+def build_profile(
+    features: pd.DataFrame, predictions: np.ndarray, segments: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """The reference profile of a training matrix and the model's predictions on it.
+
+    ``segments`` (name → row mask) adds the same profile for slices of the rows, e.g. weekdays
+    and weekends, so that a drift check of a Saturday can compare with Saturdays.
+    """
+    profile = _section(features, predictions)
+    profile["segments"] = {
+        name: _section(features[mask], predictions[mask])
+        for name, mask in (segments or {}).items()
+        if int(np.sum(mask)) >= MIN_SEGMENT_ROWS
+    }
+    return profile
+
+
+def day_segments(is_weekend: pd.Series) -> dict[str, np.ndarray]:
+    """Weekday and weekend row masks: traffic differs enough between them to need two references."""
+    weekend = is_weekend.to_numpy() == 1
+    return {"weekday": ~weekend, "weekend": weekend}
+
+
+def pick_segment(profile: dict[str, Any], is_weekend: pd.Series) -> tuple[str, dict[str, Any]]:
+    """The reference slice matching a live window: all-weekend, all-weekday, or everything."""
+    values = set(pd.to_numeric(is_weekend, errors="coerce").dropna().astype(int))
+    segments = profile.get("segments", {})
+    name = "weekend" if values == {1} else "weekday" if values == {0} else "all"
+    if name in segments:
+        return name, segments[name]
+    return "all", profile

@@ -23,6 +23,11 @@ REQUEST_FEATURES: tuple[str, ...] = (
 )
 
 
+#: Request features that only depend on the calendar date. A drift window shorter than a week
+#: always differs from the reference in them, so drift reports but does not judge them.
+CALENDAR_FEATURES: frozenset[str] = frozenset({"local_weekday", "is_weekend"})
+
+
 def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
     """Great-circle distance in km (NaN where a coordinate is missing)."""
     p1, p2 = np.radians(lat1), np.radians(lat2)

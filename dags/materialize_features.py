@@ -37,14 +37,13 @@ def materialize_features() -> None:
         return build_feature_tables(s.trips_dir, s.features_dir)
 
     @task
-    def materialize(data_interval_end: pendulum.DateTime | None = None) -> str:
-        """Incremental materialization up to the interval end."""
+    def materialize(data_interval_end: pendulum.DateTime | None = None) -> dict[str, str]:
+        """Incremental materialization up to the interval end (what each view did)."""
         from cityml.featurestore import materialize as run
         from cityml.settings import get_settings
 
         end = data_interval_end or pendulum.now("UTC")
-        run(get_settings(), end=end)
-        return end.isoformat()
+        return run(get_settings(), end=end)
 
     build_tables() >> materialize()
 

@@ -1,7 +1,7 @@
 """
 ### monitor_drift
 
-Every day: compare, per city and target, the features the API logged in the last day with the
+Every day: compare, per city and target, the features the API logged in the last 7 days with the
 reference profile saved with that city's champion (PSI per feature). Cities with a drifting model
 get a `retrain_city_models` run for just those cities; the JSON report is written under
 `var/reports/drift/`.
@@ -30,7 +30,7 @@ from airflow.sdk import dag, task
 def monitor_drift() -> None:
     @task
     def drift() -> dict[str, Any]:
-        """Drift of every champion over the last day of logged predictions."""
+        """Drift of every champion over the last week of logged predictions."""
         from cityml.catalog import load_catalog
         from cityml.naming import TARGETS
         from cityml.settings import get_settings

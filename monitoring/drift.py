@@ -1,7 +1,8 @@
 """Drift: live features (from the prediction log) against the champion's reference profile.
 
 The score is the population stability index (PSI) over the reference's quantile bins, plus a
-missing-value bin. Conventional reading: below 0.1 stable, 0.1–0.25 watch, 0.25 and above drift.
+missing-value bin. Conventional reading: below 0.1 stable, 0.1–0.25 watch, 0.25 and above drift. Calendar features
+(weekday, weekend) are scored but not judged: a window shorter than a week differs in them by design.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pandas as pd
 
 from cityml.naming import model_name
 from cityml.prediction_log import read_predictions
-from cityml.profile import bin_shares, build_profile
+from cityml.profile import bin_shares, build_profile, pick_segment
 from cityml.registry import champion, client, read_profile
+from cityml.request_features import CALENDAR_FEATURES
 from cityml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 WATCH = 0.1
 DRIFT = 0.25
 EPS = 1e-4
+MISSING_RISE = 0.2
 
 
 def psi(expected: list[float], actual: list[float]) -> float:
@@ -39,22 +42,31 @@ def verdict(score: float) -> str:
     return "drift" if score >= DRIFT else "watch" if score >= WATCH else "stable"
 
 
-def _with_missing(shares: list[float], missing: float) -> list[float]:
-    return [s * (1 - missing) for s in shares] + [missing]
-
-
 def feature_scores(reference: dict[str, Any], current: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """PSI and verdict per feature of ``reference['features']`` found in ``current``."""
+    """PSI and verdict per feature of ``reference['features']`` found in ``current``.
+
+    PSI is computed over the non-missing values. Missing values are judged on their own: a live
+    missing share more than ``MISSING_RISE`` above the reference's is drift (fewer missing values
+    than in training, e.g. after a warm-up period, is not).
+    """
     out: dict[str, dict[str, Any]] = {}
     for name, ref in reference["features"].items():
         if name not in current.columns:
             continue
         values = pd.to_numeric(current[name], errors="coerce").to_numpy(dtype="float64")
         missing = float(np.isnan(values).mean()) if values.size else 0.0
-        expected = _with_missing(ref["shares"], ref["missing_share"])
-        actual = _with_missing(bin_shares(values, ref["edges"]), missing)
-        score = psi(expected, actual)
-        out[name] = {"psi": round(score, 4), "verdict": verdict(score)}
+        score = psi(ref["shares"], bin_shares(values, ref["edges"])) if missing < 1 else 0.0
+        judged = verdict(score)
+        if missing - ref["missing_share"] > MISSING_RISE:
+            judged = "drift"
+        if ref["missing_share"] >= 0.99:
+            judged = "no reference"  # training never saw a value: nothing to compare with
+        out[name] = {
+            "psi": round(score, 4),
+            "missing_share": round(missing, 4),
+            "reference_missing_share": round(ref["missing_share"], 4),
+            "verdict": "calendar" if name in CALENDAR_FEATURES else judged,
+        }
     return out
 
 
@@ -77,17 +89,24 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime) -> 
         return {**base, "verdict": "no champion", "rows": 0, "drifted": [], "features": {}}
     records = [r for r in read_predictions(settings.predictions_dir, city, target, since) if r["model"] == name]
     live = pd.DataFrame([r["features"] for r in records])
-    reference = read_profile(c, mv.run_id)
+    profile = read_profile(c, mv.run_id)
+    segment, reference = pick_segment(profile, live["is_weekend"]) if "is_weekend" in live else ("all", profile)
     scores = feature_scores(reference, live) if len(live) else {}
     if len(live):
         pred = pd.Series([r["prediction"] for r in records])
         scores["prediction"] = feature_scores({"features": {"prediction": reference["prediction"]}},
                                               pd.DataFrame({"prediction": pred}))["prediction"]
-    return {**base, "version": str(mv.version), **_summary(scores, len(live), settings.drift_min_rows)}
+    return {**base, "version": str(mv.version), "reference": segment,
+            **_summary(scores, len(live), settings.drift_min_rows)}
 
 
-def run_drift(settings: Settings, cities: list[str], targets: list[str], window: timedelta = timedelta(days=1)) -> dict[str, Any]:
+def run_drift(
+    settings: Settings, cities: list[str], targets: list[str], window: timedelta = timedelta(days=7)
+) -> dict[str, Any]:
     """Drift for every (city, target) over the last ``window`` of predictions; writes a JSON report.
+
+    The default window is a week: it covers the weekly cycle, so a quiet Sunday or one rainy day
+    does not read as drift. Shorter windows compare with the matching weekday/weekend reference.
 
     Returns the report, whose ``retrain`` lists the cities with a drifting model.
     """

@@ -11,7 +11,7 @@ import numpy as np
 
 from cityml.catalog import load_catalog
 from cityml.naming import model_name
-from cityml.profile import PROFILE_FILE, build_profile
+from cityml.profile import PROFILE_FILE, build_profile, day_segments
 from cityml.registry import client, load_champion
 from cityml.settings import Settings
 from training.datasets import build_training_set
@@ -90,7 +90,9 @@ def train_city(
         mlflow.set_tags(tags)
         mlflow.log_params({**DEFAULT_PARAMS, "features": ",".join(ts.features), "baseline_rate_per_km": baseline.rate})
         mlflow.log_metrics(metrics)
-        mlflow.log_dict(build_profile(split.train[ts.features], pred), PROFILE_FILE)
+        train_pred = predict(booster, split.train)
+        segments = day_segments(split.train["is_weekend"])
+        mlflow.log_dict(build_profile(split.train[ts.features], train_pred, segments), PROFILE_FILE)
         example = split.test[ts.features].head(5)
         info = mlflow.lightgbm.log_model(
             booster,

@@ -1,0 +1,38 @@
+# The same commands on a laptop, in CI and in pre-commit. `make demo` and `make test` install first.
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(HOME)/.local/bin/uv
+endif
+RUN := $(UV) run --frozen --no-sync
+
+.PHONY: setup demo test test-fast bench lint format clean
+
+setup:  ## build .venv from uv.lock (quick when nothing changed)
+	@test -x "$(UV)" || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"
+	@$(UV) sync --frozen --quiet
+
+demo: setup  ## the whole loop on 4 synthetic cities, with a table at the end
+	$(RUN) cityml demo
+
+test: setup  ## unit, DAG integrity, integration (Redis, Postgres) and end-to-end tests
+	$(RUN) pytest
+
+test-fast: setup  ## unit and DAG tests only
+	$(RUN) pytest -m "not integration and not e2e"
+
+bench: setup  ## benchmarks; writes bench/RESULTS.md
+	$(RUN) python -m bench.run
+
+lint: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy cityml training serving monitoring
+
+format: setup
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Shared fixtures. One embedded Airflow home per session, set before anything imports airflow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cityml.settings import PROJECT_ROOT, Settings, get_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL_CATALOG = FIXTURES / "cities_small.yaml"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    home = Path(tempfile.mkdtemp(prefix="cityml-airflow-"))
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+
+def service_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip on a laptop without the service; fail in CI, where it must be there."""
+    if service_up(host, port):
+        return
+    if IN_CI:
+        pytest.fail(f"{name} is not reachable on {host}:{port}, and CI=true requires it")
+    pytest.skip(f"{name} not running on {host}:{port} (set CI=true to make this a failure)")
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@pytest.fixture
+def small_settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "var", catalog_path=SMALL_CATALOG, reload_interval_s=0)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata database for dag.test()."""
+    subprocess.run([bin_path("airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture
+def env_settings(monkeypatch: pytest.MonkeyPatch, small_settings: Settings) -> Iterator[Settings]:
+    """Make ``get_settings()`` (used by DAG tasks and the CLI) return the small test world."""
+    monkeypatch.setenv("CITYML_HOME", str(small_settings.home))
+    monkeypatch.setenv("CITYML_CATALOG_PATH", str(small_settings.catalog_path))
+    monkeypatch.setenv("CITYML_RELOAD_INTERVAL_S", "0")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()

@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from cityml.catalog import CatalogError, load_catalog
+from cityml.settings import Settings
+from tests.conftest import SMALL_CATALOG
+
+
+def test_shipped_catalog_is_valid() -> None:
+    catalog = load_catalog(Settings().catalog_path)
+    assert len(catalog.cities) >= 4
+    assert all(c.synthetic is not None for c in catalog.cities)
+
+
+def test_bad_entries_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "cities.yaml"
+    bad.write_text("cities:\n  - {slug: Bad_Slug, timezone: Mars/Olympus, currency: EUR, bbox: [1, 2, 3, 4]}\n")
+    with pytest.raises(CatalogError) as err:
+        load_catalog(bad)
+    assert "cities.0.slug" in str(err.value) and "cities.0.timezone" in str(err.value)
+    assert str(bad) in str(err.value)
+
+
+def test_duplicate_city_is_refused(tmp_path: Path) -> None:
+    entry = "  - {slug: a, timezone: UTC, currency: EUR, bbox: [1, 2, 3, 4]}\n"
+    path = tmp_path / "cities.yaml"
+    path.write_text("cities:\n" + entry + entry)
+    with pytest.raises(CatalogError, match="listed twice"):
+        load_catalog(path)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def test_zone_of_grid_and_outside() -> None:
+    city = load_catalog(SMALL_CATALOG).get("alpha")
+    assert city.zone_of(38.691, -9.229) == "z00"
+    assert city.zone_of(38.799, -9.091) == "z15"
+    assert city.zone_of(0.0, 0.0) is None
+
+
+def test_select_names_unknown_city() -> None:
+    with pytest.raises(KeyError, match="gotham"):
+        load_catalog(SMALL_CATALOG).select("alpha,gotham")

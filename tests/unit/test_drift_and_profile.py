@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cityml.profile import bin_shares, build_profile, day_segments, pick_segment
+from monitoring.drift import compare_files, feature_scores, psi, verdict
+
+
+def test_bin_shares_sum_to_one_and_cover_the_tails() -> None:
+    shares = bin_shares(np.array([-5.0, 0.5, 1.5, 2.5, 99.0, np.nan]), [1.0, 2.0])
+    assert shares == pytest.approx([2 / 5, 1 / 5, 2 / 5])
+
+
+def test_same_distribution_is_stable_and_a_shift_is_drift() -> None:
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"x": rng.normal(0, 1, 20_000), "y": rng.uniform(0, 1, 20_000)})
+    profile = build_profile(ref, np.zeros(len(ref)))
+    same = feature_scores(profile, pd.DataFrame({"x": rng.normal(0, 1, 5_000), "y": rng.uniform(0, 1, 5_000)}))
+    moved = feature_scores(profile, pd.DataFrame({"x": rng.normal(1.0, 1, 5_000), "y": rng.uniform(0, 1, 5_000)}))
+    assert same["x"]["verdict"] == "stable" and same["y"]["verdict"] == "stable"
+    assert moved["x"]["verdict"] == "drift" and moved["y"]["verdict"] == "stable"
+
+
+def test_missing_values_count_as_drift() -> None:
+    ref = pd.DataFrame({"x": np.arange(1000.0)})
+    profile = build_profile(ref, np.zeros(1000))
+    cur = pd.DataFrame({"x": np.where(np.arange(1000) % 2 == 0, np.nan, np.arange(1000.0))})
+    assert feature_scores(profile, cur)["x"]["verdict"] == "drift"
+
+
+def test_psi_and_verdicts() -> None:
+    assert psi([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0)
+    assert verdict(0.05) == "stable" and verdict(0.15) == "watch" and verdict(0.3) == "drift"
+
+
+def test_compare_files_and_its_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    ref, cur = tmp_path / "ref.parquet", tmp_path / "cur.parquet"
+    pd.DataFrame({"a": rng.normal(0, 1, 2000), "s": ["x"] * 2000}).to_parquet(ref)
+    pd.DataFrame({"a": rng.normal(2, 1, 500)}).to_parquet(cur)
+    doc = compare_files(ref, cur)
+    assert doc["verdict"] == "drift" and doc["drifted"] == ["a"]
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        compare_files(ref, tmp_path / "missing.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(ValueError, match="bad.parquet"):
+        compare_files(ref, bad)
+
+
+def test_a_weekend_window_is_compared_with_weekends() -> None:
+    rng = np.random.default_rng(2)
+    weekend = pd.Series(np.repeat([0, 1], [5000, 2000]))
+    speed = np.where(weekend == 1, rng.normal(30, 3, 7000), rng.normal(20, 3, 7000))
+    ref = pd.DataFrame({"speed": speed, "is_weekend": weekend})
+    profile = build_profile(ref, np.zeros(7000), day_segments(weekend))
+    saturday = pd.DataFrame({"speed": rng.normal(30, 3, 500), "is_weekend": 1})
+    name, segment = pick_segment(profile, saturday["is_weekend"])
+    assert name == "weekend"
+    assert feature_scores(segment, saturday)["speed"]["verdict"] == "stable"
+    assert feature_scores(profile, saturday)["speed"]["verdict"] == "drift"
+    assert pick_segment(profile, pd.Series([0, 1]))[0] == "all"

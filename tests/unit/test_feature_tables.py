@@ -1,0 +1,56 @@
+"""The feature tables never use a trip that ends after the feature's timestamp."""
+
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from cityml.catalog import load_catalog
+from cityml.feature_tables import city_hour, zone_hour
+from cityml.synth import generate_city
+from tests.conftest import SMALL_CATALOG
+
+
+def _trip(pickup: str, dropoff: str, zone: str = "z01", km: float = 5.0) -> dict[str, object]:
+    p, d = pd.Timestamp(pickup, tz="UTC"), pd.Timestamp(dropoff, tz="UTC")
+    return {"city": "alpha", "pickup_zone": zone, "pickup_ts": p, "dropoff_ts": d, "distance_km": km,
+            "duration_s": (d - p).total_seconds()}
+
+
+def test_trip_counts_at_the_end_of_the_hour_it_ended_in() -> None:
+    trips = pd.DataFrame([_trip("2026-03-01 09:50", "2026-03-01 10:20"), _trip("2026-03-01 10:05", "2026-03-01 10:35")])
+    out = zone_hour(trips)
+    assert out["event_timestamp"].tolist() == [pd.Timestamp("2026-03-01 11:00", tz="UTC")]
+    row = out.iloc[0]
+    assert row["zone_trips_1h"] == 2
+    assert row["zone_mean_duration_s"] == pytest.approx(1800)
+    assert row["zone_mean_speed_kmh"] == pytest.approx(10.0)
+    assert row["zone_key"] == "alpha:z01"
+
+
+def test_no_feature_row_uses_a_trip_that_ends_after_it() -> None:
+    trips = generate_city(load_catalog(SMALL_CATALOG).get("alpha"), date(2026, 3, 1), 3, seed=3)
+    feats = zone_hour(trips)
+    # Recount every row from the trips that ended strictly before its timestamp, in its hour.
+    for _, row in feats.sample(50, random_state=0).iterrows():
+        zone = row["zone_key"].split(":", 1)[1]
+        t = row["event_timestamp"]
+        used = trips[(trips["pickup_zone"] == zone) & (trips["dropoff_ts"] < t)
+                     & (trips["dropoff_ts"] >= t - pd.Timedelta(hours=1))]
+        assert len(used) == row["zone_trips_1h"]
+        assert (used["dropoff_ts"] < t).all()
+
+
+def test_city_hour_fills_quiet_hours_and_compares_with_the_same_weekday_hour() -> None:
+    trips = generate_city(load_catalog(SMALL_CATALOG).get("alpha"), date(2026, 3, 1), 31, seed=3)
+    out = city_hour(trips)
+    stamps = out["event_timestamp"]
+    assert (stamps.diff().dropna() == pd.Timedelta(hours=1)).all()
+    assert out["city_trips_1h"].sum() == len(trips)
+    early = out[stamps < stamps.min() + pd.Timedelta(days=28)]
+    late = out[stamps >= stamps.min() + pd.Timedelta(days=28)]
+    assert early["city_demand_ratio_4w"].isna().all()
+    assert late["city_demand_ratio_4w"].notna().mean() > 0.9
+    row = late.iloc[12]
+    weeks = [out[stamps == row["event_timestamp"] - pd.Timedelta(days=7 * w)]["city_trips_1h"].iloc[0] for w in (1, 2, 3, 4)]
+    assert row["city_demand_ratio_4w"] == pytest.approx(row["city_trips_1h"] / (sum(weeks) / 4))
