@@ -129,9 +129,7 @@ def _load(path: Path, mtime: float) -> Catalog:
     try:
         return Catalog.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise CatalogError(f"city catalog {path}: {problems}") from exc
 
 

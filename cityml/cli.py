@@ -146,8 +146,11 @@ def features_materialize(
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from exc
     views = materialize(s, end=until)
-    _emit({"tables": rows, "materialized_until": until.isoformat(), "views": views}, as_json,
-          "\n".join([f"tables: {rows}", *(f"{k}: {v}" for k, v in views.items())]))
+    _emit(
+        {"tables": rows, "materialized_until": until.isoformat(), "views": views},
+        as_json,
+        "\n".join([f"tables: {rows}", *(f"{k}: {v}" for k, v in views.items())]),
+    )
 
 
 @app.command()
@@ -181,8 +184,9 @@ def models_list(as_json: JsonOpt = False) -> None:
 
     rows = list_models(get_settings())
     lines = [
-        f"{r['name']:<22} champion v{r['champion_version'] or '-':<4} mae={r['metrics'].get('mae', float('nan')):<10.4g} "
-        f"baseline={r['metrics'].get('baseline_mae', float('nan')):.4g}"
+        f"{r['name']:<22} champion v{r['champion_version'] or '-':<4} "
+        f"mae={r['metrics'].get('mae') or float('nan'):<10.4g} "
+        f"baseline={r['metrics'].get('baseline_mae') or float('nan'):.4g}"
         for r in rows
     ]
     _emit(rows, as_json, "\n".join(lines) or "no registered models")
@@ -219,8 +223,10 @@ def drift(
     lines = []
     for m in report["models"]:
         worst = sorted(m["features"].items(), key=lambda kv: -kv[1]["psi"])[:3]
-        lines.append(f"{m['model']:<22} {m['verdict']:<18} rows={m['rows']:<6} "
-                     + " ".join(f"{n}={v['psi']:.3f}" for n, v in worst))
+        lines.append(
+            f"{m['model']:<22} {m['verdict']:<18} rows={m['rows']:<6} "
+            + " ".join(f"{n}={v['psi']:.3f}" for n, v in worst)
+        )
     lines.append(f"retrain: {', '.join(report['retrain']) or 'none'}   report: {report['report_path']}")
     _emit(report, as_json, "\n".join(lines))
 

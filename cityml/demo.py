@@ -47,8 +47,14 @@ class Runner:
         started = time.perf_counter()
         log = self.logs / f"{stage}.log"
         with log.open("w") as err:
-            proc = subprocess.run([str(self.bin / args[0]), *args[1:]], stdout=subprocess.PIPE, stderr=err,
-                                  text=True, env=self.env, check=False)
+            proc = subprocess.run(
+                [str(self.bin / args[0]), *args[1:]],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=self.env,
+                check=False,
+            )
         if proc.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
             raise StageFailed(f"stage {stage!r} failed (exit {proc.returncode}); end of {log}:\n{tail}")
@@ -71,7 +77,9 @@ def _instances(trips: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def replay_window(settings: Settings, cities: list[str], hours: int = REPLAY_HOURS) -> tuple[pd.Timestamp, pd.Timestamp]:
+def replay_window(
+    settings: Settings, cities: list[str], hours: int = REPLAY_HOURS
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The last ``hours`` whole hours of stored trips: the demo's "live" traffic."""
     last = read_trips(settings.trips_dir, cities)["pickup_ts"].max()
     end = last.floor("h") + pd.Timedelta(hours=1)
@@ -128,7 +136,9 @@ def _serve_and_predict(
 ) -> dict[tuple[str, str], str]:
     url = f"http://127.0.0.1:{port}"
     log = (runner.logs / "serve.log").open("w")
-    server = subprocess.Popen([str(runner.bin / "cityml"), "serve", "--port", str(port)], stdout=log, stderr=log, env=runner.env)
+    server = subprocess.Popen(
+        [str(runner.bin / "cityml"), "serve", "--port", str(port)], stdout=log, stderr=log, env=runner.env
+    )
     try:
         started = time.perf_counter()
         with httpx.Client(base_url=url, timeout=30) as http:
@@ -162,8 +172,13 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
     """Run the loop and print the fleet table. Returns the exit code."""
     started = time.perf_counter()
     key = settings.api_keys[0].get_secret_value() if settings.api_keys else "demo-key"
-    env = {**os.environ, **settings.airflow_env(), "CITYML_HOME": str(settings.home), "CITYML_API_KEYS": key,
-           "CITYML_RELOAD_INTERVAL_S": "0"}
+    env = {
+        **os.environ,
+        **settings.airflow_env(),
+        "CITYML_HOME": str(settings.home),
+        "CITYML_API_KEYS": key,
+        "CITYML_RELOAD_INTERVAL_S": "0",
+    }
     runner = Runner(settings, env)
     catalog = load_catalog(settings.catalog_path)
     slugs = [c.slug for c in catalog.cities if c.synthetic is not None][:cities]
@@ -174,11 +189,19 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
         # Online features stop where the replayed "live" day starts; the replay moves them on.
         runner.run("materialize", "cityml", "features", "materialize", "--end", window[0].isoformat())
         runner.run("airflow-db", "airflow", "db", "migrate")
-        runner.run("retrain-dag", "airflow", "dags", "test", "retrain_city_models", "-c",
-                   json.dumps({"cities": ",".join(slugs)}))
+        runner.run(
+            "retrain-dag",
+            "airflow",
+            "dags",
+            "test",
+            "retrain_city_models",
+            "-c",
+            json.dumps({"cities": ",".join(slugs)}),
+        )
         samples = _serve_and_predict(runner, settings, slugs, port or _free_port(), key, window)
-        drift = json.loads(runner.run("drift", "cityml", "drift", "--cities", ",".join(slugs), "--json",
-                                      "--hours", str(REPLAY_HOURS)))
+        drift = json.loads(
+            runner.run("drift", "cityml", "drift", "--cities", ",".join(slugs), "--json", "--hours", str(REPLAY_HOURS))
+        )
         fleet = json.loads(runner.run("models", "cityml", "models", "list", "--json"))
     except StageFailed as exc:
         print(str(exc), file=sys.stderr)
@@ -186,7 +209,10 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
 
     verdicts = {(m["city"], m["target"]): m for m in drift["models"]}
     rows = {(r["city"], r["target"]): r for r in fleet}
-    print(f"\n{'city':<11} {'target':<6} {'champion':>8} {'test MAE':>10} {'baseline':>10} {'sample prediction':>18}  drift")
+    print(
+        f"\n{'city':<11} {'target':<6} {'champion':>8} {'test MAE':>10} {'baseline':>10} "
+        f"{'sample prediction':>18}  drift"
+    )
     ok = True
     for i, city in enumerate(slugs):
         for target in ("eta", "price"):
@@ -198,10 +224,15 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
             drifted = d.get("drifted", [])
             note = f" ({', '.join(drifted[:2])}{', ...' if len(drifted) > 2 else ''})" if drifted else ""
             shifted = " [demo sent its longest trips only]" if i == len(slugs) - 1 and len(slugs) > 1 else ""
-            print(f"{city:<11} {target:<6} {'v' + str(r.get('champion_version', '-')):>8} "
-                  f"{mae if mae is not None else float('nan'):>10.2f} {base if base is not None else float('nan'):>10.2f} "
-                  f"{samples.get((city, target), '-'):>18}  {d.get('verdict', '-')}{note}{shifted}")
+            print(
+                f"{city:<11} {target:<6} {'v' + str(r.get('champion_version', '-')):>8} "
+                f"{mae if mae is not None else float('nan'):>10.2f} "
+                f"{base if base is not None else float('nan'):>10.2f} "
+                f"{samples.get((city, target), '-'):>18}  {d.get('verdict', '-')}{note}{shifted}"
+            )
     print(f"\ncities to retrain (drift): {', '.join(drift['retrain']) or 'none'}")
-    print(f"demo finished in {time.perf_counter() - started:.0f}s; logs in {runner.logs}; "
-          f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    print(
+        f"demo finished in {time.perf_counter() - started:.0f}s; logs in {runner.logs}; "
+        f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}"
+    )
     return 0 if ok else 1

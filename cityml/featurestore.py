@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
 
 log = logging.getLogger(__name__)
+
+#: First materialization of a view without a TTL loads this much history.
+NO_TTL_LOOKBACK = timedelta(days=365)
 
 
 def _export_env(settings: Settings) -> None:
@@ -71,7 +74,7 @@ def materialize(settings: Settings, end: datetime, start: datetime | None = None
         last = view.most_recent_end_time
         if last is not None and last.tzinfo is None:
             last = last.replace(tzinfo=UTC)
-        begin = start or last or end - view.ttl
+        begin = start or last or end - (view.ttl or NO_TTL_LOOKBACK)
         if start is None and last is not None and last >= end:
             done[view.name] = f"up to date ({last.isoformat()})"
             continue

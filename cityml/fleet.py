@@ -40,19 +40,24 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
         tags = dict(mv.tags) if mv is not None else {}
         fallback = None
         if mv is None:
-            fallback = (f"no champion: {model_name(target, GLOBAL)} serves"
-                        if model_name(target, GLOBAL) in names and city != GLOBAL else "no champion")
+            fallback = (
+                f"no champion: {model_name(target, GLOBAL)} serves"
+                if model_name(target, GLOBAL) in names and city != GLOBAL
+                else "no champion"
+            )
         age_h = None
         if mv is not None and mv.creation_timestamp:
             age_h = round((datetime.now(UTC).timestamp() * 1000 - mv.creation_timestamp) / 3.6e6, 2)
-        rows.append({
-            "name": name,
-            "city": tags.get("city", city),
-            "target": target,
-            "champion_version": str(mv.version) if mv is not None else None,
-            "champion_age_h": age_h,
-            "fallback": fallback,
-            "metrics": {k: _float(tags.get(k)) for k in METRIC_TAGS},
-            "tags": {k: v for k, v in tags.items() if k not in METRIC_TAGS},
-        })
+        rows.append(
+            {
+                "name": name,
+                "city": tags.get("city", city),
+                "target": target,
+                "champion_version": str(mv.version) if mv is not None else None,
+                "champion_age_h": age_h,
+                "fallback": fallback,
+                "metrics": {k: _float(tags.get(k)) for k in METRIC_TAGS},
+                "tags": {k: v for k, v in tags.items() if k not in METRIC_TAGS},
+            }
+        )
     return rows

@@ -34,7 +34,9 @@ class PredictionLogger:
                     fh.write("\n".join(lines) + "\n")
 
 
-def read_predictions(folder: Path, city: str, target: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+def read_predictions(
+    folder: Path, city: str, target: str | None = None, since: datetime | None = None
+) -> list[dict[str, Any]]:
     """Logged predictions of a city (optionally one target, optionally since a time)."""
     files = sorted((folder / f"city={city}").glob("date=*.jsonl"))
     if since is not None:

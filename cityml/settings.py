@@ -81,8 +81,13 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
-        return self.mlflow_artifact_root or (self.home / "mlartifacts").as_uri()
+    def artifact_root(self) -> str | None:
+        """Where new experiments keep artifacts; None lets an MLflow server choose (its proxy)."""
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.home / "mlartifacts").as_uri()
 
     @property
     def airflow_home_path(self) -> Path:

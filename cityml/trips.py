@@ -54,9 +54,7 @@ def write_trips(trips_dir: Path, df: pd.DataFrame) -> list[Path]:
 
 
 def trip_files(trips_dir: Path, cities: Iterable[str] | None = None) -> list[Path]:
-    pattern_dirs = (
-        [trips_dir / f"city={c}" for c in cities] if cities is not None else sorted(trips_dir.glob("city=*"))
-    )
+    pattern_dirs = [trips_dir / f"city={c}" for c in cities] if cities is not None else sorted(trips_dir.glob("city=*"))
     files: list[Path] = []
     for d in pattern_dirs:
         files.extend(sorted(d.glob("date=*/trips.parquet")))

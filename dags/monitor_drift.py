@@ -38,8 +38,11 @@ def monitor_drift() -> None:
 
         s = get_settings()
         report = run_drift(s, load_catalog(s.catalog_path).slugs, list(TARGETS))
-        return {"retrain": report["retrain"], "report_path": report["report_path"],
-                "verdicts": {f"{m['target']}-{m['city']}": m["verdict"] for m in report["models"]}}
+        return {
+            "retrain": report["retrain"],
+            "report_path": report["report_path"],
+            "verdicts": {f"{m['target']}-{m['city']}": m["verdict"] for m in report["models"]},
+        }
 
     @task.short_circuit
     def needs_retrain(result: dict[str, Any]) -> bool:

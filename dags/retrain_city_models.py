@@ -52,8 +52,9 @@ def retrain_city_models() -> None:
         return [check_target(t) for t in (params or {}).get("targets", ["eta", "price"])]
 
     @task(map_index_template="{{ model_label }}", retries=1)
-    def train(city: str, target: str, run_id: str | None = None,
-              data_interval_end: pendulum.DateTime | None = None) -> dict[str, Any]:
+    def train(
+        city: str, target: str, run_id: str | None = None, data_interval_end: pendulum.DateTime | None = None
+    ) -> dict[str, Any]:
         """Train, register and gate one city's model on data before the interval end."""
         from cityml.settings import get_settings
         from training.pipeline import train_city
@@ -68,9 +69,11 @@ def retrain_city_models() -> None:
         for r in results:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
             m = r.get("metrics", {})
-            print(f"{r['model']:<24} {r['status']:<9} v{r.get('version', '-'):<4} "
-                  f"mae={m.get('mae', float('nan')):.4g} baseline={m.get('baseline_mae', float('nan')):.4g} "
-                  f"{r.get('reason', '')}")
+            print(
+                f"{r['model']:<24} {r['status']:<9} v{r.get('version', '-'):<4} "
+                f"mae={m.get('mae', float('nan')):.4g} baseline={m.get('baseline_mae', float('nan')):.4g} "
+                f"{r.get('reason', '')}"
+            )
         return counts
 
     report(train.expand(city=select_cities(), target=select_targets()))

@@ -5,7 +5,6 @@ computed from the request by `cityml.request_features`, the one function trainin
 """
 
 from feast import FeatureService
-
 from views import city_demand, zone_traffic
 
 
@@ -19,6 +18,7 @@ def _zone_traffic_twice() -> list:
         zone_traffic.with_name("pickup").with_join_key_map({"zone_key": "pickup_zone_key"}),
         zone_traffic.with_name("dropoff").with_join_key_map({"zone_key": "dropoff_zone_key"}),
     ]
+
 
 eta_v1 = FeatureService(
     name="eta_v1",

@@ -2,10 +2,9 @@
 
 from datetime import timedelta
 
+from entities import city, zone
 from feast import FeatureView, Field
 from feast.types import Float64, Int64
-
-from entities import city, zone
 from sources import city_hour_source, zone_hour_source
 
 # A zone's traffic older than 3 hours says little about the next trip: past the TTL the

@@ -94,10 +94,15 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime) -> 
     scores = feature_scores(reference, live) if len(live) else {}
     if len(live):
         pred = pd.Series([r["prediction"] for r in records])
-        scores["prediction"] = feature_scores({"features": {"prediction": reference["prediction"]}},
-                                              pd.DataFrame({"prediction": pred}))["prediction"]
-    return {**base, "version": str(mv.version), "reference": segment,
-            **_summary(scores, len(live), settings.drift_min_rows)}
+        scores["prediction"] = feature_scores(
+            {"features": {"prediction": reference["prediction"]}}, pd.DataFrame({"prediction": pred})
+        )["prediction"]
+    return {
+        **base,
+        "version": str(mv.version),
+        "reference": segment,
+        **_summary(scores, len(live), settings.drift_min_rows),
+    }
 
 
 def run_drift(
@@ -134,8 +139,12 @@ def compare_files(reference: Path, current: Path, min_rows: int = 50) -> dict[st
         raise ValueError(f"{reference} and {current} share no numeric column")
     profile = build_profile(ref[numeric], np.zeros(len(ref)))
     scores = feature_scores(profile, cur[numeric])
-    return {"reference": str(reference), "current": str(current), "reference_rows": len(ref),
-            **_summary(scores, len(cur), min_rows)}
+    return {
+        "reference": str(reference),
+        "current": str(current),
+        "reference_rows": len(ref),
+        **_summary(scores, len(cur), min_rows),
+    }
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -143,5 +152,5 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         return pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - name the file in the error
+    except Exception as exc:
         raise ValueError(f"{path} is not a readable parquet file: {exc}") from exc

@@ -32,7 +32,7 @@ async def _watch(state: AppState) -> None:
         try:
             changes = await run_in_threadpool(state.models.refresh)
             state.metrics.reloads.inc(len(changes))
-        except Exception:  # noqa: BLE001 - a registry hiccup must not stop serving
+        except Exception:
             log.exception("background model refresh failed")
 
 

@@ -39,8 +39,10 @@ def resolve_zones(df: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
             zone = city.zone_of(row[f"{end}_lat"], row[f"{end}_lon"])
             if zone is None:
                 raise RequestError(
-                    int(str(i)), f"{end}_zone",
-                    f"{end} point ({row[f'{end}_lat']}, {row[f'{end}_lon']}) is outside {city.slug}'s zones; give {end}_zone",
+                    int(str(i)),
+                    f"{end}_zone",
+                    f"{end} point ({row[f'{end}_lat']}, {row[f'{end}_lon']}) is outside {city.slug}'s zones; "
+                    f"give {end}_zone",
                 )
             df.at[i, f"{end}_zone"] = zone
     return df

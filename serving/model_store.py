@@ -70,7 +70,7 @@ class ModelStore:
                         continue
                     try:
                         loaded = load_champion(c, name)
-                    except Exception as exc:  # noqa: BLE001 - keep serving the previous version
+                    except Exception as exc:
                         log.exception("loading %s failed; keeping what is served", name)
                         changes[name] = f"load failed: {exc}"
                         continue

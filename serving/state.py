@@ -24,9 +24,14 @@ class Metrics:
         self.predictions = Counter(
             "cityml_predictions_total", "Predictions served", ["target", "model", "fallback"], registry=self.registry
         )
-        self.errors = Counter("cityml_predict_errors_total", "Refused predict requests", ["reason"], registry=self.registry)
+        self.errors = Counter(
+            "cityml_predict_errors_total", "Refused predict requests", ["reason"], registry=self.registry
+        )
         self.latency = Histogram(
-            "cityml_predict_seconds", "Predict request latency", ["target"], registry=self.registry,
+            "cityml_predict_seconds",
+            "Predict request latency",
+            ["target"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
         self.reloads = Counter("cityml_model_reloads_total", "Champion versions loaded", registry=self.registry)

@@ -51,7 +51,9 @@ def build_training_set(
     fs_features = service_feature_names(service)
     features = [*REQUEST_FEATURES, *fs_features]
     if trips.empty:
-        return TrainingSet(pd.DataFrame(columns=["trip_id", "event_timestamp", *features, label]), features, label, service_name)
+        return TrainingSet(
+            pd.DataFrame(columns=["trip_id", "event_timestamp", *features, label]), features, label, service_name
+        )
 
     tz = {c.slug: c.timezone for c in catalog.cities}
     entity_df = pd.concat(

@@ -50,8 +50,13 @@ def train_city(
     name = model_name(target, city)
     ts = build_training_set(settings, city, target, until=until)
     if ts.rows < MIN_TRAIN_ROWS:
-        return {"model": name, "city": city, "target": target, "status": "skipped",
-                "reason": f"{ts.rows} trips with labels, fewer than {MIN_TRAIN_ROWS}"}
+        return {
+            "model": name,
+            "city": city,
+            "target": target,
+            "status": "skipped",
+            "reason": f"{ts.rows} trips with labels, fewer than {MIN_TRAIN_ROWS}",
+        }
 
     split = time_split(ts.frame)
     booster = fit_lgbm(split, ts.features, ts.label)
@@ -135,8 +140,15 @@ def train_many(
         for target in targets:
             try:
                 results.append(train_city(settings, city, target, until=until, run_label=run_label))
-            except Exception as exc:  # noqa: BLE001 - isolate one city's failure from the fleet
+            except Exception as exc:
                 log.exception("training %s-%s failed", target, city)
-                results.append({"model": model_name(target, city), "city": city, "target": target,
-                                "status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+                results.append(
+                    {
+                        "model": model_name(target, city),
+                        "city": city,
+                        "target": target,
+                        "status": "failed",
+                        "reason": f"{type(exc).__name__}: {exc}",
+                    }
+                )
     return results

@@ -54,8 +54,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
     from tests.conftest import SMALL_CATALOG
 
     home = tmp_path_factory.mktemp("e2e") / "var"
-    env = {"CITYML_HOME": str(home), "CITYML_CATALOG_PATH": str(SMALL_CATALOG), "CITYML_RELOAD_INTERVAL_S": "0",
-           "CITYML_API_KEYS": KEY, "CITYML_ADMIN_KEY": ADMIN}
+    env = {
+        "CITYML_HOME": str(home),
+        "CITYML_CATALOG_PATH": str(SMALL_CATALOG),
+        "CITYML_RELOAD_INTERVAL_S": "0",
+        "CITYML_API_KEYS": KEY,
+        "CITYML_ADMIN_KEY": ADMIN,
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from cityml.settings import get_settings
@@ -66,9 +71,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
         gen = _cli("data", "generate", "--cities", "all", "--days", "21")
         assert set(gen["cities"]) == set(CITIES) and all(v["trips"] > 5000 for v in gen["cities"].values())
         assert apply(settings) == ["eta_v1", "price_v1"]
-        # The hourly DAG run for the hour before the replayed "live" day: online features stop there.
-        start, _ = replay_window(settings, CITIES)
-        run = _run_dag("materialize_features", logical_date=start - pd.Timedelta(hours=1))
+        # A materialize_features run whose interval ends where the replayed "live" week starts:
+        # online features stop there, and the replay moves them on hour by hour.
+        start, _ = replay_window(settings, CITIES, hours=7 * 24)
+        run = _run_dag("materialize_features", logical_date=start)
         assert run.data_interval_end == start
         _run_dag("retrain_city_models", {"cities": "all"})
         yield settings
@@ -98,8 +104,13 @@ def test_retrain_dag_registers_champions_that_beat_the_baseline(world: Settings)
 @pytest.fixture(scope="module")
 def server(world: Settings) -> Iterator[str]:
     port = 18000 + os.getpid() % 1000
-    proc = subprocess.Popen([bin_path("cityml"), "serve", "--port", str(port)], env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [bin_path("cityml"), "serve", "--port", str(port)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -155,7 +166,9 @@ def test_predict_over_http_for_every_city_and_target(world: Settings, server: st
 def test_predict_refuses_bad_requests_naming_the_field(world: Settings, server: str) -> None:
     ok = _instances(world, "alpha", 1)[0]
     assert httpx.post(f"{server}/v1/predict/eta", json={"instances": [ok]}).status_code == 401
-    r = httpx.post(f"{server}/v1/predict/eta", json={"instances": [{**ok, "city": "gotham"}]}, headers={"X-API-Key": KEY})
+    r = httpx.post(
+        f"{server}/v1/predict/eta", json={"instances": [{**ok, "city": "gotham"}]}, headers={"X-API-Key": KEY}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "instances", 0, "city"]
     far = {**ok, "pickup_lat": 10.0, "pickup_lon": 10.0}
     r = httpx.post(f"{server}/v1/predict/eta", json={"instances": [far]}, headers={"X-API-Key": KEY})

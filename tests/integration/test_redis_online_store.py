@@ -43,8 +43,9 @@ def test_materialize_into_redis_and_read_back(redis_settings: Settings) -> None:
     assert redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).dbsize() > 0
     store = get_store(s)
     rows = entity_columns(trips.tail(50)).to_dict("records")
-    online = store.get_online_features(features=store.get_feature_service("eta_v1"), entity_rows=rows,
-                                       full_feature_names=True).to_df()
+    online = store.get_online_features(
+        features=store.get_feature_service("eta_v1"), entity_rows=rows, full_feature_names=True
+    ).to_df()
     assert online["city_demand__city_trips_1h"].notna().all()
     # The value read back is the last hour's row of the offline table.
     city_hour = pd.read_parquet(s.features_dir / "city_hour.parquet")

@@ -42,11 +42,11 @@ def test_compare_files_and_its_errors(tmp_path: Path) -> None:
     pd.DataFrame({"a": rng.normal(2, 1, 500)}).to_parquet(cur)
     doc = compare_files(ref, cur)
     assert doc["verdict"] == "drift" and doc["drifted"] == ["a"]
-    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.parquet"):
         compare_files(ref, tmp_path / "missing.parquet")
     bad = tmp_path / "bad.parquet"
     bad.write_text("not parquet")
-    with pytest.raises(ValueError, match="bad.parquet"):
+    with pytest.raises(ValueError, match=r"bad\.parquet"):
         compare_files(ref, bad)
 
 

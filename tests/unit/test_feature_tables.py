@@ -13,8 +13,14 @@ from tests.conftest import SMALL_CATALOG
 
 def _trip(pickup: str, dropoff: str, zone: str = "z01", km: float = 5.0) -> dict[str, object]:
     p, d = pd.Timestamp(pickup, tz="UTC"), pd.Timestamp(dropoff, tz="UTC")
-    return {"city": "alpha", "pickup_zone": zone, "pickup_ts": p, "dropoff_ts": d, "distance_km": km,
-            "duration_s": (d - p).total_seconds()}
+    return {
+        "city": "alpha",
+        "pickup_zone": zone,
+        "pickup_ts": p,
+        "dropoff_ts": d,
+        "distance_km": km,
+        "duration_s": (d - p).total_seconds(),
+    }
 
 
 def test_trip_counts_at_the_end_of_the_hour_it_ended_in() -> None:
@@ -35,8 +41,11 @@ def test_no_feature_row_uses_a_trip_that_ends_after_it() -> None:
     for _, row in feats.sample(50, random_state=0).iterrows():
         zone = row["zone_key"].split(":", 1)[1]
         t = row["event_timestamp"]
-        used = trips[(trips["pickup_zone"] == zone) & (trips["dropoff_ts"] < t)
-                     & (trips["dropoff_ts"] >= t - pd.Timedelta(hours=1))]
+        used = trips[
+            (trips["pickup_zone"] == zone)
+            & (trips["dropoff_ts"] < t)
+            & (trips["dropoff_ts"] >= t - pd.Timedelta(hours=1))
+        ]
         assert len(used) == row["zone_trips_1h"]
         assert (used["dropoff_ts"] < t).all()
 
@@ -52,5 +61,7 @@ def test_city_hour_fills_quiet_hours_and_compares_with_the_same_weekday_hour() -
     assert early["city_demand_ratio_4w"].isna().all()
     assert late["city_demand_ratio_4w"].notna().mean() > 0.9
     row = late.iloc[12]
-    weeks = [out[stamps == row["event_timestamp"] - pd.Timedelta(days=7 * w)]["city_trips_1h"].iloc[0] for w in (1, 2, 3, 4)]
+    weeks = [
+        out[stamps == row["event_timestamp"] - pd.Timedelta(days=7 * w)]["city_trips_1h"].iloc[0] for w in (1, 2, 3, 4)
+    ]
     assert row["city_demand_ratio_4w"] == pytest.approx(row["city_trips_1h"] / (sum(weeks) / 4))

@@ -45,7 +45,9 @@ def test_write_read_roundtrip_and_window(tmp_path: Path) -> None:
     assert len(files) >= 3
     back = read_trips(tmp_path, ["alpha"])
     assert len(back) == len(df)
-    window = read_trips(tmp_path, ["alpha"], start=pd.Timestamp("2026-03-02", tz="UTC"), end=pd.Timestamp("2026-03-03", tz="UTC"))
+    window = read_trips(
+        tmp_path, ["alpha"], start=pd.Timestamp("2026-03-02", tz="UTC"), end=pd.Timestamp("2026-03-03", tz="UTC")
+    )
     assert len(window) > 0
     assert window["pickup_ts"].min() >= pd.Timestamp("2026-03-02", tz="UTC")
     assert window["pickup_ts"].max() < pd.Timestamp("2026-03-03", tz="UTC")

@@ -18,9 +18,11 @@ from serving.schemas import Prediction, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
+
 def _refuse(state: Any, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
     state.metrics.errors.labels(reason).inc()
     return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
+
 
 @router.post("/predict/{target}")
 def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep) -> PredictResponse:
@@ -37,8 +39,14 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
             raise _refuse(state, 422, i, "city", f"unknown city {city!r}", "unknown_city")
         served, fallback = state.models.get(target, city)
         if served is None:
-            raise _refuse(state, status.HTTP_503_SERVICE_UNAVAILABLE, i, "city",
-                          f"no {target} model for {city!r} and no global fallback", "no_model")
+            raise _refuse(
+                state,
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                i,
+                "city",
+                f"no {target} model for {city!r} and no global fallback",
+                "no_model",
+            )
         served_by.append(served)
         fallbacks.append(fallback)
     try:
@@ -57,19 +65,33 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
         pred = np.maximum(model.booster.predict(x, num_iteration=model.booster.best_iteration or None), 0.0)
         values[rows.index] = pred
         for idx, row_features, value in zip(rows.index, x.to_dict("records"), pred, strict=True):
-            records.append({
-                "ts": now.isoformat(), "request_id": request_id, "city": rows.at[idx, "city"], "target": target,
-                "model": model.name, "version": model.version, "fallback": fallbacks[idx],
-                "features": {k: (None if pd.isna(v) else float(v)) for k, v in row_features.items()},
-                "prediction": float(value),
-            })
+            records.append(
+                {
+                    "ts": now.isoformat(),
+                    "request_id": request_id,
+                    "city": rows.at[idx, "city"],
+                    "target": target,
+                    "model": model.name,
+                    "version": model.version,
+                    "fallback": fallbacks[idx],
+                    "features": {k: (None if pd.isna(v) else float(v)) for k, v in row_features.items()},
+                    "prediction": float(value),
+                }
+            )
     state.log.write(records)
 
     predictions = []
     for i, (served, fallback) in enumerate(zip(served_by, fallbacks, strict=True)):
         unit = UNITS[target] if target != "price" else state.catalog.get(df.at[i, "city"]).currency
-        predictions.append(Prediction(value=round(float(values[i]), 4), unit=unit, model=served.model.name,
-                                      version=served.model.version, fallback=fallback))
+        predictions.append(
+            Prediction(
+                value=round(float(values[i]), 4),
+                unit=unit,
+                model=served.model.name,
+                version=served.model.version,
+                fallback=fallback,
+            )
+        )
         state.metrics.predictions.labels(target, served.model.name, str(fallback is not None).lower()).inc()
     state.metrics.latency.labels(target).observe(time.perf_counter() - started)
     return PredictResponse(request_id=request_id, predictions=predictions)
