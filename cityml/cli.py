@@ -21,10 +21,12 @@ from cityml.naming import TARGETS, check_target
 from cityml.settings import get_settings
 
 app = typer.Typer(help="cityml: per-city ETA and pricing models, from trips to predictions.", no_args_is_help=True)
-data_app = typer.Typer(help="Trip data: generate synthetic cities.", no_args_is_help=True)
+data_app = typer.Typer(help="Trip data: generate synthetic cities, import real ones.", no_args_is_help=True)
 features_app = typer.Typer(help="Feast feature store: apply definitions, materialize.", no_args_is_help=True)
 models_app = typer.Typer(help="The MLflow registry fleet.", no_args_is_help=True)
 drift_app = typer.Typer(help="Drift of live features against the training reference.", invoke_without_command=True)
+import_app = typer.Typer(help="Import real trip files.", no_args_is_help=True)
+data_app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
@@ -114,6 +116,49 @@ def data_generate(
     _emit(doc, as_json, "\n".join(f"{k}: {v['trips']} trips" for k, v in summary.items()))
 
 
+def _import(source: str, files: list[Path], city: str, as_json: bool) -> None:
+    from cityml.importers import import_files
+    from cityml.validation import TripSchemaError
+
+    _setup_logging()
+    try:
+        report = import_files(get_settings(), source, files, city)  # type: ignore[arg-type]
+    except (TripSchemaError, KeyError, ValueError) as exc:
+        raise _fail(str(exc.args[0]) if exc.args else str(exc)) from exc
+    total = report["total"]
+    lines = [
+        f"{f['file']}: read {f['rows_read']}, kept {f['rows_kept']}, quarantined {f['rows_quarantined']} "
+        + " ".join(f"{k}={v}" for k, v in f["quarantined_by_reason"].items())
+        for f in report["files"]
+    ]
+    lines.append(
+        f"total: read {total['rows_read']}, kept {total['rows_kept']}, quarantined {total['rows_quarantined']}"
+    )
+    if not report["has_fare"]:
+        lines.append(f"note: no fares in these files: only the ETA model of {city} will be trained")
+    _emit(report, as_json, "\n".join(lines))
+
+
+@import_app.command("nyc-tlc")
+def import_nyc_tlc(
+    files: Annotated[list[Path], typer.Argument(help="TLC yellow/green trip files, CSV or parquet.")],
+    city: Annotated[str, typer.Option(help="Catalog slug to store the trips under.")] = "nyc",
+    as_json: JsonOpt = False,
+) -> None:
+    """Import NYC TLC trip records (official or snake_case columns); bad rows are quarantined."""
+    _import("nyc-tlc", files, city, as_json)
+
+
+@import_app.command("chicago")
+def import_chicago(
+    files: Annotated[list[Path], typer.Argument(help="Chicago Taxi Trips exports (portal or BigQuery layout).")],
+    city: Annotated[str, typer.Option(help="Catalog slug to store the trips under.")] = "chicago",
+    as_json: JsonOpt = False,
+) -> None:
+    """Import Chicago Taxi Trips (Data Portal or BigQuery columns); bad rows are quarantined."""
+    _import("chicago", files, city, as_json)
+
+
 @features_app.command("apply")
 def features_apply(as_json: JsonOpt = False) -> None:
     """Register the definitions in feature_repo/ (feast apply)."""
@@ -153,26 +198,59 @@ def features_materialize(
     )
 
 
+@features_app.command("parity")
+def features_parity(
+    city: Annotated[str, typer.Option(help="City slug.")],
+    sample: Annotated[int, typer.Option(min=1, max=100_000, help="How many trips to check.")] = 200,
+    targets: Annotated[str, typer.Option(help="Whose feature services to check.")] = ",".join(TARGETS),
+    as_json: JsonOpt = False,
+) -> None:
+    """Training vs serving feature vectors for sampled trips; exit 1 on any mismatch."""
+    from training.parity import parity_check
+
+    _setup_logging()
+    slug = _cities(city)[0]
+    reports = [parity_check(get_settings(), slug, sample=sample, target=t) for t in _targets(targets)]
+    lines = []
+    for r in reports:
+        lines.append(f"{r['feature_service']}: {r['samples']} trips, {r['mismatches']} mismatches")
+        lines += [f"  {name:<36} {n}" for name, n in r["features"].items() if n]
+        lines += [f"  e.g. {e}" for e in r["examples"][:3]]
+    _emit(reports if len(reports) > 1 else reports[0], as_json, "\n".join(lines))
+    if any(r["mismatches"] for r in reports):
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(
     cities: Annotated[str, typer.Option(help="Comma-separated slugs or 'all'.")] = "all",
     targets: Annotated[str, typer.Option(help="Comma-separated: eta,price.")] = ",".join(TARGETS),
     until: Annotated[str | None, typer.Option(help="Train on trips picked up before this date only.")] = None,
-    strict: Annotated[bool, typer.Option(help="Exit 1 if any city failed.")] = False,
+    force_promote: Annotated[
+        bool, typer.Option("--force-promote", help="Promote whatever the gate says (recorded on the version).")
+    ] = False,
+    with_global: Annotated[bool, typer.Option("--global/--no-global", help="Also retrain the fleet models.")] = True,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any model failed to train.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train, register and gate each city's models."""
-    from training.pipeline import train_many
+    """Train, register and gate each city's models (and the global ones); print the gate report."""
+    from training.pipeline import train_fleet
+    from training.report import write_gate_report
 
     _setup_logging()
-    results = train_many(get_settings(), _cities(cities), _targets(targets), until=_day(until, "--until"))
-    lines = [
-        f"{r['model']:<22} {r['status']:<9} v{r.get('version', '-'):<4} "
-        f"mae={r.get('metrics', {}).get('mae', float('nan')):<10.4g} "
-        f"baseline={r.get('metrics', {}).get('baseline_mae', float('nan')):<10.4g} {r.get('reason', '')}"
-        for r in results
-    ]
-    _emit(results, as_json, "\n".join(lines))
+    s = get_settings()
+    label = "cli-force-promote" if force_promote else "cli"
+    results = train_fleet(
+        s,
+        _cities(cities),
+        _targets(targets),
+        until=_day(until, "--until"),
+        run_label=label,
+        force_promote=force_promote,
+        with_global=with_global,
+    )
+    report = write_gate_report(s, results, label)
+    _emit({"models": results, "report": report}, as_json, f"{report['markdown']}\n\ngate report: {report['path']}")
     if strict and any(r["status"] == "failed" for r in results):
         raise typer.Exit(1)
 
@@ -190,6 +268,48 @@ def models_list(as_json: JsonOpt = False) -> None:
         for r in rows
     ]
     _emit(rows, as_json, "\n".join(lines) or "no registered models")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    city: Annotated[str, typer.Option(help="City slug (or 'global').")],
+    target: Annotated[str, typer.Option(help="eta or price.")],
+    version: Annotated[str, typer.Option(help="The version to make champion again.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Move @champion back to an earlier version (recorded on the versions and the model)."""
+    from cityml.naming import GLOBAL, model_name
+    from training.registry import rollback
+
+    slug = city if city == GLOBAL else _cities(city)[0]
+    try:
+        doc = rollback(get_settings(), model_name(_targets(target)[0], slug), version)
+    except LookupError as exc:
+        raise _fail(str(exc.args[0])) from exc
+    _emit(doc, as_json, f"{doc['model']}: champion v{doc['previous_version']} -> v{doc['champion_version']}")
+
+
+@app.command()
+def evaluate(
+    city: Annotated[str, typer.Option(help="City slug.")],
+    target: Annotated[str, typer.Option(help="eta or price.")],
+    start: Annotated[str, typer.Option("--from", help="Window start (date or ISO time, UTC).")],
+    end: Annotated[str, typer.Option("--to", help="Window end, inclusive (date or ISO time, UTC).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the champion, the global model and the baseline on trips in a window (point-in-time features)."""
+    from training.backtest import evaluate_champion
+
+    _setup_logging()
+    try:
+        lo, hi = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    except ValueError as exc:
+        raise _fail(f"--from/--to: {exc}") from exc
+    try:
+        doc = evaluate_champion(get_settings(), _cities(city)[0], _targets(target)[0], lo, hi)
+    except (LookupError, ValueError) as exc:
+        raise _fail(str(exc.args[0])) from exc
+    _emit(doc, as_json, "\n".join(f"{k:<14} {v}" for k, v in doc.items()))
 
 
 @app.command()

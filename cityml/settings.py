@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     reload_interval_s: float = 30.0
     drift_min_rows: int = 50
+    # The promotion gate (training/gate.py).
+    gate_margin: float = Field(default=0.0, ge=0, lt=1, description="Relative MAE gain needed over the champion.")
+    gate_min_train_rows: int = Field(default=500, ge=0)
+    gate_min_skill: float = Field(default=0.05, ge=0, lt=1, description="Relative MAE gain needed over the median.")
+    gate_parity_sample: int = Field(default=20, ge=0, description="Trips the gate's parity check samples; 0 disables.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

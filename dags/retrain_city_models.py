@@ -4,9 +4,13 @@
 Retrains every city's **ETA** and **pricing** LightGBM models from Feast features into the MLflow
 registry, one mapped task per (city, target), named `<target>-<city>` in the grid view.
 
-Each task trains on trips picked up before the run's data interval end, registers a new version
-of `eta-<city>` / `price-<city>` and moves `@champion` only when the gate passes. A city that fails
-keeps its champion; the others go on. The `report` task prints the fleet table.
+First the fleet models `eta-global` / `price-global` are retrained on every city (the city is a
+categorical feature): they serve cities without a champion and are the bar each city model must
+beat. Then each (city, target) task trains on trips picked up before the run's data interval end,
+registers a new version of `eta-<city>` / `price-<city>` and moves `@champion` only when the
+promotion gate passes (beats champion and global on the same fresh test window, enough rows,
+training/serving parity, skill over the median). A city that fails keeps its champion; the others
+go on. The `report` task writes the gate report (JSON + markdown, also logged to MLflow).
 
 **Trigger with config** (Airflow UI → Trigger DAG w/ config):
 `{"cities": "lisbon,nairobi", "targets": ["eta"]}` — `cities` is a comma list or `all`.
@@ -50,6 +54,23 @@ def retrain_city_models() -> None:
         from cityml.naming import check_target
 
         return [check_target(t) for t in (params or {}).get("targets", ["eta", "price"])]
+
+    @task(map_index_template="{{ model_label }}")
+    def train_global(
+        target: str,
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        data_interval_end: pendulum.DateTime | None = None,
+    ) -> dict[str, Any]:
+        """The fleet model of one target, on every selected city."""
+        from cityml.catalog import load_catalog
+        from cityml.settings import get_settings
+        from training.pipeline import train_global as fit_global
+
+        get_current_context()["model_label"] = f"{target}-global"  # type: ignore[typeddict-unknown-key]
+        s = get_settings()
+        cities = [c.slug for c in load_catalog(s.catalog_path).cities]
+        return fit_global(s, target, cities, until=data_interval_end, run_label=run_id or "airflow")
 
     @task(map_index_template="{{ model_label }}", retries=1)
     def train(

@@ -20,7 +20,7 @@ from cityml.prediction_log import PredictionLogger
 from cityml.settings import Settings, get_settings
 from serving.api.routes import admin, health, models, predict
 from serving.model_store import ModelStore
-from serving.state import AppState, Metrics
+from serving.state import AppState, Metrics, Services
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
+        store = get_store(s)
         state = AppState(
             settings=s,
             catalog=load_catalog(s.catalog_path),
-            store=get_store(s),
+            store=store,
+            services=Services(store),
             models=ModelStore(s),
             log=PredictionLogger(s.predictions_dir),
             metrics=Metrics(),

@@ -13,7 +13,7 @@ from cityml.settings import Settings
 from serving.model_store import ModelStore
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureService, FeatureStore
 
 
 class Metrics:
@@ -37,6 +37,19 @@ class Metrics:
         self.reloads = Counter("cityml_model_reloads_total", "Champion versions loaded", registry=self.registry)
 
 
+class Services:
+    """FeatureService objects by name, fetched from the Feast registry once."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self._store = store
+        self._cache: dict[str, FeatureService] = {}
+
+    def get(self, name: str) -> FeatureService:
+        if name not in self._cache:
+            self._cache[name] = self._store.get_feature_service(name)
+        return self._cache[name]
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -45,3 +58,4 @@ class AppState:
     models: ModelStore
     log: PredictionLogger
     metrics: Metrics
+    services: Services

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,6 +14,9 @@ from cityml.naming import LABELS, feature_service_name
 from cityml.request_features import REQUEST_FEATURES, request_features
 from cityml.settings import Settings
 from cityml.trips import read_trips
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
 
 
 @dataclass
@@ -56,18 +60,33 @@ def build_training_set(
         )
 
     tz = {c.slug: c.timezone for c in catalog.cities}
+    joined = historical_model_input(store, service, trips, tz)
+    frame = pd.concat([trips[["trip_id"]], joined, trips[[label]]], axis=1)
+    frame = frame.sort_values(["event_timestamp", "trip_id"], kind="stable").reset_index(drop=True)
+    frame = frame[["trip_id", "event_timestamp", *features, label]]
+    return TrainingSet(frame, features, label, service_name)
+
+
+def historical_model_input(
+    store: FeatureStore, service: FeatureService, trips: pd.DataFrame, timezones: dict[str, str]
+) -> pd.DataFrame:
+    """What a model sees for each trip at its pickup time, on ``trips``'s index.
+
+    Request-time features from ``cityml.request_features`` plus the service's features joined
+    point-in-time by Feast (the latest row at or before pickup, within the view's TTL), and the
+    pickup time as ``event_timestamp``.
+    """
+    key = pd.Series(range(len(trips)), index=trips.index, name="_row")
     entity_df = pd.concat(
         [
-            trips[["trip_id"]],
+            key,
             entity_columns(trips),
-            trips[["pickup_ts"]].rename(columns={"pickup_ts": "event_timestamp"}),
-            request_features(trips, tz),
-            trips[[label]],
+            trips["pickup_ts"].astype("datetime64[us, UTC]").rename("event_timestamp"),
         ],
         axis=1,
     )
-    entity_df["event_timestamp"] = entity_df["event_timestamp"].astype("datetime64[us, UTC]")
     joined = store.get_historical_features(entity_df=entity_df, features=service, full_feature_names=True).to_df()
-    joined = joined.sort_values(["event_timestamp", "trip_id"], kind="stable").reset_index(drop=True)
-    frame = joined[["trip_id", "event_timestamp", *features, label]]
-    return TrainingSet(frame, features, label, service_name)
+    joined = joined.set_index("_row").reindex(key.to_numpy())
+    joined.index = trips.index
+    names = service_feature_names(service)
+    return pd.concat([request_features(trips, timezones), joined[names], entity_df["event_timestamp"]], axis=1)

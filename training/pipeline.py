@@ -1,4 +1,4 @@
-"""Train one city's model for one target, end to end: features → fit → evaluate → register → gate."""
+"""Training runs: one city's model, the fleet (global) model, and a whole fleet run with its gate report."""
 
 from __future__ import annotations
 
@@ -7,29 +7,100 @@ import time
 from datetime import datetime
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
+import pandas as pd
 
 from cityml.catalog import load_catalog
-from cityml.naming import model_name
-from cityml.profile import PROFILE_FILE, build_profile, day_segments
-from cityml.registry import client, load_champion
+from cityml.naming import GLOBAL, model_name
+from cityml.online import CITY_FEATURE, model_frame
+from cityml.profile import build_profile, day_segments
+from cityml.registry import LoadedModel, client, load_champion
 from cityml.settings import Settings
-from training.datasets import build_training_set
-from training.fit import DEFAULT_PARAMS, RatePerKm, fit_lgbm, mae, predict, time_split
-from training.registry import experiment_id, git_sha, set_champion, tag_version
+from training.datasets import TrainingSet, build_training_set
+from training.evaluate import LinearOnDistance, Median, RatePerKm, mae, metrics
+from training.fit import DEFAULT_PARAMS, Split, fit_lgbm, time_split
+from training.gate import Decision, GateInputs, decide
+from training.registry import experiment_id, feast_registry_version, git_sha, log_version, set_champion
 
 log = logging.getLogger(__name__)
 
-MIN_TRAIN_ROWS = 500
+MIN_FIT_ROWS = 100  # below this there is nothing to split into train / validation / test
 
 
-def _decide(challenger_mae: float, champion_mae: float | None) -> tuple[bool, str]:
-    """The skeleton gate: promote when there is no champion or the challenger is at least as good."""
-    if champion_mae is None:
-        return True, "no champion yet"
-    if challenger_mae <= champion_mae:
-        return True, f"challenger MAE {challenger_mae:.4g} <= champion MAE {champion_mae:.4g} on the same test window"
-    return False, f"challenger MAE {challenger_mae:.4g} > champion MAE {champion_mae:.4g} on the same test window"
+def predict(model: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
+    """Predictions for rows holding the model's features (and ``city`` for fleet models)."""
+    names = list(model.feature_name())
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
+    return np.asarray(
+        model.predict(
+            model_frame(frame, names, frame[CITY_FEATURE]) if CITY_FEATURE in names else frame[names],
+            num_iteration=model.best_iteration or None,
+        )
+    )
+
+
+def _score(model: LoadedModel | None, frame: pd.DataFrame, label: str) -> float | None:
+    """MAE of a registered model on a frame, or None when it is absent or needs other features."""
+    if model is None or not set(model.features) <= set(frame.columns):
+        return None
+    return mae(frame[label].to_numpy(), predict(model.booster, frame))
+
+
+def _window(split: Split) -> dict[str, str]:
+    ts = [split.train["event_timestamp"], split.valid["event_timestamp"], split.test["event_timestamp"]]
+    return {
+        "data_start": ts[0].min().isoformat(),
+        "data_end": ts[2].max().isoformat(),
+        "valid_start": ts[1].min().isoformat(),
+        "test_start": ts[2].min().isoformat(),
+        "test_end": ts[2].max().isoformat(),
+    }
+
+
+def _register(
+    settings: Settings,
+    name: str,
+    booster: lgb.Booster,
+    split: Split,
+    features: list[str],
+    m: dict[str, float],
+    tags: dict[str, Any],
+    decision: Decision,
+    forced: bool,
+    params: dict[str, Any],
+) -> str:
+    c = client(settings)
+    train_pred = predict(booster, split.train)
+    profile = build_profile(split.train[features], train_pred, day_segments(split.train["is_weekend"]))
+    version = log_version(
+        c,
+        experiment_id(c, settings),
+        name,
+        booster,
+        split.test,
+        features,
+        m,
+        tags,
+        profile,
+        {**DEFAULT_PARAMS, **params},
+    )
+    c.set_model_version_tag(name, version, "gate", "passed" if decision.promote else "failed")
+    c.set_model_version_tag(name, version, "gate_reasons", "; ".join(decision.reasons)[:4900])
+    if decision.promote or forced:
+        why = decision.summary if not forced else f"forced by ops (gate: {decision.summary})"
+        set_champion(c, name, version, why)
+        if forced:
+            c.set_model_version_tag(name, version, "force_promoted", "true")
+    else:
+        c.set_model_version_tag(name, version, "promotion", f"rejected: {decision.summary}")
+    return version
+
+
+def _result(name: str, city: str, target: str, status: str, reason: str, **extra: Any) -> dict[str, Any]:
+    return {"model": name, "city": city, "target": target, "status": status, "reason": reason, **extra}
 
 
 def train_city(
@@ -39,116 +110,215 @@ def train_city(
     *,
     until: datetime | None = None,
     run_label: str = "cli",
+    force_promote: bool = False,
 ) -> dict[str, Any]:
     """Fit, evaluate, register and gate ``<target>-<city>``. Returns a JSON-safe summary."""
-    import mlflow
-    import mlflow.lightgbm
-    from mlflow.models import infer_signature
-
     started = time.perf_counter()
     load_catalog(settings.catalog_path).get(city)  # unknown city: a clear error before any work
     name = model_name(target, city)
     ts = build_training_set(settings, city, target, until=until)
-    if ts.rows < MIN_TRAIN_ROWS:
-        return {
-            "model": name,
-            "city": city,
-            "target": target,
-            "status": "skipped",
-            "reason": f"{ts.rows} trips with labels, fewer than {MIN_TRAIN_ROWS}",
-        }
-
+    if ts.rows < MIN_FIT_ROWS:
+        return _result(
+            name,
+            city,
+            target,
+            "skipped",
+            f"too little data: {ts.rows} trips with a {ts.label}, fewer than {MIN_FIT_ROWS} to fit on",
+        )
     split = time_split(ts.frame)
     booster = fit_lgbm(split, ts.features, ts.label)
     y = split.test[ts.label].to_numpy()
-    pred = predict(booster, split.test)
-    baseline = RatePerKm.fit(split.train, ts.label)
-    metrics: dict[str, float] = {
-        "mae": mae(y, pred),
-        "baseline_mae": mae(y, baseline.predict(split.test)),
-        "best_iteration": float(booster.best_iteration),
-        "train_rows": float(len(split.train)),
-        "test_rows": float(len(split.test)),
-    }
+    m = metrics(y, predict(booster, split.test))
+    rate = RatePerKm.fit(split.train, ts.label)
+    m["baseline_mae"] = mae(y, rate.predict(split.test))
+    m["linear_baseline_mae"] = mae(y, LinearOnDistance.fit(split.train, ts.label).predict(split.test))
+    m["median_mae"] = mae(y, Median.fit(split.train, ts.label).predict(split.test))
 
     c = client(settings)
-    current = load_champion(c, name)
-    champion_mae = None
-    if current is not None and set(current.features) <= set(split.test.columns):
-        champion_mae = mae(y, predict(current.booster, split.test))
-        metrics["champion_mae"] = champion_mae
-    promote, reason = _decide(metrics["mae"], champion_mae)
+    champion_mae = _score(load_champion(c, name), split.test, ts.label)
+    global_mae = _score(load_champion(c, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
+    parity = None
+    if settings.gate_parity_sample > 0:
+        from training.parity import parity_check
 
-    stamps = ts.frame["event_timestamp"]
+        parity = parity_check(settings, city, sample=settings.gate_parity_sample, target=target)["mismatches"]
+    decision = decide(
+        GateInputs(m["mae"], m["median_mae"], len(split.train), champion_mae, global_mae, parity), settings
+    )
+    for key, value in (("champion_mae", champion_mae), ("global_mae", global_mae)):
+        if value is not None:
+            m[key] = value
+    m.update(
+        best_iteration=float(booster.best_iteration),
+        train_rows=float(len(split.train)),
+        test_rows=float(len(split.test)),
+    )
     tags = {
         "city": city,
         "target": target,
         "feature_service": ts.feature_service,
         "git_sha": git_sha(),
-        "data_start": stamps.min().isoformat(),
-        "data_end": stamps.max().isoformat(),
-        "test_start": split.test["event_timestamp"].min().isoformat(),
+        "feast_registry": feast_registry_version(settings),
         "train_rows": len(split.train),
         "dag_run_id": run_label,
+        **_window(split),
     }
-    with mlflow.start_run(experiment_id=experiment_id(c, settings), run_name=name) as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params({**DEFAULT_PARAMS, "features": ",".join(ts.features), "baseline_rate_per_km": baseline.rate})
-        mlflow.log_metrics(metrics)
-        train_pred = predict(booster, split.train)
-        segments = day_segments(split.train["is_weekend"])
-        mlflow.log_dict(build_profile(split.train[ts.features], train_pred, segments), PROFILE_FILE)
-        example = split.test[ts.features].head(5)
-        info = mlflow.lightgbm.log_model(
-            booster,
-            name="model",
-            signature=infer_signature(example, predict(booster, example)),
-            input_example=example,
-            registered_model_name=name,
-        )
-    version = str(info.registered_model_version)
-    tag_version(c, name, version, {**tags, "mae": metrics["mae"], "baseline_mae": metrics["baseline_mae"]})
-    if promote:
-        set_champion(c, name, version, reason)
-    else:
-        c.set_model_version_tag(name, version, "promotion", f"rejected: {reason}")
-    log.info("%s v%s: mae %.4g baseline %.4g -> %s", name, version, metrics["mae"], metrics["baseline_mae"], reason)
-    return {
-        "model": name,
-        "city": city,
+    version = _register(
+        settings,
+        name,
+        booster,
+        split,
+        ts.features,
+        m,
+        tags,
+        decision,
+        force_promote,
+        {"baseline_rate_per_km": rate.rate},
+    )
+    promoted = decision.promote or force_promote
+    log.info("%s v%s: mae %.4g baseline %.4g -> %s", name, version, m["mae"], m["baseline_mae"], decision.summary)
+    return _result(
+        name,
+        city,
+        target,
+        "promoted" if promoted else "rejected",
+        decision.summary,
+        version=version,
+        forced=force_promote and not decision.promote,
+        checks=decision.reasons,
+        test_window=[tags["test_start"], tags["test_end"]],
+        metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def train_global(
+    settings: Settings, target: str, cities: list[str], *, until: datetime | None = None, run_label: str = "cli"
+) -> dict[str, Any]:
+    """The fleet model ``<target>-global``: every city's rows, the city as a categorical feature.
+
+    Each city contributes its own time windows, so every city's test window is held out. The
+    new version is promoted when there is no champion or it is at least as good on the union of
+    the test windows.
+    """
+    started = time.perf_counter()
+    name = model_name(target, GLOBAL)
+    catalog = sorted(load_catalog(settings.catalog_path).slugs)
+    parts: list[tuple[str, Split]] = []
+    sets: list[TrainingSet] = []
+    for city in cities:
+        ts = build_training_set(settings, city, target, until=until)
+        if ts.rows >= MIN_FIT_ROWS:
+            sets.append(ts)
+            parts.append((city, time_split(ts.frame)))
+    if not parts:
+        return _result(name, GLOBAL, target, "skipped", "no city has enough rows")
+
+    def stack(attr: str) -> pd.DataFrame:
+        frames = [getattr(s, attr).assign(**{CITY_FEATURE: city}) for city, s in parts]
+        out = pd.concat(frames, ignore_index=True)
+        out[CITY_FEATURE] = pd.Categorical(out[CITY_FEATURE], categories=catalog)
+        return out
+
+    split = Split(stack("train"), stack("valid"), stack("test"))
+    features = [*sets[0].features, CITY_FEATURE]
+    label = sets[0].label
+    booster = fit_lgbm(split, features, label)
+    y = split.test[label].to_numpy()
+    pred = predict(booster, split.test)
+    m = metrics(y, pred)
+    m["baseline_mae"] = float(
+        np.mean([mae(s.test[label].to_numpy(), RatePerKm.fit(s.train, label).predict(s.test)) for _, s in parts])
+    )
+    m["median_mae"] = mae(y, np.concatenate([Median.fit(s.train, label).predict(s.test) for _, s in parts]))
+    per_city = {city: mae(s.test[label].to_numpy(), predict(booster, s.test.assign(city=city))) for city, s in parts}
+    c = client(settings)
+    champion_mae = _score(load_champion(c, name), split.test, label)
+    bar = None if champion_mae is None else champion_mae * (1 - settings.gate_margin)
+    decision = Decision(promote=bar is None or m["mae"] <= bar)
+    decision.reasons.append("no champion yet" if bar is None else f"MAE {m['mae']:.4g} vs champion {champion_mae:.4g}")
+    if not decision.promote:
+        decision.failed.append(f"does not beat champion: MAE {m['mae']:.4g} > {bar:.4g}")
+    if champion_mae is not None:
+        m["champion_mae"] = champion_mae
+    m.update(best_iteration=float(booster.best_iteration), train_rows=float(len(split.train)))
+    tags = {
+        "city": GLOBAL,
         "target": target,
-        "status": "promoted" if promote else "rejected",
-        "version": version,
-        "reason": reason,
-        "run_id": run.info.run_id,
-        "metrics": {k: round(v, 6) for k, v in metrics.items() if np.isfinite(v)},
-        "seconds": round(time.perf_counter() - started, 2),
+        "feature_service": sets[0].feature_service,
+        "git_sha": git_sha(),
+        "feast_registry": feast_registry_version(settings),
+        "train_rows": len(split.train),
+        "cities": ",".join(c_ for c_, _ in parts),
+        "dag_run_id": run_label,
+        **_window(split),
     }
+    version = _register(settings, name, booster, split, features, m, tags, decision, False, {})
+    return _result(
+        name,
+        GLOBAL,
+        target,
+        "promoted" if decision.promote else "rejected",
+        decision.summary,
+        version=version,
+        checks=decision.reasons,
+        per_city_mae={k: round(v, 6) for k, v in per_city.items()},
+        metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
+        seconds=round(time.perf_counter() - started, 2),
+    )
 
 
-def train_many(
+def isolated(fn: Any, name: str, city: str, target: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one training; a failure is reported with its reason and leaves the champion alone."""
+    try:
+        result: dict[str, Any] = fn(*args, **kwargs)
+        return result
+    except Exception as exc:
+        log.exception("training %s failed", name)
+        return _result(name, city, target, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def train_fleet(
     settings: Settings,
     cities: list[str],
     targets: list[str],
     *,
     until: datetime | None = None,
     run_label: str = "cli",
+    force_promote: bool = False,
+    with_global: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train every (city, target); one failing city is reported and does not stop the others."""
+    """The global models first (the gate compares with them), then every (city, target)."""
     results = []
+    if with_global:
+        for target in targets:
+            results.append(
+                isolated(
+                    train_global,
+                    model_name(target, GLOBAL),
+                    GLOBAL,
+                    target,
+                    settings,
+                    target,
+                    cities,
+                    until=until,
+                    run_label=run_label,
+                )
+            )
     for city in cities:
         for target in targets:
-            try:
-                results.append(train_city(settings, city, target, until=until, run_label=run_label))
-            except Exception as exc:
-                log.exception("training %s-%s failed", target, city)
-                results.append(
-                    {
-                        "model": model_name(target, city),
-                        "city": city,
-                        "target": target,
-                        "status": "failed",
-                        "reason": f"{type(exc).__name__}: {exc}",
-                    }
+            results.append(
+                isolated(
+                    train_city,
+                    model_name(target, city),
+                    city,
+                    target,
+                    settings,
+                    city,
+                    target,
+                    until=until,
+                    run_label=run_label,
+                    force_promote=force_promote,
                 )
+            )
     return results

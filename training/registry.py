@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cityml.naming import CHAMPION
 from cityml.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
+    import lightgbm as lgb
+    import pandas as pd
     from mlflow import MlflowClient
 
 
@@ -40,3 +44,83 @@ def set_champion(c: MlflowClient, name: str, version: str, reason: str) -> None:
 def tag_version(c: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, str(value))
+
+
+def feast_registry_version(settings: Settings) -> str:
+    """When the Feast registry the features came from was last applied (its lineage stamp)."""
+    from cityml.featurestore import get_store
+
+    try:
+        updated = get_store(settings).registry.proto().last_updated
+        return str(updated.ToJsonString())
+    except Exception:  # noqa: BLE001 - lineage must not fail a training run
+        return "unknown"
+
+
+def log_version(
+    c: MlflowClient,
+    experiment: str,
+    name: str,
+    booster: lgb.Booster,
+    example_frame: pd.DataFrame,
+    features: list[str],
+    metrics: dict[str, float],
+    tags: dict[str, Any],
+    profile: dict[str, Any],
+    params: dict[str, Any],
+) -> str:
+    """One MLflow run holding the model, its metrics, tags and reference profile; registered as ``name``.
+
+    The booster is saved by ``mlflow.lightgbm`` in LightGBM's text format. Requirements are given
+    explicitly: inferring them would export the whole project lock for every model.
+    """
+    import lightgbm
+    import mlflow
+    import mlflow.lightgbm
+    from mlflow.models import infer_signature
+
+    from cityml.online import CITY_FEATURE, model_frame
+    from cityml.profile import PROFILE_FILE
+
+    example = example_frame.head(5)
+    x = model_frame(example, features, example[CITY_FEATURE]) if CITY_FEATURE in features else example[features]
+    with mlflow.start_run(experiment_id=experiment, run_name=name):
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        mlflow.log_params({**params, "features": ",".join(features)})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_dict(profile, PROFILE_FILE)
+        info = mlflow.lightgbm.log_model(
+            booster,
+            name="model",
+            signature=infer_signature(x, booster.predict(x)),
+            input_example=x,
+            registered_model_name=name,
+            pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"mlflow=={mlflow.__version__}"],
+        )
+    version = str(info.registered_model_version)
+    tag_version(c, name, version, {**tags, **{k: metrics[k] for k in ("mae", "baseline_mae") if k in metrics}})
+    return version
+
+
+def rollback(settings: Settings, name: str, version: str, who: str = "cli") -> dict[str, Any]:
+    """Point ``@champion`` of ``name`` back at ``version``, recorded on both versions."""
+    from datetime import UTC, datetime
+
+    from mlflow.exceptions import MlflowException
+
+    from cityml.registry import champion, client
+
+    c = client(settings)
+    try:
+        target = c.get_model_version(name, version)
+    except MlflowException as exc:
+        raise LookupError(f"{name} has no version {version!r}") from exc
+    current = champion(c, name)
+    previous = str(current.version) if current is not None else None
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    c.set_registered_model_alias(name, CHAMPION, str(target.version))
+    c.set_model_version_tag(name, str(target.version), "promotion", f"rollback by {who} at {when} (was v{previous})")
+    if previous is not None and previous != str(target.version):
+        c.set_model_version_tag(name, previous, "demoted", f"rollback to v{target.version} by {who} at {when}")
+    c.set_registered_model_tag(name, "last_rollback", f"v{previous} -> v{target.version} by {who} at {when}")
+    return {"model": name, "champion_version": str(target.version), "previous_version": previous, "at": when}

@@ -60,6 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
         "CITYML_RELOAD_INTERVAL_S": "0",
         "CITYML_API_KEYS": KEY,
         "CITYML_ADMIN_KEY": ADMIN,
+        "CITYML_GATE_PARITY_SAMPLE": "5",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -89,44 +90,52 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
 
 def test_retrain_dag_registers_champions_that_beat_the_baseline(world: Settings) -> None:
     fleet = {(r["city"], r["target"]): r for r in _cli("models", "list")}
-    assert set(fleet) == {(c, t) for c in CITIES for t in ("eta", "price")}
+    assert set(fleet) == {(c, t) for c in [*CITIES, "global"] for t in ("eta", "price")}
     for (city, target), row in fleet.items():
-        assert row["champion_version"] == "1"
+        assert row["champion_version"] == "1", row
         assert row["metrics"]["mae"] < row["metrics"]["baseline_mae"], row
         tags = row["tags"]
         assert tags["city"] == city and tags["target"] == target
         assert tags["feature_service"] == f"{target}_v1"
         assert tags["dag_run_id"].startswith("manual__")
-        for key in ("git_sha", "data_start", "data_end", "train_rows"):
-            assert tags[key], key
+        assert tags["gate"] == "passed"
+        for key in ("git_sha", "data_start", "data_end", "test_start", "train_rows", "feast_registry"):
+            assert tags[key] and tags[key] != "unknown", key
+    reports = list((world.reports_dir / "gate").glob("gate-*.json"))
+    assert len(reports) == 1 and len(json.loads(reports[0].read_text())["models"]) == 6
 
 
 @pytest.fixture(scope="module")
 def server(world: Settings) -> Iterator[str]:
     port = 18000 + os.getpid() % 1000
-    proc = subprocess.Popen(
-        [bin_path("cityml"), "serve", "--port", str(port)],
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server died"
+    # The server's log goes to a file: an undrained pipe would fill up and block the server.
+    log_path = world.home / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [bin_path("cityml"), "serve", "--port", str(port)],
+            env=os.environ.copy(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(240):
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if httpx.get(f"{url}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            else:
+                pytest.fail("server never became ready")
+            yield url
+        finally:
+            proc.terminate()
             try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("server never became ready")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _instances(settings: Settings, city: str, n: int, long_only: bool = False) -> list[dict[str, Any]]:
@@ -195,10 +204,32 @@ def test_drift_dag_flags_the_city_whose_traffic_moved(world: Settings, server: s
 def test_new_champion_is_hot_reloaded(world: Settings, server: str) -> None:
     from training.pipeline import train_city
 
-    result = train_city(world, "alpha", "eta", run_label="cli")
-    assert result["status"] == "promoted", result  # same data, same seed: ties promote
+    result = train_city(world, "alpha", "eta", run_label="cli", force_promote=True)
+    assert result["status"] == "promoted", result
     r = httpx.post(f"{server}/admin/reload", headers={"X-API-Key": ADMIN})
     assert r.status_code == 200 and r.json()["changed"] == {"eta-alpha": f"v{result['version']}"}
     served = {m["name"]: m["version"] for m in httpx.get(f"{server}/v1/models").json()}
     assert served["eta-alpha"] == result["version"]
     assert httpx.post(f"{server}/admin/reload", headers={"X-API-Key": KEY}).status_code == 401
+
+
+def test_features_parity_training_vs_serving(world: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 mismatches with the real code; the check does catch skew (serving ignoring the TTL)."""
+    result = CliRunner().invoke(app, ["features", "parity", "--city", "alpha", "--sample", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert [r["mismatches"] for r in reports] == [0, 0] and all(r["samples"] == 40 for r in reports)
+
+    import cityml.online
+
+    monkeypatch.setattr(
+        cityml.online,
+        "service_ttls",
+        lambda store, service: dict.fromkeys(
+            [f"{p.name_to_use()}__{f.name}" for p in service.feature_view_projections for f in p.features]
+        ),
+    )
+    from training.parity import parity_check
+
+    skewed = parity_check(world, "alpha", sample=40)
+    assert skewed["mismatches"] > 0 and skewed["examples"][0]["training"] is None

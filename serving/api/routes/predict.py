@@ -12,8 +12,9 @@ import pandas as pd
 from fastapi import APIRouter, HTTPException, status
 
 from cityml.naming import UNITS, Target
+from cityml.online import model_frame, model_input
 from serving.api.deps import ApiKeyDep, StateDep
-from serving.features import RequestError, model_input, resolve_zones
+from serving.features import RequestError, resolve_zones
 from serving.schemas import Prediction, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -60,8 +61,9 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
     keys = pd.Series([id(s) for s in served_by], index=df.index)
     for _, rows in df.groupby(keys, sort=False):
         model = served_by[rows.index[0]].model
-        features = model_input(state.store, model.tags.get("feature_service", ""), rows, timezones)
-        x = features[model.features]
+        service = state.services.get(model.tags.get("feature_service", ""))
+        features = model_input(state.store, service, rows, timezones)
+        x = model_frame(features, model.features, rows["city"])
         pred = np.maximum(model.booster.predict(x, num_iteration=model.booster.best_iteration or None), 0.0)
         values[rows.index] = pred
         for idx, row_features, value in zip(rows.index, x.to_dict("records"), pred, strict=True):
@@ -74,7 +76,7 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
                     "model": model.name,
                     "version": model.version,
                     "fallback": fallbacks[idx],
-                    "features": {k: (None if pd.isna(v) else float(v)) for k, v in row_features.items()},
+                    "features": {k: (None if pd.isna(v) else float(v)) for k, v in row_features.items() if k != "city"},
                     "prediction": float(value),
                 }
             )

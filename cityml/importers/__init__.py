@@ -1,0 +1,10 @@
+"""Importers of real trip records (NYC TLC, Chicago) into the canonical trip store.
+
+``import_files`` is the entry point; each source module maps one public layout family to canonical rows.
+"""
+
+from cityml.importers.batch import IMPORTERS, import_files
+from cityml.importers.common import TripFileError, merge_with_stored
+from cityml.validation import TripSchemaError
+
+__all__ = ["IMPORTERS", "TripFileError", "TripSchemaError", "import_files", "merge_with_stored"]

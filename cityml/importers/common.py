@@ -1,0 +1,194 @@
+"""What the trip importers share: reading a file, matching column variants, parsing times and numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from cityml.schema import TRIP_COLUMNS
+from cityml.trips import read_trips
+from cityml.validation import TripSchemaError
+
+MILE_KM = 1.609344
+# Formats tried, in order, for timestamps given as text. The second is the Socrata data portals' export format
+# (Chicago's "Taxi Trips", older NYC exports).
+ISO = "ISO8601"
+PORTAL_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+
+
+class TripFileError(ValueError):
+    """A file that cannot be read as a table; the message names the file."""
+
+
+class Mapped(NamedTuple):
+    """A source file mapped to canonical trip rows."""
+
+    trips: pd.DataFrame
+    variant: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One public column layout of a source.
+
+    Attributes:
+        name: Short name reported back (e.g. ``"tlc"``).
+        required: Role -> accepted column names (any one of them), matched case-insensitively.
+        optional: Same, for roles that may be absent (e.g. a fare).
+    """
+
+    name: str
+    required: dict[str, tuple[str, ...]]
+    optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def missing(self, columns: dict[str, str]) -> list[str]:
+        return ["/".join(names) for names in self.required.values() if not any(n.lower() in columns for n in names)]
+
+    def resolve(self, columns: dict[str, str]) -> dict[str, str]:
+        """Role -> actual column name in the file, for the roles the file has."""
+        out = {}
+        for role, names in {**self.required, **self.optional}.items():
+            for n in names:
+                if n.lower() in columns:
+                    out[role] = columns[n.lower()]
+                    break
+        return out
+
+
+def _key(column: object) -> str:
+    return " ".join(str(column).split()).lower()
+
+
+def match_variant(raw: pd.DataFrame, variants: list[Variant], source: str, what: str) -> tuple[Variant, dict[str, str]]:
+    """The first variant whose required columns the file has, with role -> column.
+
+    Raises:
+        TripSchemaError: No variant matches; the message names the file and what each variant lacks.
+    """
+    columns = {_key(c): str(c) for c in raw.columns}
+    lacks = []
+    for variant in variants:
+        missing = variant.missing(columns)
+        if not missing:
+            return variant, variant.resolve(columns)
+        lacks.append(f"{variant.name} variant lacks {', '.join(missing)}")
+    raise TripSchemaError(f"{source}: columns match no {what} layout ({'; '.join(lacks)})")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV (optionally compressed) or parquet file as a frame.
+
+    Raises:
+        TripFileError: The file is missing, empty or not a readable table.
+    """
+    name = path.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pq.read_table(path).to_pandas()
+        # Everything else is taken as CSV; pandas infers gzip/zip/bz2/xz/zstd from the suffix.
+        return pd.read_csv(path, low_memory=False)
+    except FileNotFoundError as exc:
+        raise TripFileError(f"{path}: file not found") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise TripFileError(f"{path}: file is empty") from exc
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise TripFileError(f"{path}: cannot read as {'parquet' if 'parq' in name else 'CSV'}: {exc}") from exc
+
+
+def numbers(s: pd.Series) -> pd.Series:
+    """Floats from a column that may hold text such as ``"$1,234.50"`` (portal exports format numbers)."""
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        return s.astype("float64")
+    text = s.astype("string").str.replace(r"[\s$,]", "", regex=True)
+    return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def zone_ids(s: pd.Series, unknown: frozenset[str] = frozenset()) -> pd.Series:
+    """Integer-valued zone ids as strings (``8.0`` -> ``"8"``); missing, non-integer or ``unknown`` ids -> None."""
+    values = numbers(s)
+    whole = values.notna() & np.isfinite(values) & (values == values.round())
+    text = values.where(whole).astype("Int64").astype("string")
+    text = text.where(~text.isin(list(unknown)))
+    return text.astype(object).where(text.notna(), None)
+
+
+def parse_times(s: pd.Series, formats: tuple[str, ...] = (ISO, PORTAL_FORMAT)) -> pd.Series:
+    """Naive or aware timestamps from datetimes or text; what no format parses becomes NaT."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s):
+        return s
+    text = s.astype("string").str.strip()
+    out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
+    for fmt in formats:
+        todo = out.isna() & text.notna()
+        if not todo.any():
+            break
+        out.loc[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+    return out
+
+
+def local_to_utc(ts: pd.Series, tz: str) -> pd.Series:
+    """Local wall-clock times in ``tz`` to UTC.
+
+    The hour repeated when clocks go back cannot be placed, so it becomes NaT (and the row is quarantined as a bad
+    pickup time); times in the hour skipped when clocks go forward are moved to its end.
+    """
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        return ts.dt.tz_convert("UTC")
+    return ts.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward").dt.tz_convert("UTC")
+
+
+def row_ids(prefix: str, source_name: str, n: int) -> pd.Series:
+    """Deterministic trip ids ``<prefix>-<hash of file name>-<row>`` for sources without their own ids.
+
+    The file name (not its path) is hashed, so importing the same file again from elsewhere gives the same ids
+    and replaces the trips instead of doubling them.
+    """
+    digest = hashlib.blake2b(Path(source_name).name.encode(), digest_size=5).hexdigest()
+    return pd.Series([f"{prefix}-{digest}-{i}" for i in range(n)], dtype=object)
+
+
+_MONTH = re.compile(r"(?<!\d)(20\d\d)-(0[1-9]|1[0-2])(?![-\d])")
+
+
+def month_period(name: str, tz: str, slack: timedelta = timedelta(days=1)) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The UTC window a monthly file covers, from a ``YYYY-MM`` in its name (``yellow_tripdata_2019-03.parquet``).
+
+    Monthly files hold trips that straddle the month's edges, so ``slack`` is allowed on both sides. None when the
+    name carries no month.
+    """
+    found = _MONTH.search(Path(name).name)
+    if found is None:
+        return None
+    start = pd.Timestamp(int(found[1]), int(found[2]), 1).tz_localize(tz)
+    end = start + pd.DateOffset(months=1)
+    return (start - slack).tz_convert("UTC"), (end + slack).tz_convert("UTC")
+
+
+def merge_with_stored(trips_dir: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """New trips plus the stored trips of the (city, UTC day) files they touch, one row per trip id.
+
+    ``write_trips`` replaces whole day files, so without this an import would drop trips already stored for those
+    days. Where a trip id is both stored and new, the new row wins (a re-import reflects the current importer).
+    """
+    if new.empty:
+        return new
+    days = pd.to_datetime(new["pickup_ts"], utc=True).dt.floor("D")
+    parts = []
+    for city, city_days in days.groupby(new["city"]):
+        lo, hi = city_days.min(), city_days.max() + pd.Timedelta(days=1)
+        stored = read_trips(trips_dir, [str(city)], lo.to_pydatetime(), hi.to_pydatetime())
+        touched = stored["pickup_ts"].dt.floor("D").isin(set(city_days))
+        if touched.any():
+            parts.append(stored[touched])
+    if not parts:
+        return new[TRIP_COLUMNS].reset_index(drop=True)
+    merged = pd.concat([*parts, new[TRIP_COLUMNS]], ignore_index=True)
+    return merged.drop_duplicates(["city", "trip_id"], keep="last").reset_index(drop=True)

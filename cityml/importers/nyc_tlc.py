@@ -1,0 +1,108 @@
+"""NYC Taxi & Limousine Commission yellow and green trip records.
+
+Two layouts are accepted, column names matched case-insensitively:
+
+- the official one of the monthly CSV/parquet files: ``tpep_pickup_datetime`` / ``tpep_dropoff_datetime`` (yellow)
+  or ``lpep_...`` (green), ``PULocationID``, ``DOLocationID``, ``trip_distance`` (miles), ``fare_amount``;
+- a snake_case one found in re-publications: ``pickup_datetime``, ``dropoff_datetime``, ``pickup_location_id``,
+  ``dropoff_location_id``, ``trip_distance``, ``fare_amount``.
+
+TLC timestamps are New York wall-clock times. Trips are located by TLC taxi zone id only (no coordinates since
+mid-2016); zones 264 and 265 mean "unknown" and "outside NYC", so they count as no zone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cityml.catalog import City
+from cityml.importers.common import (
+    MILE_KM,
+    Mapped,
+    Variant,
+    local_to_utc,
+    match_variant,
+    month_period,
+    numbers,
+    parse_times,
+    row_ids,
+    zone_ids,
+)
+
+SOURCE = "nyc-tlc"
+SOURCE_TZ = "America/New_York"
+UNKNOWN_ZONES = frozenset({"264", "265"})
+FARE = ("fare_amount",)
+
+VARIANTS = [
+    Variant(
+        name="tlc",
+        required={
+            "pickup": ("tpep_pickup_datetime", "lpep_pickup_datetime"),
+            "dropoff": ("tpep_dropoff_datetime", "lpep_dropoff_datetime"),
+            "pickup_zone": ("PULocationID",),
+            "dropoff_zone": ("DOLocationID",),
+            "miles": ("trip_distance",),
+        },
+        optional={"fare": FARE},
+    ),
+    Variant(
+        name="snake_case",
+        required={
+            "pickup": ("pickup_datetime",),
+            "dropoff": ("dropoff_datetime",),
+            "pickup_zone": ("pickup_location_id",),
+            "dropoff_zone": ("dropoff_location_id",),
+            "miles": ("trip_distance",),
+        },
+        optional={"fare": FARE},
+    ),
+]
+
+
+def period_for(path: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The month a TLC file covers, ± a day, from the ``YYYY-MM`` in its official name."""
+    return month_period(path.name, SOURCE_TZ)
+
+
+def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
+    """Canonical trip rows from a TLC table.
+
+    Args:
+        raw: The file as read.
+        city: The catalog city the trips are stored under (its slug and currency are used).
+        source_name: The file name; trip ids are derived from it and the row number.
+
+    Returns:
+        The canonical rows (not yet validated) and the name of the layout found.
+
+    Raises:
+        TripSchemaError: The columns match neither layout.
+    """
+    variant, col = match_variant(raw, VARIANTS, source_name, "NYC TLC")
+    pickup = local_to_utc(parse_times(raw[col["pickup"]]), SOURCE_TZ)
+    dropoff = local_to_utc(parse_times(raw[col["dropoff"]]), SOURCE_TZ)
+    fare = numbers(raw[col["fare"]]) if "fare" in col else pd.Series(np.nan, index=raw.index)
+    trips = pd.DataFrame(
+        {
+            "city": city.slug,
+            "trip_id": row_ids("tlc", source_name, len(raw)).to_numpy(),
+            "pickup_ts": pickup,
+            "dropoff_ts": dropoff,
+            "pickup_zone": zone_ids(raw[col["pickup_zone"]], UNKNOWN_ZONES),
+            "dropoff_zone": zone_ids(raw[col["dropoff_zone"]], UNKNOWN_ZONES),
+            "pickup_lat": np.nan,
+            "pickup_lon": np.nan,
+            "dropoff_lat": np.nan,
+            "dropoff_lon": np.nan,
+            "distance_km": numbers(raw[col["miles"]]) * MILE_KM,
+            "duration_s": (dropoff - pickup).dt.total_seconds(),
+            "fare": fare,
+            "currency": city.currency,
+        },
+        index=raw.index,
+    )
+    return Mapped(trips.reset_index(drop=True), variant.name)

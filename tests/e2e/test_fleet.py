@@ -1,0 +1,183 @@
+"""A fleet run over 20 synthetic cities: 2 with too little data, 1 whose labels are shuffled noise.
+
+The good cities are promoted; the three others get no champion and are served by the global
+model, with the reasons in the gate report. ``cityml evaluate`` reproduces a gate test MAE, and
+a rollback moves the alias back, recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cityml.catalog import load_catalog
+from cityml.feature_tables import build_feature_tables
+from cityml.featurestore import apply
+from cityml.fleet import list_models
+from cityml.settings import Settings, get_settings
+from cityml.synth import generate_city
+from cityml.trips import read_trips, write_trips
+
+pytestmark = pytest.mark.e2e
+TINY = ("tiny-a", "tiny-b")
+NOISE = "noise"
+ZONES = ["Europe/Lisbon", "Asia/Jakarta", "America/Sao_Paulo", "Africa/Nairobi", "Asia/Tokyo"]
+
+
+def _catalog(path: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    cities = []
+    names = [f"city-{i:02d}" for i in range(17)] + [*TINY, NOISE]
+    for i, slug in enumerate(names):
+        cities.append(
+            {
+                "slug": slug,
+                "timezone": ZONES[i % len(ZONES)],
+                "currency": "EUR",
+                "bbox": [38.69, -9.23, 38.80, -9.09],
+                "synthetic": {
+                    "grid": 3,
+                    "trips_per_day": 10 if slug in TINY else 260,
+                    "base_speed_kmh": float(rng.uniform(15, 35)),
+                    "rush_hours": [int(rng.integers(6, 10)), 18],
+                    "rush_slowdown": float(rng.uniform(0.3, 0.6)),
+                    "weekend_speedup": 1.2,
+                    "tariff": {"base": 3.0, "per_km": float(rng.uniform(0.5, 2.0)), "per_min": 0.2, "surge": 0.5},
+                    "noise": 0.12,
+                },
+            }
+        )
+    path.write_text(yaml.safe_dump({"cities": cities}))
+    return names
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[str, Any]]]:
+    from training.pipeline import train_fleet
+    from training.report import write_gate_report
+
+    root = tmp_path_factory.mktemp("fleet")
+    catalog_path = root / "cities.yaml"
+    names = _catalog(catalog_path)
+    settings = Settings(home=root / "var", catalog_path=catalog_path, gate_parity_sample=3)
+    start = date.today() - timedelta(days=14)
+    for city in load_catalog(catalog_path).cities:
+        trips = generate_city(city, start, 14, seed=11)
+        if city.slug == NOISE:  # a bad data day: outcomes shuffled across trips
+            rng = np.random.default_rng(1)
+            order = rng.permutation(len(trips))
+            trips["duration_s"] = trips["duration_s"].to_numpy()[order]
+            trips["fare"] = trips["fare"].to_numpy()[rng.permutation(len(trips))]
+            trips["dropoff_ts"] = trips["pickup_ts"] + trips["duration_s"].astype("timedelta64[s]")
+        write_trips(settings.trips_dir, trips)
+    build_feature_tables(settings.trips_dir, settings.features_dir)
+    apply(settings)
+    results = train_fleet(settings, names, ["eta", "price"], run_label="test-fleet")
+    report = write_gate_report(settings, results, "test-fleet")
+    yield settings, {"results": results, "report": report}
+
+
+def test_good_cities_promoted_others_fall_back_with_reasons(fleet: tuple[Settings, dict[str, Any]]) -> None:
+    settings, run = fleet
+    by = {(r["city"], r["target"]): r for r in run["results"]}
+    assert len(by) == 42
+    for target in ("eta", "price"):
+        assert by[("global", target)]["status"] == "promoted"
+        for i in range(17):
+            r = by[(f"city-{i:02d}", target)]
+            assert r["status"] == "promoted", r
+            assert r["metrics"]["mae"] < r["metrics"]["baseline_mae"]
+        for slug in TINY:
+            r = by[(slug, target)]
+            assert r["status"] in ("rejected", "skipped") and "too little data" in r["reason"], r
+        r = by[(NOISE, target)]
+        assert r["status"] == "rejected" and "no skill" in r["reason"], r
+
+    fleet_rows = {row["name"]: row for row in list_models(settings)}
+    for slug in (*TINY, NOISE):
+        row = fleet_rows.get(f"eta-{slug}")
+        if row is not None:  # registered but not promoted (a tiny city may be too small to fit at all)
+            assert row["champion_version"] is None and row["fallback"] == "no champion: eta-global serves"
+
+    doc = json.loads(Path(run["report"]["path"]).read_text())
+    assert len(doc["models"]) == 42
+    assert "| noise | eta |" in run["report"]["markdown"] and "no skill" in run["report"]["markdown"]
+
+
+def test_serving_falls_back_to_the_global_model(fleet: tuple[Settings, dict[str, Any]]) -> None:
+    from serving.model_store import ModelStore
+
+    settings, _ = fleet
+    store = ModelStore(settings)
+    store.refresh()
+    served, fallback = store.get("eta", NOISE)
+    assert served is not None and served.model.name == "eta-global"
+    assert fallback == "eta-noise has no champion"
+    own, none = store.get("eta", "city-03")
+    assert own is not None and own.model.name == "eta-city-03" and none is None
+
+
+def test_evaluate_reproduces_the_gate_test_mae(
+    fleet: tuple[Settings, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, run = fleet
+    r = next(x for x in run["results"] if x["city"] == "city-05" and x["target"] == "eta")
+    monkeypatch.setenv("CITYML_HOME", str(settings.home))
+    monkeypatch.setenv("CITYML_CATALOG_PATH", str(settings.catalog_path))
+    get_settings.cache_clear()
+    from cityml.cli import app
+
+    out = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--city",
+            "city-05",
+            "--target",
+            "eta",
+            "--from",
+            r["test_window"][0],
+            "--to",
+            r["test_window"][1],
+            "--json",
+        ],
+    )
+    get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["rows"] == r["metrics"]["test_rows"]
+    assert doc["mae"] == pytest.approx(r["metrics"]["mae"], rel=1e-6)
+    assert doc["baseline_mae"] == pytest.approx(r["metrics"]["baseline_mae"], rel=1e-6)
+    assert doc["global_mae"] == pytest.approx(r["metrics"]["global_mae"], rel=1e-6)
+
+
+def test_failures_are_isolated_and_rollback_is_recorded(fleet: tuple[Settings, dict[str, Any]]) -> None:
+    from cityml.registry import champion, client
+    from training.pipeline import train_fleet
+    from training.registry import rollback
+
+    settings, _ = fleet
+    # A city with no rows at all and an unknown one: reported, the others go on.
+    write_trips(settings.trips_dir, read_trips(settings.trips_dir, ["city-01"]).head(0))
+    results = train_fleet(settings, ["city-02", "gotham"], ["eta"], with_global=False, run_label="again")
+    status = {r["city"]: r for r in results}
+    assert status["gotham"]["status"] == "failed" and "gotham" in status["gotham"]["reason"]
+    assert status["city-02"]["status"] in ("promoted", "rejected") and status["city-02"]["version"] == "2"
+
+    c = client(settings)
+    before = champion(c, "eta-city-02")
+    assert before is not None
+    doc = rollback(settings, "eta-city-02", "1")
+    after = champion(c, "eta-city-02")
+    assert after is not None and after.version == "1" and doc["previous_version"] == before.version
+    assert "rollback" in after.tags["promotion"]
+    with pytest.raises(LookupError, match="no version '9'"):
+        rollback(settings, "eta-city-02", "9")

@@ -1,0 +1,301 @@
+"""Real-trip importers: NYC TLC and Chicago layouts, dirty rows quarantined, refused batches store nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cityml.importers import TripFileError, TripSchemaError, import_files, merge_with_stored
+from cityml.importers.common import month_period
+from cityml.settings import PROJECT_ROOT, Settings
+from cityml.trips import read_trips, trip_files, write_trips
+from tests.conftest import FIXTURES, IN_CI
+
+TRIPS = FIXTURES / "trips"
+YELLOW = TRIPS / "yellow_tripdata_2024-01.csv"
+GREEN = TRIPS / "green_tripdata_2023-11.csv"
+SNAKE = TRIPS / "trips_snake_case.csv"
+PORTAL = TRIPS / "chicago_taxi_trips_portal.csv"
+BIGQUERY = TRIPS / "chicago_taxi_trips_bigquery.csv"
+NOT_TRIPS = TRIPS / "not_trips.csv"
+REAL_SAMPLE = Path(PROJECT_ROOT).parent / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"
+
+
+@pytest.fixture
+def settings(small_settings: Settings) -> Settings:
+    """The small test home, with a catalog holding the real-data cities."""
+    return Settings(home=small_settings.home, catalog_path=FIXTURES / "cities_real.yaml", reload_interval_s=0)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_yellow_csv_dirty_rows_are_quarantined_by_reason(settings: Settings) -> None:
+    report = import_files(settings, "nyc-tlc", [YELLOW], "nyc")
+    (file,) = report["files"]
+    assert (file["variant"], file["rows_read"], file["rows_kept"], file["rows_quarantined"]) == ("tlc", 12, 4, 8)
+    assert file["quarantined_by_reason"] == {
+        "pickup_ts": 1,  # 2008
+        "out_of_period": 2,  # 2008 and June 2023 in a January 2024 file
+        "dropoff_before_pickup": 1,
+        "duration_s": 2,  # the one above and a 5-hour trip
+        "distance_km": 1,
+        "speed": 1,
+        "fare": 1,
+        "no_location": 1,  # zones 264 -> 265: unknown, outside NYC
+    }
+    assert file["period"] == ["2023-12-31T05:00:00+00:00", "2024-02-02T05:00:00+00:00"]
+    assert report["total"]["rows_kept"] == 4 and report["has_fare"] is True
+    json.dumps(report)  # JSON-safe
+
+    stored = read_trips(settings.trips_dir, ["nyc"])
+    assert len(stored) == 4
+    first = stored.iloc[0]
+    # 08:00 New York (EST) is 13:00 UTC; 2.5 miles; TLC zone ids as strings; no coordinates.
+    assert first["pickup_ts"] == pd.Timestamp("2024-01-10 13:00", tz="UTC")
+    assert first["distance_km"] == pytest.approx(2.5 * 1.609344)
+    assert (first["pickup_zone"], first["dropoff_zone"], first["duration_s"]) == ("141", "236", 900.0)
+    assert stored["pickup_lat"].isna().all() and (stored["currency"] == "USD").all()
+    assert stored["trip_id"].str.fullmatch(r"tlc-[0-9a-f]{10}-\d+").all()
+
+    quarantine = pd.read_parquet(file["quarantine_file"])
+    assert Path(file["quarantine_file"]).parent == settings.quarantine_dir / "city=nyc"
+    assert len(quarantine) == 8 and quarantine["reason"].str.len().gt(0).all()
+    assert report["quarantine_files_written"] == [file["quarantine_file"]]
+
+
+def test_green_parquet_with_an_ambiguous_dst_hour(settings: Settings, tmp_path: Path) -> None:
+    parquet = tmp_path / "green_tripdata_2023-11.parquet"
+    raw = pd.read_csv(GREEN)
+    for col in ("lpep_pickup_datetime", "lpep_dropoff_datetime"):
+        raw[col] = pd.to_datetime(raw[col])  # the official parquet files hold naive local timestamps
+    raw.to_parquet(parquet)
+
+    report = import_files(settings, "nyc-tlc", [parquet], "nyc")
+    (file,) = report["files"]
+    assert (file["rows_read"], file["rows_kept"]) == (6, 3)
+    # 01:30 on 5 Nov 2023 happened twice in New York: it cannot be placed, so the pickup time is bad.
+    assert file["quarantined_by_reason"] == {
+        "pickup_ts": 1,
+        "duration_s": 1,
+        "distance_km": 1,
+        "fare": 1,
+        "no_location": 1,  # no pickup zone
+    }
+    stored = read_trips(settings.trips_dir, ["nyc"])
+    assert stored["pickup_ts"].dt.strftime("%m-%d %H:%M").tolist() == ["11-03 21:00", "11-04 16:00", "11-05 08:00"]
+
+
+def test_snake_case_layout_a_skipped_dst_hour_and_a_missing_fare(settings: Settings) -> None:
+    report = import_files(settings, "nyc-tlc", [SNAKE], "nyc")
+    (file,) = report["files"]
+    assert (file["variant"], file["rows_kept"], file["period"]) == ("snake_case", 3, None)
+    assert file["quarantined_by_reason"] == {"pickup_ts": 1}  # 2099: in the future
+    stored = read_trips(settings.trips_dir, ["nyc"]).set_index("pickup_zone")
+    # 02:10 on 13 Mar 2022 did not exist in New York: moved to 03:00 EDT, so 01:50 EST -> 03:00 EDT is 10 minutes.
+    assert stored.loc["161", "duration_s"] == 600.0
+    assert pd.isna(stored.loc["236", "fare"])
+
+
+def test_column_names_match_case_insensitively(settings: Settings, tmp_path: Path) -> None:
+    shouted = tmp_path / "YELLOW_TRIPDATA_2024-01.CSV"
+    raw = pd.read_csv(YELLOW)
+    raw.columns = [c.upper() for c in raw.columns]
+    raw.to_csv(shouted, index=False)
+    report = import_files(settings, "nyc-tlc", [shouted], "nyc")
+    assert report["total"]["rows_kept"] == 4
+
+
+def test_chicago_portal_export(settings: Settings) -> None:
+    report = import_files(settings, "chicago", [PORTAL], "chicago")
+    (file,) = report["files"]
+    assert (file["variant"], file["rows_read"], file["rows_kept"]) == ("portal", 11, 4)
+    assert file["quarantined_by_reason"] == {
+        "duplicate_trip_id": 1,
+        "pickup_ts": 1,  # 2008
+        "dropoff_before_pickup": 1,
+        "duration_s": 1,  # the same row: no Trip Seconds, end before start
+        "distance_km": 1,  # 0 metered miles and no centroids to measure between
+        "fare": 1,
+        "outside_bbox": 1,
+        "no_location": 1,
+    }
+    stored = read_trips(settings.trips_dir, ["chicago"]).set_index("trip_id")
+    first = stored.loc["0a1b2c3d4e5f60718293a4b5c6d7e8f901234567"]
+    assert first["pickup_ts"] == pd.Timestamp("2023-01-15 14:00", tz="UTC")  # 08:00 AM CST
+    assert (first["pickup_zone"], first["dropoff_zone"], first["fare"]) == ("8", "32", 9.25)
+    assert first["pickup_lat"] == pytest.approx(41.899602111)
+    # Start and end in the same 15-minute slot: the dropoff is put Trip Seconds after the pickup.
+    short = stored.loc["1b2c3d4e5f60718293a4b5c6d7e8f90123456789"]
+    assert (short["dropoff_ts"] - short["pickup_ts"]).total_seconds() == short["duration_s"] == 420
+    # No metered miles: the straight line between the Near North Side and O'Hare centroids, ~24 km.
+    unmetered = stored.loc["2c3d4e5f60718293a4b5c6d7e8f9012345678901"]
+    assert unmetered["distance_km"] == pytest.approx(24.0, abs=0.5) and unmetered["duration_s"] == 1500
+    assert stored.loc["93a4b5c6d7e8f90123456789012a3b4c5d6e7f80", "pickup_ts"].hour == 23  # 5:30 PM CST
+
+
+def test_chicago_bigquery_epoch_seconds_and_text(settings: Settings) -> None:
+    report = import_files(settings, "chicago", [BIGQUERY], "chicago")
+    (file,) = report["files"]
+    assert (file["variant"], file["rows_read"], file["rows_kept"]) == ("bigquery", 5, 3)
+    assert file["quarantined_by_reason"] == {"duration_s": 1, "distance_km": 1}
+    stored = read_trips(settings.trips_dir, ["chicago"])
+    assert stored["pickup_ts"].dt.strftime("%d %H:%M").tolist() == ["15 14:00", "16 18:00", "17 12:00"]  # UTC as is
+    assert stored["pickup_zone"].tolist() == ["8", "28", "6"]  # 8.0 -> "8"
+    assert stored["fare"].isna().tolist() == [False, False, True]
+    assert report["has_fare"] is True
+
+
+def test_a_source_without_fares_reports_has_fare_false(settings: Settings, tmp_path: Path) -> None:
+    no_fare = tmp_path / "chicago_no_fare.csv"
+    pd.read_csv(BIGQUERY).drop(columns=["fare"]).to_csv(no_fare, index=False)
+    report = import_files(settings, "chicago", [no_fare], "chicago")
+    assert report["has_fare"] is False and report["files"][0]["has_fare"] is False
+    assert report["total"]["rows_kept"] == 3
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("nyc-tlc", ["tpep_pickup_datetime/lpep_pickup_datetime", "PULocationID", "pickup_location_id"]),
+        ("chicago", ["Trip ID", "Trip Start Timestamp", "unique_key", "trip_miles"]),
+    ],
+)
+def test_a_file_of_another_layout_is_refused_naming_file_and_columns(
+    settings: Settings, source: str, expected: list[str]
+) -> None:
+    with pytest.raises(TripSchemaError) as err:
+        import_files(settings, source, [NOT_TRIPS], "nyc" if source == "nyc-tlc" else "chicago")  # type: ignore[arg-type]
+    message = str(err.value)
+    assert message.startswith("not_trips.csv: columns match no")
+    assert all(column in message for column in expected), message
+
+
+def test_the_other_source_layout_is_refused(settings: Settings) -> None:
+    with pytest.raises(TripSchemaError, match="Trip Start Timestamp"):
+        import_files(settings, "chicago", [YELLOW], "chicago")
+
+
+def test_a_refused_file_leaves_stored_trips_unchanged(settings: Settings, tmp_path: Path) -> None:
+    import_files(settings, "nyc-tlc", [YELLOW], "nyc")
+    before = snapshot(settings.home)
+    assert any(name.startswith("data/trips/") for name in before)
+
+    # Same days as the stored trips (so a partial write would change those files), then a file that is refused.
+    again = tmp_path / "yellow_tripdata_2024-01-fix.csv"
+    pd.read_csv(YELLOW).assign(fare_amount=1.0).to_csv(again, index=False)
+    with pytest.raises(TripSchemaError):
+        import_files(settings, "nyc-tlc", [again, NOT_TRIPS], "nyc")
+    assert snapshot(settings.home) == before
+
+
+def test_an_unreadable_file_is_named(settings: Settings, tmp_path: Path) -> None:
+    broken = tmp_path / "yellow_tripdata_2024-02.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(TripFileError, match=r"yellow_tripdata_2024-02\.parquet: cannot read as parquet"):
+        import_files(settings, "nyc-tlc", [YELLOW, broken], "nyc")
+    with pytest.raises(TripFileError, match=r"nowhere\.csv: file not found"):
+        import_files(settings, "nyc-tlc", [tmp_path / "nowhere.csv"], "nyc")
+    assert not settings.trips_dir.exists()
+
+
+def test_import_adds_to_trips_already_stored_for_the_same_days(settings: Settings, tmp_path: Path) -> None:
+    portal = import_files(settings, "chicago", [PORTAL], "chicago")
+    bigquery = import_files(settings, "chicago", [BIGQUERY], "chicago")
+    stored = read_trips(settings.trips_dir, ["chicago"])
+    assert len(stored) == portal["total"]["rows_kept"] + bigquery["total"]["rows_kept"] == 7
+
+    # Importing a file again replaces its trips instead of doubling them.
+    import_files(settings, "chicago", [PORTAL], "chicago")
+    assert len(read_trips(settings.trips_dir, ["chicago"])) == 7
+    assert len(trip_files(settings.trips_dir, ["chicago"])) == 3  # 15, 16 and 17 Jan, each holding both sources
+
+
+def test_merge_with_stored_keeps_other_trips_of_the_day_and_prefers_new_rows(tmp_path: Path) -> None:
+    day = pd.Timestamp("2024-01-10 10:00", tz="UTC")
+    base = {
+        "city": "nyc",
+        "dropoff_ts": day + pd.Timedelta(minutes=10),
+        "pickup_zone": "1",
+        "dropoff_zone": "2",
+        "pickup_lat": None,
+        "pickup_lon": None,
+        "dropoff_lat": None,
+        "dropoff_lon": None,
+        "distance_km": 3.0,
+        "duration_s": 600.0,
+        "currency": "USD",
+    }
+    old = pd.DataFrame(
+        [
+            {**base, "trip_id": "a", "pickup_ts": day, "fare": 10.0},
+            {**base, "trip_id": "b", "pickup_ts": day, "fare": 11.0},
+            {**base, "trip_id": "c", "pickup_ts": day + pd.Timedelta(days=1), "fare": 12.0},
+        ]
+    )
+    write_trips(tmp_path, old)
+    new = pd.DataFrame(
+        [{**base, "trip_id": "b", "pickup_ts": day, "fare": 99.0}, {**base, "trip_id": "d", "pickup_ts": day}]
+    )
+    merged = merge_with_stored(tmp_path, new)
+    # Only the day the new trips touch is read back: "c" lives in another day file that is not rewritten.
+    assert dict(zip(merged["trip_id"], merged["fare"], strict=True)) == pytest.approx(
+        {"a": 10.0, "b": 99.0, "d": float("nan")}, nan_ok=True
+    )
+    assert merge_with_stored(tmp_path, new.iloc[0:0]).empty
+
+
+def test_the_same_file_twice_in_a_batch_is_kept_once(settings: Settings) -> None:
+    report = import_files(settings, "nyc-tlc", [YELLOW, YELLOW], "nyc")
+    assert [f["rows_kept"] for f in report["files"]] == [4, 0]
+    assert report["files"][1]["quarantined_by_reason"]["duplicate_trip_id"] == 4
+    assert len(read_trips(settings.trips_dir, ["nyc"])) == 4
+
+
+def test_two_different_files_with_one_name_are_refused(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / YELLOW.name
+    twin.write_bytes(YELLOW.read_bytes())
+    with pytest.raises(ValueError, match=r"share the name 'yellow_tripdata_2024-01\.csv'"):
+        import_files(settings, "nyc-tlc", [YELLOW, twin], "nyc")
+    assert not settings.trips_dir.exists()
+
+
+def test_month_period_from_tlc_file_names() -> None:
+    start, end = month_period("yellow_tripdata_2019-03.parquet", "America/New_York") or (None, None)
+    assert (str(start), str(end)) == ("2019-02-28 05:00:00+00:00", "2019-04-02 04:00:00+00:00")
+    assert month_period("trips_snake_case.csv", "America/New_York") is None
+    assert month_period("Taxi_Trips_2023-01-15.csv", "America/Chicago") is None  # a day, not a month
+
+
+def real_sample() -> Path:
+    if REAL_SAMPLE.exists():
+        return REAL_SAMPLE
+    if IN_CI:
+        pytest.fail(f"the real TLC sample {REAL_SAMPLE} is missing, and CI=true requires it")
+    pytest.skip(f"{REAL_SAMPLE} not found (shared/data beside the repo; set CI=true to make this a failure)")
+
+
+def test_real_tlc_sample_keeps_the_large_majority(settings: Settings) -> None:
+    report = import_files(settings, "nyc-tlc", [real_sample()], "nyc")
+    total = report["total"]
+    print(json.dumps(total))
+    # Measured on the 6,500 March 2019 trips (5,500 yellow, 1,000 green): 97.6% kept.
+    assert (total["rows_read"], total["rows_kept"], total["rows_quarantined"]) == (6500, 6345, 155)
+    assert total["quarantined_by_reason"] == {
+        "dropoff_before_pickup": 6,
+        "duration_s": 102,
+        "distance_km": 56,
+        "speed": 32,
+        "fare": 10,
+        "no_location": 55,
+    }
+    stored = read_trips(settings.trips_dir, ["nyc"])
+    assert len(stored) == 6345 and stored["trip_id"].is_unique
+    assert stored["pickup_ts"].min() >= pd.Timestamp("2019-02-28", tz="UTC")
+    assert stored["pickup_ts"].max() < pd.Timestamp("2019-04-02", tz="UTC")
+    assert report["has_fare"] is True and stored["fare"].notna().all()

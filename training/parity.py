@@ -1,0 +1,113 @@
+"""Training/serving parity: the vector training saw for a trip against the one serving builds.
+
+For a sample of a city's trips, the historical vector comes from Feast's point-in-time join
+(``training.datasets.historical_model_input``) and the online vector from ``cityml.online.model_input``
+— the function the API calls — after materializing a scratch online store up to each trip's
+pickup hour, as the hourly DAG would have. Any feature that differs beyond float tolerance is a
+mismatch.
+
+The scratch store is SQLite with a copy of the registry, so the check never writes past values
+into the live online store (Redis or SQLite). The Redis backend itself is covered by the
+integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cityml.catalog import load_catalog
+from cityml.featurestore import get_store, materialize
+from cityml.naming import feature_service_name
+from cityml.online import model_input, service_ttls
+from cityml.settings import Settings
+from cityml.trips import read_trips
+from training.datasets import historical_model_input
+
+RTOL = 1e-9
+ATOL = 1e-9
+
+
+def _mismatch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a_nan, b_nan = np.isnan(a), np.isnan(b)
+    close = np.isclose(np.nan_to_num(a), np.nan_to_num(b), rtol=RTOL, atol=ATOL)
+    return (a_nan != b_nan) | (~a_nan & ~b_nan & ~close)
+
+
+def parity_check(
+    settings: Settings, city: str, sample: int = 200, target: str = "eta", seed: int = 0
+) -> dict[str, Any]:
+    """Compare historical and online feature vectors for ``sample`` trips of ``city``.
+
+    Returns a JSON-safe report: mismatches per feature, the total, and up to 10 examples.
+    """
+    catalog = load_catalog(settings.catalog_path)
+    catalog.get(city)
+    timezones = {c.slug: c.timezone for c in catalog.cities}
+    trips = read_trips(settings.trips_dir, [city])
+    if trips.empty:
+        raise ValueError(f"no stored trips for city {city!r}")
+    picked = trips.sample(n=min(sample, len(trips)), random_state=seed).sort_values("pickup_ts")
+    picked = picked.reset_index(drop=True)
+
+    store = get_store(settings)
+    service_name = feature_service_name(target)
+    historical = historical_model_input(store, store.get_feature_service(service_name), picked, timezones)
+
+    with tempfile.TemporaryDirectory(prefix="cityml-parity-") as tmp:
+        scratch = settings.model_copy(update={"home": Path(tmp), "online_store": "sqlite"})
+        scratch.feast_state_dir.mkdir(parents=True)
+        shutil.copy2(settings.feast_state_dir / "registry.db", scratch.feast_state_dir / "registry.db")
+        sstore = get_store(scratch)
+        # Create the scratch online tables (what `feast apply` does for the live store).
+        sstore.apply([*sstore.list_entities(), *sstore.list_feature_views()])
+        service = sstore.get_feature_service(service_name)
+        longest = max(t for t in service_ttls(sstore, service).values() if t is not None)
+        parts = []
+        previous = None
+        # Feature rows are stamped on the hour: materializing to a pickup's hour is what serving had.
+        for hour, group in picked.groupby(picked["pickup_ts"].dt.floor("h"), sort=True):
+            start = previous if previous is not None else hour - longest
+            with contextlib.redirect_stdout(io.StringIO()):  # Feast prints progress
+                materialize(scratch, end=hour.to_pydatetime(), start=start.to_pydatetime())
+            previous = hour
+            parts.append(model_input(sstore, service, group, timezones))
+        online = pd.concat(parts).reindex(picked.index)
+    get_store(settings)  # restore the Feast environment of the live settings
+
+    counts: dict[str, int] = {}
+    examples: list[dict[str, Any]] = []
+    for name in online.columns:
+        a = historical[name].to_numpy(dtype="float64")
+        b = online[name].to_numpy(dtype="float64")
+        bad = _mismatch(a, b)
+        counts[name] = int(bad.sum())
+        for i in np.flatnonzero(bad)[: max(0, 10 - len(examples))]:
+            examples.append(
+                {
+                    "trip_id": picked.at[i, "trip_id"],
+                    "pickup_ts": picked.at[i, "pickup_ts"].isoformat(),
+                    "feature": name,
+                    "training": _json(a[i]),
+                    "serving": _json(b[i]),
+                }
+            )
+    return {
+        "city": city,
+        "feature_service": service_name,
+        "samples": len(picked),
+        "features": counts,
+        "mismatches": int(sum(counts.values())),
+        "examples": examples,
+    }
+
+
+def _json(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
