@@ -231,6 +231,7 @@ def train(
     ] = False,
     with_global: Annotated[bool, typer.Option("--global/--no-global", help="Also retrain the fleet models.")] = True,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any model failed to train.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Cities fitted at once (default: settings).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, register and gate each city's models (and the global ones); print the gate report."""
@@ -248,6 +249,7 @@ def train(
         run_label=label,
         force_promote=force_promote,
         with_global=with_global,
+        workers=workers or s.train_workers,
     )
     report = write_gate_report(s, results, label)
     _emit({"models": results, "report": report}, as_json, f"{report['markdown']}\n\ngate report: {report['path']}")

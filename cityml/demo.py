@@ -208,28 +208,37 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
         return 1
 
     verdicts = {(m["city"], m["target"]): m for m in drift["models"]}
-    rows = {(r["city"], r["target"]): r for r in fleet}
+    champions = {(r["city"], r["target"]): r for r in fleet}
+    gate_files = sorted((settings.reports_dir / "gate").glob("gate-*.json"))
+    gate = {(m["city"], m["target"]): m for m in json.loads(gate_files[-1].read_text())["models"]} if gate_files else {}
     print(
-        f"\n{'city':<11} {'target':<6} {'champion':>8} {'test MAE':>10} {'baseline':>10} "
+        f"\n{'city':<11} {'target':<6} {'served by':>16} {'test MAE':>10} {'baseline':>10} "
         f"{'sample prediction':>18}  drift"
     )
     ok = True
     for i, city in enumerate(slugs):
         for target in ("eta", "price"):
-            r = rows.get((city, target), {})
-            m = r.get("metrics", {})
-            mae, base = m.get("mae"), m.get("baseline_mae")
-            ok &= r.get("champion_version") is not None and mae is not None and base is not None and mae < base
+            champ = champions.get((city, target), {})
+            g = gate.get((city, target), {})
+            if champ.get("champion_version") is not None:
+                served, mae = f"v{champ['champion_version']}", champ["metrics"].get("mae")
+            else:  # the gate kept the city model out: the global model answers for this city
+                served, mae = "global fallback", g.get("global")
+            base = g.get("baseline") or champ.get("metrics", {}).get("baseline_mae")
+            ok &= mae is not None and base is not None and mae < base
             d = verdicts.get((city, target), {})
             drifted = d.get("drifted", [])
             note = f" ({', '.join(drifted[:2])}{', ...' if len(drifted) > 2 else ''})" if drifted else ""
             shifted = " [demo sent its longest trips only]" if i == len(slugs) - 1 and len(slugs) > 1 else ""
             print(
-                f"{city:<11} {target:<6} {'v' + str(r.get('champion_version', '-')):>8} "
+                f"{city:<11} {target:<6} {served:>16} "
                 f"{mae if mae is not None else float('nan'):>10.2f} "
                 f"{base if base is not None else float('nan'):>10.2f} "
                 f"{samples.get((city, target), '-'):>18}  {d.get('verdict', '-')}{note}{shifted}"
             )
+    for (city, target), g in gate.items():
+        if city in slugs and g["decision"] != "promoted":
+            print(f"gate kept {target}-{city} v{g['version']} out: {g['reason']}")
     print(f"\ncities to retrain (drift): {', '.join(drift['retrain']) or 'none'}")
     print(
         f"demo finished in {time.perf_counter() - started:.0f}s; logs in {runner.logs}; "

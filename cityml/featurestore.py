@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -78,7 +79,8 @@ def materialize(settings: Settings, end: datetime, start: datetime | None = None
         if start is None and last is not None and last >= end:
             done[view.name] = f"up to date ({last.isoformat()})"
             continue
-        store.materialize(start_date=begin, end_date=end, feature_views=[view.name])
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; stdout is for --json
+            store.materialize(start_date=begin, end_date=end, feature_views=[view.name])
         done[view.name] = f"{begin.isoformat()} -> {end.isoformat()}"
     return done
 

@@ -37,7 +37,9 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
         if target not in TARGETS:
             continue
         mv = champion(c, name)
-        tags = dict(mv.tags) if mv is not None else {}
+        # Without a champion, show the newest version: its tags say why the gate kept it out.
+        shown = mv or max(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
+        tags = dict(shown.tags) if shown is not None else {}
         fallback = None
         if mv is None:
             fallback = (
@@ -54,6 +56,7 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
                 "city": tags.get("city", city),
                 "target": target,
                 "champion_version": str(mv.version) if mv is not None else None,
+                "latest_version": str(shown.version) if shown is not None else None,
                 "champion_age_h": age_h,
                 "fallback": fallback,
                 "metrics": {k: _float(tags.get(k)) for k in METRIC_TAGS},

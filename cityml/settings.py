@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     reload_interval_s: float = 30.0
     drift_min_rows: int = 50
+    train_workers: int = Field(default=1, ge=1, description="Cities fitted at once by `cityml train`.")
+    train_threads: int = Field(default=2, ge=1, description="LightGBM threads per fit.")
     # The promotion gate (training/gate.py).
     gate_margin: float = Field(default=0.0, ge=0, lt=1, description="Relative MAE gain needed over the champion.")
     gate_min_train_rows: int = Field(default=500, ge=0)

@@ -84,20 +84,20 @@ def retrain_city_models() -> None:
         return train_city(get_settings(), city, target, until=data_interval_end, run_label=run_id or "airflow")
 
     @task(trigger_rule="all_done")
-    def report(results: list[dict[str, Any]]) -> dict[str, int]:
-        """Print the run's fleet table and count outcomes."""
-        counts: dict[str, int] = {}
-        for r in results:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-            m = r.get("metrics", {})
-            print(
-                f"{r['model']:<24} {r['status']:<9} v{r.get('version', '-'):<4} "
-                f"mae={m.get('mae', float('nan')):.4g} baseline={m.get('baseline_mae', float('nan')):.4g} "
-                f"{r.get('reason', '')}"
-            )
-        return counts
+    def report(fleet: list[dict[str, Any]], results: list[dict[str, Any]], run_id: str | None = None) -> str:
+        """Write the run's gate report (JSON + markdown, logged to MLflow); returns its path."""
+        from cityml.settings import get_settings
+        from training.report import write_gate_report
 
-    report(train.expand(city=select_cities(), target=select_targets()))
+        doc = write_gate_report(get_settings(), [*fleet, *results], run_id or "airflow")
+        print(doc["markdown"])
+        return str(doc["path"])
+
+    targets = select_targets()
+    fleet = train_global.expand(target=targets)
+    results = train.expand(city=select_cities(), target=targets)
+    fleet >> results  # the gate compares each city with the fleet model of this run
+    report(fleet, results)
 
 
 retrain_city_models()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cityml.naming import model_name
+from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
 from cityml.profile import bin_shares, build_profile, pick_segment
 from cityml.registry import champion, client, read_profile
@@ -80,17 +80,30 @@ def _summary(scores: dict[str, dict[str, Any]], rows: int, min_rows: int) -> dic
 
 
 def drift_model(settings: Settings, city: str, target: str, since: datetime) -> dict[str, Any]:
-    """Drift of one city's champion: logged live features vs the profile saved with it."""
+    """Drift of the model serving a city: logged live features vs the profile saved with it.
+
+    A city without a champion is served by the global model; its live traffic is then compared
+    with that city's slice of the global model's reference.
+    """
     name = model_name(target, city)
     c = client(settings)
     mv = champion(c, name)
-    base = {"city": city, "target": target, "model": name}
+    serving = name
+    if mv is None:
+        serving = model_name(target, GLOBAL)
+        mv = champion(c, serving)
+    base = {"city": city, "target": target, "model": serving}
     if mv is None or mv.run_id is None:
         return {**base, "verdict": "no champion", "rows": 0, "drifted": [], "features": {}}
-    records = [r for r in read_predictions(settings.predictions_dir, city, target, since) if r["model"] == name]
+    records = [r for r in read_predictions(settings.predictions_dir, city, target, since) if r["model"] == serving]
     live = pd.DataFrame([r["features"] for r in records])
     profile = read_profile(c, mv.run_id)
-    segment, reference = pick_segment(profile, live["is_weekend"]) if "is_weekend" in live else ("all", profile)
+    if serving != name and f"city={city}" in profile.get("segments", {}):
+        segment, reference = f"city={city}", profile["segments"][f"city={city}"]
+    elif "is_weekend" in live:
+        segment, reference = pick_segment(profile, live["is_weekend"])
+    else:
+        segment, reference = "all", profile
     scores = feature_scores(reference, live) if len(live) else {}
     if len(live):
         pred = pd.Series([r["prediction"] for r in records])

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
-import numpy as np
 import pandas as pd
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "regression_l1",  # the gate compares MAE, so fit for it
     "metric": "l1",
-    "learning_rate": 0.1,
+    "learning_rate": 0.05,
     "num_leaves": 31,
     "min_data_in_leaf": 20,
     "feature_fraction": 0.9,
@@ -23,7 +22,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "seed": 7,
     "deterministic": True,
 }
-MAX_ROUNDS = 1000
+MAX_ROUNDS = 2000
 EARLY_STOP = 50
 
 
@@ -42,9 +41,13 @@ def time_split(frame: pd.DataFrame, valid: float = 0.15, test: float = 0.15) -> 
     return Split(frame.iloc[:a], frame.iloc[a:b], frame.iloc[b:])
 
 
-def fit_lgbm(split: Split, features: list[str], label: str, params: dict[str, Any] | None = None) -> lgb.Booster:
+def fit_lgbm(
+    split: Split, features: list[str], label: str, params: dict[str, Any] | None = None, threads: int | None = None
+) -> lgb.Booster:
     """A LightGBM booster, early-stopped on the validation window."""
     p = {**DEFAULT_PARAMS, **(params or {})}
+    if threads:
+        p["num_threads"] = threads
     train = lgb.Dataset(split.train[features], split.train[label], free_raw_data=False)
     valid = lgb.Dataset(split.valid[features], split.valid[label], reference=train)
     return lgb.train(
@@ -54,12 +57,3 @@ def fit_lgbm(split: Split, features: list[str], label: str, params: dict[str, An
         valid_sets=[valid],
         callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)],
     )
-
-
-def predict(booster: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
-    """Predictions with the booster's own feature order (missing columns are an error)."""
-    names = booster.feature_name()
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
-    return np.asarray(booster.predict(frame[names], num_iteration=booster.best_iteration or None))

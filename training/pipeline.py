@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -74,7 +76,12 @@ def _register(
 ) -> str:
     c = client(settings)
     train_pred = predict(booster, split.train)
-    profile = build_profile(split.train[features], train_pred, day_segments(split.train["is_weekend"]))
+    segments = day_segments(split.train["is_weekend"])
+    if CITY_FEATURE in features:  # the fleet model: one reference per city, for cities it serves
+        segments.update(
+            {f"city={c}": (split.train[CITY_FEATURE] == c).to_numpy() for c in split.train[CITY_FEATURE].unique()}
+        )
+    profile = build_profile(split.train[features], train_pred, segments)
     version = log_version(
         c,
         experiment_id(c, settings),
@@ -126,7 +133,7 @@ def train_city(
             f"too little data: {ts.rows} trips with a {ts.label}, fewer than {MIN_FIT_ROWS} to fit on",
         )
     split = time_split(ts.frame)
-    booster = fit_lgbm(split, ts.features, ts.label)
+    booster = fit_lgbm(split, ts.features, ts.label, threads=settings.train_threads)
     y = split.test[ts.label].to_numpy()
     m = metrics(y, predict(booster, split.test))
     rate = RatePerKm.fit(split.train, ts.label)
@@ -223,7 +230,7 @@ def train_global(
     split = Split(stack("train"), stack("valid"), stack("test"))
     features = [*sets[0].features, CITY_FEATURE]
     label = sets[0].label
-    booster = fit_lgbm(split, features, label)
+    booster = fit_lgbm(split, features, label, threads=settings.train_threads)
     y = split.test[label].to_numpy()
     pred = predict(booster, split.test)
     m = metrics(y, pred)
@@ -287,8 +294,12 @@ def train_fleet(
     run_label: str = "cli",
     force_promote: bool = False,
     with_global: bool = True,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
-    """The global models first (the gate compares with them), then every (city, target)."""
+    """The global models first (the gate compares with them), then every (city, target).
+
+    With ``workers > 1`` the cities are fitted in that many processes at once.
+    """
     results = []
     if with_global:
         for target in targets:
@@ -305,20 +316,21 @@ def train_fleet(
                     run_label=run_label,
                 )
             )
-    for city in cities:
-        for target in targets:
+    jobs = [(city, target) for city in cities for target in targets]
+    kwargs = {"until": until, "run_label": run_label, "force_promote": force_promote}
+    if workers <= 1 or len(jobs) <= 1:
+        for city, target in jobs:
             results.append(
-                isolated(
-                    train_city,
-                    model_name(target, city),
-                    city,
-                    target,
-                    settings,
-                    city,
-                    target,
-                    until=until,
-                    run_label=run_label,
-                    force_promote=force_promote,
-                )
+                isolated(train_city, model_name(target, city), city, target, settings, city, target, **kwargs)
             )
+        return results
+    # Fresh interpreters (spawn): no forked MLflow or Feast connections; the cores are shared out
+    # between the workers so LightGBM threads do not fight over them.
+    share = settings.model_copy(update={"train_threads": max(1, settings.train_threads // workers)})
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(isolated, train_city, model_name(target, city), city, target, share, city, target, **kwargs)
+            for city, target in jobs
+        ]
+        results.extend(f.result() for f in futures)
     return results

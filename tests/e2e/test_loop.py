@@ -88,21 +88,34 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
         get_settings.cache_clear()
 
 
+def _served_by(city: str, target: str) -> tuple[str, str | None]:
+    """The model that must answer for a city: its champion, or the global fallback when it has none."""
+    row = next(r for r in _cli("models", "list") if r["city"] == city and r["target"] == target)
+    if row["champion_version"] is not None:
+        return model_name(target, city), None
+    return model_name(target, "global"), f"{model_name(target, city)} has no champion"
+
+
 def test_retrain_dag_registers_champions_that_beat_the_baseline(world: Settings) -> None:
     fleet = {(r["city"], r["target"]): r for r in _cli("models", "list")}
     assert set(fleet) == {(c, t) for c in [*CITIES, "global"] for t in ("eta", "price")}
+    report = json.loads(next((world.reports_dir / "gate").glob("gate-*.json")).read_text())
+    decisions = {(m["city"], m["target"]): m for m in report["models"]}
+    assert len(decisions) == 6
     for (city, target), row in fleet.items():
-        assert row["champion_version"] == "1", row
-        assert row["metrics"]["mae"] < row["metrics"]["baseline_mae"], row
         tags = row["tags"]
         assert tags["city"] == city and tags["target"] == target
         assert tags["feature_service"] == f"{target}_v1"
         assert tags["dag_run_id"].startswith("manual__")
-        assert tags["gate"] == "passed"
         for key in ("git_sha", "data_start", "data_end", "test_start", "train_rows", "feast_registry"):
             assert tags[key] and tags[key] != "unknown", key
-    reports = list((world.reports_dir / "gate").glob("gate-*.json"))
-    assert len(reports) == 1 and len(json.loads(reports[0].read_text())["models"]) == 6
+        assert row["metrics"]["mae"] < row["metrics"]["baseline_mae"], row
+        if row["champion_version"] == "1":
+            assert tags["gate"] == "passed" and decisions[(city, target)]["decision"] == "promoted"
+        else:  # the gate kept it out, and the report says why: the global model serves
+            assert city != "global" and tags["gate"] == "failed", row
+            assert decisions[(city, target)]["reason"].startswith("global model is better here")
+            assert row["fallback"] == f"no champion: {target}-global serves"
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +171,12 @@ def test_predict_over_http_for_every_city_and_target(world: Settings, server: st
             assert r.status_code == 200, r.text
             preds = r.json()["predictions"]
             assert len(preds) == 60
-            champ = champion(c, model_name(target, city))
+            name, fallback = _served_by(city, target)
+            champ = champion(c, name)
             assert champ is not None
-            assert {p["model"] for p in preds} == {model_name(target, city)}
+            assert {p["model"] for p in preds} == {name}
             assert {p["version"] for p in preds} == {str(champ.version)}
-            assert all(p["fallback"] is None for p in preds)
+            assert all(p["fallback"] == fallback for p in preds)
             values = pd.Series([p["value"] for p in preds])
             if target == "eta":
                 assert values.between(60, 4 * 3600).all() and values.nunique() > 30
