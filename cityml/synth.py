@@ -126,3 +126,44 @@ def generate_city(city: City, start: date, days: int, seed: int) -> pd.DataFrame
             ).assign(trip_id=[f"{city.slug}-{day:%Y%m%d}-{i:06d}" for i in range(k)])
         )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+ZONES = ("Europe/Lisbon", "Asia/Jakarta", "America/Sao_Paulo", "Africa/Nairobi", "Asia/Tokyo", "America/Chicago")
+
+
+def random_catalog(names: list[str], seed: int = 0, trips_per_day: int = 400) -> dict[str, object]:
+    """A catalog document of synthetic cities that differ as real ones do.
+
+    Place and size, zone grid, speeds, rush hours, weekend behaviour, tariffs and noise are drawn
+    per city; benchmarks and fleet tests use it to make many cities at once.
+    """
+    rng = np.random.default_rng(seed)
+    cities = []
+    for i, slug in enumerate(names):
+        lat, lon = float(rng.uniform(-40, 50)), float(rng.uniform(-120, 140))
+        half = float(rng.uniform(0.05, 0.12))
+        morning = int(rng.integers(6, 10))
+        cities.append(
+            {
+                "slug": slug,
+                "timezone": ZONES[i % len(ZONES)],
+                "currency": "EUR",
+                "bbox": [round(lat - half, 4), round(lon - half, 4), round(lat + half, 4), round(lon + half, 4)],
+                "synthetic": {
+                    "grid": int(rng.integers(3, 7)),
+                    "trips_per_day": trips_per_day,
+                    "base_speed_kmh": float(rng.uniform(15, 40)),
+                    "rush_hours": [morning, morning + int(rng.integers(8, 12))],
+                    "rush_slowdown": float(rng.uniform(0.2, 0.7)),
+                    "weekend_speedup": float(rng.uniform(0.9, 1.4)),
+                    "tariff": {
+                        "base": float(rng.uniform(1, 6)),
+                        "per_km": float(rng.uniform(0.5, 2.5)),
+                        "per_min": float(rng.uniform(0.05, 0.5)),
+                        "surge": float(rng.uniform(0.2, 1.2)),
+                    },
+                    "noise": float(rng.uniform(0.06, 0.14)),
+                },
+            }
+        )
+    return {"cities": cities}

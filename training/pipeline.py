@@ -106,6 +106,19 @@ def _register(
     return version
 
 
+class Stopwatch:
+    """Seconds spent per stage of a training, for the throughput benchmark and the logs."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(self.laps.get(stage, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def _result(name: str, city: str, target: str, status: str, reason: str, **extra: Any) -> dict[str, Any]:
     return {"model": name, "city": city, "target": target, "status": status, "reason": reason, **extra}
 
@@ -121,9 +134,11 @@ def train_city(
 ) -> dict[str, Any]:
     """Fit, evaluate, register and gate ``<target>-<city>``. Returns a JSON-safe summary."""
     started = time.perf_counter()
+    clock = Stopwatch()
     load_catalog(settings.catalog_path).get(city)  # unknown city: a clear error before any work
     name = model_name(target, city)
     ts = build_training_set(settings, city, target, until=until)
+    clock.lap("dataset")
     if ts.rows < MIN_FIT_ROWS:
         return _result(
             name,
@@ -134,21 +149,25 @@ def train_city(
         )
     split = time_split(ts.frame)
     booster = fit_lgbm(split, ts.features, ts.label, threads=settings.train_threads)
+    clock.lap("fit")
     y = split.test[ts.label].to_numpy()
     m = metrics(y, predict(booster, split.test))
     rate = RatePerKm.fit(split.train, ts.label)
     m["baseline_mae"] = mae(y, rate.predict(split.test))
     m["linear_baseline_mae"] = mae(y, LinearOnDistance.fit(split.train, ts.label).predict(split.test))
     m["median_mae"] = mae(y, Median.fit(split.train, ts.label).predict(split.test))
+    clock.lap("evaluate")
 
     c = client(settings)
     champion_mae = _score(load_champion(c, name), split.test, ts.label)
     global_mae = _score(load_champion(c, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
+    clock.lap("gate_models")
     parity = None
     if settings.gate_parity_sample > 0:
         from training.parity import parity_check
 
         parity = parity_check(settings, city, sample=settings.gate_parity_sample, target=target)["mismatches"]
+    clock.lap("parity")
     decision = decide(
         GateInputs(m["mae"], m["median_mae"], len(split.train), champion_mae, global_mae, parity), settings
     )
@@ -182,6 +201,7 @@ def train_city(
         force_promote,
         {"baseline_rate_per_km": rate.rate},
     )
+    clock.lap("register")
     promoted = decision.promote or force_promote
     log.info("%s v%s: mae %.4g baseline %.4g -> %s", name, version, m["mae"], m["baseline_mae"], decision.summary)
     return _result(
@@ -196,6 +216,7 @@ def train_city(
         test_window=[tags["test_start"], tags["test_end"]],
         metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
         seconds=round(time.perf_counter() - started, 2),
+        timings=clock.laps,
     )
 
 
@@ -230,7 +251,9 @@ def train_global(
     split = Split(stack("train"), stack("valid"), stack("test"))
     features = [*sets[0].features, CITY_FEATURE]
     label = sets[0].label
+    clock = Stopwatch()
     booster = fit_lgbm(split, features, label, threads=settings.train_threads)
+    clock.lap("fit")
     y = split.test[label].to_numpy()
     pred = predict(booster, split.test)
     m = metrics(y, pred)
@@ -272,6 +295,7 @@ def train_global(
         per_city_mae={k: round(v, 6) for k, v in per_city.items()},
         metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
         seconds=round(time.perf_counter() - started, 2),
+        timings=clock.laps,
     )
 
 
