@@ -1,0 +1,105 @@
+"""Training throughput: N synthetic cities × 2 targets end to end (features → registered, gated
+versions) against the sum of the bare LightGBM fits inside that run.
+
+Each configuration gets a fresh home: trips are generated, feature tables built and the Feast
+repo applied (setup, reported apart), then ``training.pipeline.train_fleet`` trains the two
+global models and every (city, target) with the default gate. Every result carries its
+per-stage seconds, so the table says where the time beyond the fits goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import report
+
+STAGES = ("dataset", "fit", "evaluate", "gate_models", "parity", "register")
+
+
+def _setup(home: Path, names: list[str], days: int, trips_per_day: int) -> Any:
+    from cityml.catalog import load_catalog
+    from cityml.feature_tables import build_feature_tables
+    from cityml.featurestore import apply
+    from cityml.settings import Settings
+    from cityml.synth import generate_city, random_catalog
+    from cityml.trips import write_trips
+
+    catalog_path = home / "cities.yaml"
+    catalog_path.write_text(yaml.safe_dump(random_catalog(names, seed=3, trips_per_day=trips_per_day)))
+    settings = Settings(home=home / "var", catalog_path=catalog_path)
+    start = date.today() - timedelta(days=days)
+    for city in load_catalog(catalog_path).cities:
+        write_trips(settings.trips_dir, generate_city(city, start, days, seed=5))
+    build_feature_tables(settings.trips_dir, settings.features_dir)
+    apply(settings)
+    return settings
+
+
+def measure(cities: int, days: int, trips_per_day: int, workers: int) -> dict[str, Any]:
+    from training.pipeline import train_fleet
+
+    names = [f"bench-{i:03d}" for i in range(cities)]
+    with tempfile.TemporaryDirectory(prefix="cityml-bench-") as tmp:
+        t0 = time.perf_counter()
+        settings = _setup(Path(tmp), names, days, trips_per_day)
+        setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = train_fleet(settings, names, ["eta", "price"], workers=workers, run_label="bench")
+        wall = time.perf_counter() - t0
+    stages = {s: sum(r.get("timings", {}).get(s, 0.0) for r in results) for s in STAGES}
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return {
+        "cities": cities,
+        "days": days,
+        "trips_per_day": trips_per_day,
+        "workers": workers,
+        "models": len(results),
+        "setup_s": round(setup_s, 1),
+        "wall_s": round(wall, 1),
+        "fit_sum_s": round(stages["fit"], 1),
+        "ratio": round(wall / stages["fit"], 2) if stages["fit"] else None,
+        "stages_s": {k: round(v, 1) for k, v in stages.items()},
+        "statuses": statuses,
+    }
+
+
+def run(cities: int, days: int, trips_per_day: int, workers: list[int]) -> report.Section:
+    logging.getLogger().setLevel(logging.WARNING)
+    rows = [measure(cities, days, trips_per_day, w) for w in workers]
+    lines = [
+        "| cities × targets | workers | end to end (s) | sum of bare fits (s) | ratio | setup (s) | outcomes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()))
+        lines.append(
+            f"| {r['cities']} × 2 (+2 global) | {r['workers']} | {r['wall_s']} | {r['fit_sum_s']} | "
+            f"{r['ratio']}× | {r['setup_s']} | {outcomes} |"
+        )
+    lines += [
+        "",
+        "Where the time goes (seconds summed over models; with workers > 1 they overlap):",
+        "",
+        "| workers | " + " | ".join(STAGES) + " |",
+        "|---|" + "---|" * len(STAGES),
+    ]
+    for r in rows:
+        lines.append(f"| {r['workers']} | " + " | ".join(str(r["stages_s"][s]) for s in STAGES) + " |")
+    body = "\n".join(lines) + (
+        f"\n\n{days} days × {trips_per_day} trips a day per city; the default gate (parity on 20 sampled trips "
+        "per model). *End to end* is `train_fleet` from stored features to registered, gated versions; the "
+        "ratio divides it by the summed wall time of the `lightgbm.train` calls inside it."
+    )
+    return report.Section(key="throughput", title="Training throughput", body=body, raw={"runs": rows})
