@@ -52,3 +52,59 @@ def test_nyc_sample_imports_validates_and_trains(tmp_path: Path, monkeypatch: py
         assert parity["mismatches"] == 0
     finally:
         get_settings.cache_clear()
+
+
+def _chicago_portal_csv(path: Path, days: int = 21) -> int:
+    """Synthetic Chicago trips written as a Data Portal "Taxi Trips" export (its titles and formats)."""
+    from datetime import date, timedelta
+
+    import pandas as pd
+
+    from cityml.catalog import load_catalog
+    from cityml.settings import Settings
+    from cityml.synth import generate_city
+
+    catalog = load_catalog(Settings().catalog_path)
+    like = catalog.get("lisbon").synthetic
+    city = catalog.get("chicago").model_copy(update={"synthetic": like})
+    t = generate_city(city, date.today() - timedelta(days=days), days, seed=2)
+    fmt = "%m/%d/%Y %I:%M:%S %p"  # local time, published rounded to 15 minutes
+    start = t["pickup_ts"].dt.floor("15min").dt.tz_convert("America/Chicago")  # whole-hour offsets
+    end = t["dropoff_ts"].dt.floor("15min").dt.tz_convert("America/Chicago")
+    pd.DataFrame(
+        {
+            "Trip ID": t["trip_id"],
+            "Taxi ID": "cab",
+            "Trip Start Timestamp": start.dt.strftime(fmt),
+            "Trip End Timestamp": end.dt.strftime(fmt),
+            "Trip Seconds": t["duration_s"].astype(int),
+            "Trip Miles": (t["distance_km"] / 1.609344).round(2),
+            "Pickup Community Area": t["pickup_zone"].str[1:].astype(int) + 1,
+            "Dropoff Community Area": t["dropoff_zone"].str[1:].astype(int) + 1,
+            "Fare": t["fare"].map(lambda f: f"${f:,.2f}"),
+            "Pickup Centroid Latitude": t["pickup_lat"],
+            "Pickup Centroid Longitude": t["pickup_lon"],
+            "Dropoff Centroid Latitude": t["dropoff_lat"],
+            "Dropoff Centroid Longitude": t["dropoff_lon"],
+        }
+    ).to_csv(path, index=False)
+    return len(t)
+
+
+def test_chicago_export_imports_and_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYML_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("CITYML_GATE_PARITY_SAMPLE", "10")
+    get_settings.cache_clear()
+    try:
+        export = tmp_path / "Taxi_Trips.csv"
+        rows = _chicago_portal_csv(export)
+        report = _cli("data", "import", "chicago", str(export), "--city", "chicago")
+        assert report["total"]["rows_read"] == rows and report["total"]["rows_kept"] > 0.9 * rows
+        _cli("features", "apply")
+        _cli("features", "materialize")
+        run = _cli("train", "--cities", "chicago", "--no-global")
+        for r in run["models"]:
+            assert r["status"] == "promoted", r
+            assert r["metrics"]["mae"] < r["metrics"]["baseline_mae"]
+    finally:
+        get_settings.cache_clear()
