@@ -7,10 +7,12 @@ online numbers (and any section another benchmark added) as they were. A new key
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import re
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +51,7 @@ def machine() -> dict[str, Any]:
     info = _proc_kv(Path("/proc/cpuinfo"))
     mem = _proc_kv(Path("/proc/meminfo"))
     ram_kb = int(mem.get("MemTotal", "0 kB").split()[0])
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -63,6 +65,20 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds all processes of the machine have used (user, system, interrupts)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have finished."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _proc_kv(path: Path) -> dict[str, str]:
@@ -110,16 +126,19 @@ def write_section(section: Section, path: Path = RESULTS) -> None:
     block = (
         f"<!-- bench:{section.key} -->\n## {section.title}\n\n{section.body.strip()}\n<!-- /bench:{section.key} -->\n"
     )
-    text = path.read_text() if path.exists() else HEADER
-    blocks = {m["key"]: m for m in _BLOCK.finditer(text)}
-    if section.key in blocks:
-        m = blocks[section.key]
-        text = text[: m.start()] + block + text[m.end() :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    # Two runs (say, --only pit and --only throughput) may finish together: one at a time.
+    with path.with_name(f".{path.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else HEADER
+        blocks = {m["key"]: m for m in _BLOCK.finditer(text)}
+        if section.key in blocks:
+            m = blocks[section.key]
+            text = text[: m.start()] + block + text[m.end() :]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def write_raw(section: Section, meta: dict[str, Any], out_dir: Path = OUT_DIR) -> Path:

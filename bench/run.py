@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             section = BENCHMARKS[key](ctx)
             section.body = report.run_line(machine, command, started) + "\n\n" + section.body
             report.write_section(section, args.results)
-            meta = {"command": command, "started": started.isoformat(), "machine": machine}
+            meta: dict[str, object] = {"command": command, "started": started.isoformat(), "machine": machine}
             meta["seconds"] = round(time.perf_counter() - t0, 1)
             path = report.write_raw(section, meta, args.out_dir)
             log.info("%s: section written to %s, raw numbers to %s", key, args.results, path)
