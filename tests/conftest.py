@@ -44,6 +44,18 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"{name} not running on {host}:{port} (set CI=true to make this a failure)")
 
 
+REAL_TLC_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"
+
+
+def real_tlc_sample() -> Path:
+    """The real TLC sample from ``shared/data`` beside the repo: a failure in CI, a skip on a laptop."""
+    if REAL_TLC_SAMPLE.exists():
+        return REAL_TLC_SAMPLE
+    if IN_CI:
+        pytest.fail(f"the real TLC sample {REAL_TLC_SAMPLE} is missing, and CI=true requires it")
+    pytest.skip(f"{REAL_TLC_SAMPLE} not found (shared/data beside the repo; CI=true makes this a failure)")
+
+
 def bin_path(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 

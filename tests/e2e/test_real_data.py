@@ -10,11 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cityml.cli import app
-from cityml.settings import PROJECT_ROOT, get_settings
-from tests.conftest import IN_CI
+from cityml.settings import get_settings
+from tests.conftest import real_tlc_sample
 
 pytestmark = pytest.mark.e2e
-REAL_SAMPLE = Path(PROJECT_ROOT).parent / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"
 CHICAGO = Path(__file__).parent.parent / "fixtures" / "trips" / "chicago_taxi_trips_portal.csv"
 
 
@@ -25,15 +24,12 @@ def _cli(*args: str) -> dict:
 
 
 def test_nyc_sample_imports_validates_and_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not REAL_SAMPLE.exists():
-        if IN_CI:
-            pytest.fail(f"{REAL_SAMPLE} is missing, and CI=true requires it")
-        pytest.skip(f"{REAL_SAMPLE} not found")
+    sample = real_tlc_sample()
     monkeypatch.setenv("CITYML_HOME", str(tmp_path / "var"))
     monkeypatch.setenv("CITYML_GATE_PARITY_SAMPLE", "10")
     get_settings.cache_clear()
     try:
-        report = _cli("data", "import", "nyc-tlc", str(REAL_SAMPLE), "--city", "nyc")
+        report = _cli("data", "import", "nyc-tlc", str(sample), "--city", "nyc")
         assert report["total"]["rows_read"] == 6500 and report["total"]["rows_kept"] > 6000
         assert report["has_fare"]
         chicago = _cli("data", "import", "chicago", str(CHICAGO), "--city", "chicago")

@@ -10,9 +10,9 @@ import pytest
 
 from cityml.importers import TripFileError, TripSchemaError, import_files, merge_with_stored
 from cityml.importers.common import month_period
-from cityml.settings import PROJECT_ROOT, Settings
+from cityml.settings import Settings
 from cityml.trips import read_trips, trip_files, write_trips
-from tests.conftest import FIXTURES, IN_CI
+from tests.conftest import FIXTURES, real_tlc_sample
 
 TRIPS = FIXTURES / "trips"
 YELLOW = TRIPS / "yellow_tripdata_2024-01.csv"
@@ -21,7 +21,6 @@ SNAKE = TRIPS / "trips_snake_case.csv"
 PORTAL = TRIPS / "chicago_taxi_trips_portal.csv"
 BIGQUERY = TRIPS / "chicago_taxi_trips_bigquery.csv"
 NOT_TRIPS = TRIPS / "not_trips.csv"
-REAL_SAMPLE = Path(PROJECT_ROOT).parent / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"
 
 
 @pytest.fixture
@@ -273,11 +272,7 @@ def test_month_period_from_tlc_file_names() -> None:
 
 
 def real_sample() -> Path:
-    if REAL_SAMPLE.exists():
-        return REAL_SAMPLE
-    if IN_CI:
-        pytest.fail(f"the real TLC sample {REAL_SAMPLE} is missing, and CI=true requires it")
-    pytest.skip(f"{REAL_SAMPLE} not found (shared/data beside the repo; set CI=true to make this a failure)")
+    return real_tlc_sample()
 
 
 def test_real_tlc_sample_keeps_the_large_majority(settings: Settings) -> None:
