@@ -1,13 +1,22 @@
-"""Point-in-time joins as DuckDB ``ASOF LEFT JOIN``s, built from the Feast definitions.
+"""A Feast offline store whose point-in-time joins are DuckDB ``ASOF LEFT JOIN``s.
 
-Two users: the benchmark's floor (the join written by hand, no Feast in the timed path) and
-:class:`AsofDuckDBOfflineStore`, a prototype Feast offline store that answers
-``get_historical_features`` with the same SQL. Both take names, keys, sources and TTLs from the
-feature views, so they cannot drift from ``feature_repo/``.
+Feast's own DuckDB store joins each entity row with every feature row of its key inside the
+TTL, ranks them and joins back on a string row id: 10x a plain ``ASOF JOIN`` on a million rows
+(``bench/RESULTS.md``). :class:`AsofDuckDBOfflineStore` answers ``get_historical_features``
+with one sort-merge ``ASOF LEFT JOIN`` per feature view instead, the SQL generated from the
+views, so training keeps calling ``store.get_historical_features(features=service, ...)`` and
+names, keys, sources and TTLs come from ``feature_repo/`` only. Everything else (materialize,
+pull_latest, writing) is the stock DuckDB store. Selected in ``feature_store.yaml``::
+
+    offline_store:
+      type: cityml.feast_asof.AsofDuckDBOfflineStore
 
 Semantics, as Feast's DuckDB store: for each entity row, the latest feature row with the same
-join key and ``event_timestamp <= entity timestamp``; its values are NULL when that row is
-older than the view's TTL (``feature ts < entity ts - ttl``), or when there is none.
+join key and ``event_timestamp <= entity timestamp`` (of several with that timestamp, the latest
+created); its values are NULL when that row is older than the view's TTL (``feature ts <
+entity ts - ttl``), or when there is none. Entity timestamps without a time zone are UTC.
+Every entity row comes back once, with its own columns unchanged; the row order is not kept
+(as with Feast's stores), so callers join back on a key of their own.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+from feast.errors import FeastEntityDFMissingColumnsError
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
@@ -114,13 +124,28 @@ def asof_sql(specs: list[JoinSpec], entity: str, event_timestamp: str, dedupe: b
 
 
 def run_asof(entity_df: pd.DataFrame, sql: str, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
-    """Run ``sql`` (which reads the relation ``entity_df``) over a pandas entity frame."""
+    """Run ``sql`` (which reads the relation ``entity_df``) over a pandas entity frame.
+
+    The session time zone is UTC, so that a feature table stored without a time zone is read
+    as UTC, as Feast does, whatever the machine's local zone.
+    """
     con = con or duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
     con.register("entity_df", entity_df)
     try:
         return con.execute(sql).to_arrow_table()
     finally:
         con.unregister("entity_df")
+
+
+def _utc(entity_df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``entity_df`` with ``column`` as a UTC timestamp (naive means UTC, as in Feast)."""
+    stamps = entity_df[column]
+    if isinstance(stamps.dtype, pd.DatetimeTZDtype) and str(stamps.dt.tz) == "UTC":
+        return entity_df
+    out = entity_df.copy(deep=False)
+    out[column] = pd.to_datetime(stamps, utc=True)
+    return out
 
 
 class AsofRetrievalJob(RetrievalJob):
@@ -139,6 +164,9 @@ class AsofRetrievalJob(RetrievalJob):
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
 
+    def to_sql(self) -> str:
+        return self._sql
+
     @property
     def full_feature_names(self) -> bool:
         return self._full_feature_names
@@ -153,14 +181,18 @@ class AsofRetrievalJob(RetrievalJob):
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
-    type: str = "bench.asof.AsofDuckDBOfflineStore"
+    """``offline_store: {type: cityml.feast_asof.AsofDuckDBOfflineStore}``; the DuckDB store's options."""
+
+    type: str = "cityml.feast_asof.AsofDuckDBOfflineStore"
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
-    """Feast's DuckDB offline store with historical retrieval done by ASOF joins (a prototype).
+    """Feast's DuckDB offline store with historical retrieval done by ASOF joins.
 
-    Anything it does not cover (an SQL entity frame, the created-timestamp cutoff, field
-    mappings, non-file sources) falls back to the stock DuckDB implementation.
+    What it does not cover falls back to the stock DuckDB implementation, unchanged: an SQL
+    string as the entity frame, the created-timestamp cutoff, field mappings, sources other
+    than files, and on-demand feature views (cityml computes request-time features in
+    ``cityml.request_features`` instead).
     """
 
     @staticmethod
@@ -193,12 +225,17 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         assert isinstance(entity_df, pd.DataFrame)
         ts_col = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes, strict=True)))
         specs = specs_from_views(feature_views, feature_refs, full_feature_names, config.repo_path or ".")
+        needed = {col for spec in specs for col in spec.keys.values()}
+        missing = needed - set(entity_df.columns)
+        if missing:
+            raise FeastEntityDFMissingColumnsError(needed, missing)
+        entity_df = _utc(entity_df, ts_col)
         sql = asof_sql(specs, "entity_df", ts_col, dedupe=True)
         stamps: Any = entity_df[ts_col]
         metadata = RetrievalMetadata(
             features=feature_refs,
             keys=[c for c in entity_df.columns if c != ts_col],
-            min_event_timestamp=stamps.min().to_pydatetime(),
-            max_event_timestamp=stamps.max().to_pydatetime(),
+            min_event_timestamp=stamps.min().to_pydatetime() if len(stamps) else None,
+            max_event_timestamp=stamps.max().to_pydatetime() if len(stamps) else None,
         )
         return AsofRetrievalJob(entity_df, sql, full_feature_names, metadata)
