@@ -185,7 +185,7 @@ def _runner(variant: Variant, args: argparse.Namespace, entity: pd.DataFrame, st
         def floor() -> Any:
             con.register("entity_df", entity)
             try:
-                result = con.execute(sql)
+                result = con.sql(sql)
                 if variant.output == "duckdb-df":
                     return result.df()
                 table: Any = result.to_arrow_table()

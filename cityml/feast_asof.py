@@ -133,7 +133,7 @@ def run_asof(entity_df: pd.DataFrame, sql: str, con: duckdb.DuckDBPyConnection |
     con.execute("SET TimeZone = 'UTC'")
     con.register("entity_df", entity_df)
     try:
-        return con.execute(sql).to_arrow_table()
+        return con.sql(sql).to_arrow_table()
     finally:
         con.unregister("entity_df")
 
