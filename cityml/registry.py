@@ -62,13 +62,19 @@ class LoadedModel:
 
 def load_champion(c: MlflowClient, name: str) -> LoadedModel | None:
     """Load ``models:/<name>@champion`` as a LightGBM booster (native text format, no pickle)."""
-    import mlflow.lightgbm
-
     mv = champion(c, name)
     if mv is None:
         return None
-    booster = mlflow.lightgbm.load_model(f"models:/{name}@{CHAMPION}")
-    return LoadedModel(name=name, version=str(mv.version), booster=booster, tags=dict(mv.tags), run_id=mv.run_id)
+    return load_version(c, mv)
+
+
+def load_version(c: MlflowClient, mv: ModelVersion) -> LoadedModel:
+    """Load one registered version as a LightGBM booster (by number: an alias may move meanwhile)."""
+    import mlflow.lightgbm
+
+    del c  # the client set the process tracking URI this download uses
+    booster = mlflow.lightgbm.load_model(f"models:/{mv.name}/{mv.version}")
+    return LoadedModel(name=mv.name, version=str(mv.version), booster=booster, tags=dict(mv.tags), run_id=mv.run_id)
 
 
 def read_profile(c: MlflowClient, run_id: str) -> dict[str, Any]:

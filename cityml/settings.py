@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     gate_min_train_rows: int = Field(default=500, ge=0)
     gate_min_skill: float = Field(default=0.05, ge=0, lt=1, description="Relative MAE gain needed over the median.")
     gate_parity_sample: int = Field(default=20, ge=0, description="Trips the gate's parity check samples; 0 disables.")
+    gate_parity_hours: int = Field(
+        default=4, ge=1, description="Pickup hours those trips come from (each hour is one materialization)."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

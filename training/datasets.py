@@ -45,26 +45,43 @@ def build_training_set(
     The entity timestamp is the pickup time: Feast joins, for each trip, the latest feature
     row stamped at or before it, within the view's TTL.
     """
+    return build_training_sets(settings, [city], target, start, until)[city]
+
+
+def build_training_sets(
+    settings: Settings,
+    cities: list[str],
+    target: str,
+    start: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, TrainingSet]:
+    """:func:`build_training_set` for many cities with one read and one point-in-time join.
+
+    A fleet run needs every city's set twice (the global model, then the city's own): joining
+    them all at once costs about as much as joining one.
+    """
     catalog = load_catalog(settings.catalog_path)
     label = LABELS[target]
     service_name = feature_service_name(target)
-    trips = read_trips(settings.trips_dir, [city], start=start, end=until)
+    trips = read_trips(settings.trips_dir, cities, start=start, end=until)
     trips = trips[trips[label].notna()]
     store = get_store(settings)
     service = store.get_feature_service(service_name)
-    fs_features = service_feature_names(service)
-    features = [*REQUEST_FEATURES, *fs_features]
+    features = [*REQUEST_FEATURES, *service_feature_names(service)]
+    columns = ["trip_id", "event_timestamp", *features, label]
     if trips.empty:
-        return TrainingSet(
-            pd.DataFrame(columns=["trip_id", "event_timestamp", *features, label]), features, label, service_name
-        )
+        empty = pd.DataFrame(columns=columns)
+        return {city: TrainingSet(empty, features, label, service_name) for city in cities}
 
     tz = {c.slug: c.timezone for c in catalog.cities}
     joined = historical_model_input(store, service, trips, tz)
-    frame = pd.concat([trips[["trip_id"]], joined, trips[[label]]], axis=1)
-    frame = frame.sort_values(["event_timestamp", "trip_id"], kind="stable").reset_index(drop=True)
-    frame = frame[["trip_id", "event_timestamp", *features, label]]
-    return TrainingSet(frame, features, label, service_name)
+    frame = pd.concat([trips[["trip_id", "city"]], joined, trips[[label]]], axis=1)
+    frame = frame.sort_values(["event_timestamp", "trip_id"], kind="stable")
+    sets = {}
+    for city in cities:
+        rows = frame[frame["city"] == city]
+        sets[city] = TrainingSet(rows[columns].reset_index(drop=True), features, label, service_name)
+    return sets
 
 
 def historical_model_input(

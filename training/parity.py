@@ -18,7 +18,7 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from cityml.settings import Settings
 from cityml.trips import read_trips
 from training.datasets import historical_model_input
 
+if TYPE_CHECKING:
+    from feast import FeatureService
+
 RTOL = 1e-9
 ATOL = 1e-9
 
@@ -41,11 +44,43 @@ def _mismatch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a_nan != b_nan) | (~a_nan & ~b_nan & ~close)
 
 
+def service_signature(service: FeatureService) -> tuple[Any, ...]:
+    """What a service's vectors are made of: two services with the same signature build the same vectors.
+
+    The promotion gate checks parity once per city and signature, not once per model: ``eta_v1``
+    and ``price_v1`` hold the same features today, and their check would repeat the same work.
+    """
+    return tuple(
+        (p.name, p.name_to_use(), tuple(sorted((p.join_key_map or {}).items())), tuple(f.name for f in p.features))
+        for p in service.feature_view_projections
+    )
+
+
+def _pick(trips: pd.DataFrame, sample: int, hours: int | None, seed: int) -> pd.DataFrame:
+    """``sample`` trips, from at most ``hours`` random pickup hours when given.
+
+    Every distinct pickup hour costs one materialization of the scratch store, which is most of
+    the check's time; the gate samples few hours, the CLI (``hours=None``) any hour.
+    """
+    if hours is not None:
+        hour = trips["pickup_ts"].dt.floor("h")
+        distinct = hour.drop_duplicates()
+        chosen = distinct.sample(n=min(hours, len(distinct)), random_state=seed)
+        trips = trips[hour.isin(chosen)]
+    return trips.sample(n=min(sample, len(trips)), random_state=seed).sort_values("pickup_ts")
+
+
 def parity_check(
-    settings: Settings, city: str, sample: int = 200, target: str = "eta", seed: int = 0
+    settings: Settings,
+    city: str,
+    sample: int = 200,
+    target: str = "eta",
+    seed: int = 0,
+    hours: int | None = None,
 ) -> dict[str, Any]:
     """Compare historical and online feature vectors for ``sample`` trips of ``city``.
 
+    With ``hours``, the trips come from that many random pickup hours (see :func:`_pick`).
     Returns a JSON-safe report: mismatches per feature, the total, and up to 10 examples.
     """
     catalog = load_catalog(settings.catalog_path)
@@ -54,8 +89,7 @@ def parity_check(
     trips = read_trips(settings.trips_dir, [city])
     if trips.empty:
         raise ValueError(f"no stored trips for city {city!r}")
-    picked = trips.sample(n=min(sample, len(trips)), random_state=seed).sort_values("pickup_ts")
-    picked = picked.reset_index(drop=True)
+    picked = _pick(trips, sample, hours, seed).reset_index(drop=True)
 
     store = get_store(settings)
     service_name = feature_service_name(target)
@@ -103,6 +137,7 @@ def parity_check(
         "city": city,
         "feature_service": service_name,
         "samples": len(picked),
+        "hours": int(picked["pickup_ts"].dt.floor("h").nunique()),
         "features": counts,
         "mismatches": int(sum(counts.values())),
         "examples": examples,

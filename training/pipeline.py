@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import load_catalog
-from cityml.naming import GLOBAL, model_name
+from cityml.naming import GLOBAL, feature_service_name, model_name
 from cityml.online import CITY_FEATURE, model_frame
 from cityml.profile import build_profile, day_segments
-from cityml.registry import LoadedModel, client, load_champion
+from cityml.registry import LoadedModel, champion, client, load_version
 from cityml.settings import Settings
-from training.datasets import TrainingSet, build_training_set
+from training.datasets import TrainingSet, build_training_set, build_training_sets
 from training.evaluate import LinearOnDistance, Median, RatePerKm, mae, metrics
 from training.fit import DEFAULT_PARAMS, Split, fit_lgbm, time_split
 from training.gate import Decision, GateInputs, decide
@@ -42,6 +42,23 @@ def predict(model: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
             num_iteration=model.best_iteration or None,
         )
     )
+
+
+#: Registered models this process has loaded, by (tracking URI, name, version): a fleet run
+#: compares every city with the same global model, which is downloaded and parsed once.
+_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+def _champion(settings: Settings, name: str) -> LoadedModel | None:
+    """``name@champion``, loaded once per version and process."""
+    c = client(settings)
+    mv = champion(c, name)
+    if mv is None:
+        return None
+    key = (settings.mlflow_tracking_uri, name, str(mv.version))
+    if key not in _LOADED:
+        _LOADED[key] = load_version(c, mv)
+    return _LOADED[key]
 
 
 def _score(model: LoadedModel | None, frame: pd.DataFrame, label: str) -> float | None:
@@ -82,6 +99,11 @@ def _register(
             {f"city={c}": (split.train[CITY_FEATURE] == c).to_numpy() for c in split.train[CITY_FEATURE].unique()}
         )
     profile = build_profile(split.train[features], train_pred, segments)
+    gate_tags = {"gate": "passed" if decision.promote else "failed", "gate_reasons": "; ".join(decision.reasons)[:4900]}
+    if forced:
+        gate_tags["force_promoted"] = "true"
+    if not (decision.promote or forced):
+        gate_tags["promotion"] = f"rejected: {decision.summary}"
     version = log_version(
         c,
         experiment_id(c, settings),
@@ -93,16 +115,11 @@ def _register(
         tags,
         profile,
         {**DEFAULT_PARAMS, **params},
+        gate_tags,
     )
-    c.set_model_version_tag(name, version, "gate", "passed" if decision.promote else "failed")
-    c.set_model_version_tag(name, version, "gate_reasons", "; ".join(decision.reasons)[:4900])
     if decision.promote or forced:
         why = decision.summary if not forced else f"forced by ops (gate: {decision.summary})"
         set_champion(c, name, version, why)
-        if forced:
-            c.set_model_version_tag(name, version, "force_promoted", "true")
-    else:
-        c.set_model_version_tag(name, version, "promotion", f"rejected: {decision.summary}")
     return version
 
 
@@ -131,13 +148,20 @@ def train_city(
     until: datetime | None = None,
     run_label: str = "cli",
     force_promote: bool = False,
+    training_set: TrainingSet | None = None,
+    parity_cache: dict[Any, int] | None = None,
 ) -> dict[str, Any]:
-    """Fit, evaluate, register and gate ``<target>-<city>``. Returns a JSON-safe summary."""
+    """Fit, evaluate, register and gate ``<target>-<city>``. Returns a JSON-safe summary.
+
+    A fleet run passes the ``training_set`` it has already built (with the same ``until``) and a
+    ``parity_cache`` shared by the city's targets, so that the parity check runs once per city
+    and feature set.
+    """
     started = time.perf_counter()
     clock = Stopwatch()
     load_catalog(settings.catalog_path).get(city)  # unknown city: a clear error before any work
     name = model_name(target, city)
-    ts = build_training_set(settings, city, target, until=until)
+    ts = training_set if training_set is not None else build_training_set(settings, city, target, until=until)
     clock.lap("dataset")
     if ts.rows < MIN_FIT_ROWS:
         return _result(
@@ -158,15 +182,10 @@ def train_city(
     m["median_mae"] = mae(y, Median.fit(split.train, ts.label).predict(split.test))
     clock.lap("evaluate")
 
-    c = client(settings)
-    champion_mae = _score(load_champion(c, name), split.test, ts.label)
-    global_mae = _score(load_champion(c, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
+    champion_mae = _score(_champion(settings, name), split.test, ts.label)
+    global_mae = _score(_champion(settings, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
     clock.lap("gate_models")
-    parity = None
-    if settings.gate_parity_sample > 0:
-        from training.parity import parity_check
-
-        parity = parity_check(settings, city, sample=settings.gate_parity_sample, target=target)["mismatches"]
+    parity = _gate_parity(settings, city, target, parity_cache)
     clock.lap("parity")
     decision = decide(
         GateInputs(m["mae"], m["median_mae"], len(split.train), champion_mae, global_mae, parity), settings
@@ -220,8 +239,33 @@ def train_city(
     )
 
 
+def _gate_parity(settings: Settings, city: str, target: str, cache: dict[Any, int] | None) -> int | None:
+    """Mismatches of the gate's parity check (None when disabled), once per city and feature set."""
+    if settings.gate_parity_sample <= 0:
+        return None
+    from cityml.featurestore import get_store
+    from training.parity import parity_check, service_signature
+
+    key = (city, service_signature(get_store(settings).get_feature_service(feature_service_name(target))))
+    if cache is not None and key in cache:
+        return cache[key]
+    report = parity_check(
+        settings, city, sample=settings.gate_parity_sample, target=target, hours=settings.gate_parity_hours
+    )
+    mismatches = int(report["mismatches"])
+    if cache is not None:
+        cache[key] = mismatches
+    return mismatches
+
+
 def train_global(
-    settings: Settings, target: str, cities: list[str], *, until: datetime | None = None, run_label: str = "cli"
+    settings: Settings,
+    target: str,
+    cities: list[str],
+    *,
+    until: datetime | None = None,
+    run_label: str = "cli",
+    sets: dict[str, TrainingSet] | None = None,
 ) -> dict[str, Any]:
     """The fleet model ``<target>-global``: every city's rows, the city as a categorical feature.
 
@@ -232,12 +276,13 @@ def train_global(
     started = time.perf_counter()
     name = model_name(target, GLOBAL)
     catalog = sorted(load_catalog(settings.catalog_path).slugs)
+    built = sets if sets is not None else build_training_sets(settings, cities, target, until=until)
     parts: list[tuple[str, Split]] = []
-    sets: list[TrainingSet] = []
+    kept: list[TrainingSet] = []
     for city in cities:
-        ts = build_training_set(settings, city, target, until=until)
+        ts = built[city]
         if ts.rows >= MIN_FIT_ROWS:
-            sets.append(ts)
+            kept.append(ts)
             parts.append((city, time_split(ts.frame)))
     if not parts:
         return _result(name, GLOBAL, target, "skipped", "no city has enough rows")
@@ -249,8 +294,8 @@ def train_global(
         return out
 
     split = Split(stack("train"), stack("valid"), stack("test"))
-    features = [*sets[0].features, CITY_FEATURE]
-    label = sets[0].label
+    features = [*kept[0].features, CITY_FEATURE]
+    label = kept[0].label
     clock = Stopwatch()
     booster = fit_lgbm(split, features, label, threads=settings.train_threads)
     clock.lap("fit")
@@ -262,8 +307,7 @@ def train_global(
     )
     m["median_mae"] = mae(y, np.concatenate([Median.fit(s.train, label).predict(s.test) for _, s in parts]))
     per_city = {city: mae(s.test[label].to_numpy(), predict(booster, s.test.assign(city=city))) for city, s in parts}
-    c = client(settings)
-    champion_mae = _score(load_champion(c, name), split.test, label)
+    champion_mae = _score(_champion(settings, name), split.test, label)
     bar = None if champion_mae is None else champion_mae * (1 - settings.gate_margin)
     decision = Decision(promote=bar is None or m["mae"] <= bar)
     decision.reasons.append("no champion yet" if bar is None else f"MAE {m['mae']:.4g} vs champion {champion_mae:.4g}")
@@ -275,7 +319,7 @@ def train_global(
     tags = {
         "city": GLOBAL,
         "target": target,
-        "feature_service": sets[0].feature_service,
+        "feature_service": kept[0].feature_service,
         "git_sha": git_sha(),
         "feast_registry": feast_registry_version(settings),
         "train_rows": len(split.train),
@@ -309,6 +353,43 @@ def isolated(fn: Any, name: str, city: str, target: str, *args: Any, **kwargs: A
         return _result(name, city, target, "failed", f"{type(exc).__name__}: {exc}")
 
 
+def train_city_targets(
+    settings: Settings, city: str, sets: dict[str, TrainingSet], **kwargs: Any
+) -> list[dict[str, Any]]:
+    """Every target of one city, in turn, sharing the parity check; one unit of a fleet run's pool."""
+    cache: dict[Any, int] = {}
+    return [
+        isolated(
+            train_city,
+            model_name(target, city),
+            city,
+            target,
+            settings,
+            city,
+            target,
+            training_set=ts,
+            parity_cache=cache,
+            **kwargs,
+        )
+        for target, ts in sets.items()
+    ]
+
+
+def _all_sets(
+    settings: Settings, cities: list[str], targets: list[str], until: datetime | None
+) -> tuple[dict[str, dict[str, TrainingSet]], dict[str, str]]:
+    """Training sets by target and city, one join per target; and why a target's join failed."""
+    sets: dict[str, dict[str, TrainingSet]] = {}
+    failed: dict[str, str] = {}
+    for target in targets:
+        try:
+            sets[target] = build_training_sets(settings, cities, target, until=until)
+        except Exception as exc:
+            log.exception("training sets for %s failed", target)
+            failed[target] = f"{type(exc).__name__}: {exc}"
+    return sets, failed
+
+
 def train_fleet(
     settings: Settings,
     cities: list[str],
@@ -319,14 +400,23 @@ def train_fleet(
     force_promote: bool = False,
     with_global: bool = True,
     workers: int = 1,
+    phases: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """The global models first (the gate compares with them), then every (city, target).
 
-    With ``workers > 1`` the cities are fitted in that many processes at once.
+    Training sets are built once per target for all cities and shared by the global and the
+    city models. With ``workers > 1`` the cities are fitted in that many processes at once, one
+    city (all its targets) per task. ``phases``, when given, receives the wall seconds of each
+    phase: ``datasets``, ``global`` and ``cities``.
     """
     results = []
+    clock = Stopwatch()
+    sets, failed = _all_sets(settings, cities, targets, until)
+    clock.lap("datasets")
+    for target, reason in failed.items():
+        results += [_result(model_name(target, c), c, target, "failed", reason) for c in [GLOBAL, *cities]]
     if with_global:
-        for target in targets:
+        for target in sets:
             results.append(
                 isolated(
                     train_global,
@@ -338,23 +428,36 @@ def train_fleet(
                     cities,
                     until=until,
                     run_label=run_label,
+                    sets=sets[target],
                 )
             )
-    jobs = [(city, target) for city in cities for target in targets]
+    clock.lap("global")
+    if phases is not None:
+        phases.update(clock.laps)
+    per_city = {city: {t: sets[t][city] for t in sets} for city in cities}
     kwargs = {"until": until, "run_label": run_label, "force_promote": force_promote}
-    if workers <= 1 or len(jobs) <= 1:
-        for city, target in jobs:
-            results.append(
-                isolated(train_city, model_name(target, city), city, target, settings, city, target, **kwargs)
-            )
+    if workers <= 1 or len(cities) <= 1:
+        for city in cities:
+            results += train_city_targets(settings, city, per_city[city], **kwargs)
+        clock.lap("cities")
+        if phases is not None:
+            phases.update(clock.laps)
         return results
     # Fresh interpreters (spawn): no forked MLflow or Feast connections; the cores are shared out
     # between the workers so LightGBM threads do not fight over them.
     share = settings.model_copy(update={"train_threads": max(1, settings.train_threads // workers)})
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(isolated, train_city, model_name(target, city), city, target, share, city, target, **kwargs)
-            for city, target in jobs
-        ]
-        results.extend(f.result() for f in futures)
+        futures = {city: pool.submit(train_city_targets, share, city, per_city[city], **kwargs) for city in cities}
+        for city, future in futures.items():
+            try:
+                results += future.result()
+            except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
+                log.exception("training %s failed in its worker", city)
+                results += [
+                    _result(model_name(t, city), city, t, "failed", f"worker: {type(exc).__name__}: {exc}")
+                    for t in per_city[city]
+                ]
+    clock.lap("cities")
+    if phases is not None:
+        phases.update(clock.laps)
     return results

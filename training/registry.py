@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+@functools.cache
 def git_sha() -> str:
     """The commit the training code runs from ('unknown' outside a git checkout)."""
     try:
@@ -41,11 +43,6 @@ def set_champion(c: MlflowClient, name: str, version: str, reason: str) -> None:
     c.set_model_version_tag(name, version, "promotion", reason)
 
 
-def tag_version(c: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
-    for key, value in tags.items():
-        c.set_model_version_tag(name, version, key, str(value))
-
-
 def feast_registry_version(settings: Settings) -> str:
     """When the Feast registry the features came from was last applied (its lineage stamp)."""
     from cityml.featurestore import get_store
@@ -68,11 +65,13 @@ def log_version(
     tags: dict[str, Any],
     profile: dict[str, Any],
     params: dict[str, Any],
+    version_tags: dict[str, Any] | None = None,
 ) -> str:
     """One MLflow run holding the model, its metrics, tags and reference profile; registered as ``name``.
 
     The booster is saved by ``mlflow.lightgbm`` in LightGBM's text format. Requirements are given
-    explicitly: inferring them would export the whole project lock for every model.
+    explicitly: inferring them would export the whole project lock for every model. The version
+    is created with all its tags (``tags``, MAE, then ``version_tags``) in one registry call.
     """
     import lightgbm
     import mlflow
@@ -94,12 +93,12 @@ def log_version(
             name="model",
             signature=infer_signature(x, booster.predict(x)),
             input_example=x,
-            registered_model_name=name,
             pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"mlflow=={mlflow.__version__}"],
         )
-    version = str(info.registered_model_version)
-    tag_version(c, name, version, {**tags, **{k: metrics[k] for k in ("mae", "baseline_mae") if k in metrics}})
-    return version
+    mae: dict[str, float] = {k: metrics[k] for k in ("mae", "baseline_mae") if k in metrics}
+    all_tags: dict[str, Any] = {**tags, **mae, **(version_tags or {})}
+    registered = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in all_tags.items()})
+    return str(registered.version)
 
 
 def rollback(settings: Settings, name: str, version: str, who: str = "cli") -> dict[str, Any]:
