@@ -66,7 +66,8 @@ def _throughput(ctx: Context) -> report.Section:
 
     a = ctx.args
     cities = a.cities or (3 if a.quick else 50)
-    return throughput.run(cities, days=7 if a.quick else 10, trips_per_day=300, workers=a.workers)
+    sizes = a.trips_per_day or ([300] if a.quick else [300, 3000])
+    return throughput.run(cities, days=7 if a.quick else 10, trips_per_day=sizes, workers=a.workers)
 
 
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
@@ -87,6 +88,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mem-limit-gb", type=float, default=8.0, help="PIT: stop a worker past this RSS")
     parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis host:port for the online benchmark")
     parser.add_argument("--cities", type=int, help="throughput: synthetic cities (default 50; quick 3)")
+    parser.add_argument(
+        "--trips-per-day",
+        type=lambda s: [int(n) for n in s.split(",")],
+        help="throughput: city sizes to measure, trips a day for 10 days (default 300,3000; quick 300)",
+    )
     parser.add_argument(
         "--workers",
         type=lambda s: [int(w) for w in s.split(",")],
