@@ -232,6 +232,10 @@ def train(
     with_global: Annotated[bool, typer.Option("--global/--no-global", help="Also retrain the fleet models.")] = True,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any model failed to train.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Cities fitted at once (default: settings).")] = None,
+    tune_budget: Annotated[
+        float | None,
+        typer.Option(min=0, help="Seconds of Optuna search per city model (default: settings, 0 = no search)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, register and gate each city's models (and the global ones); print the gate report."""
@@ -240,6 +244,8 @@ def train(
 
     _setup_logging()
     s = get_settings()
+    if tune_budget is not None:
+        s = s.model_copy(update={"tune_budget_s": tune_budget})
     label = "cli-force-promote" if force_promote else "cli"
     results = train_fleet(
         s,

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     drift_min_rows: int = 50
     train_workers: int = Field(default=1, ge=1, description="Cities fitted at once by `cityml train`.")
     train_threads: int = Field(default=2, ge=1, description="LightGBM threads per fit.")
+    tune_budget_s: float = Field(
+        default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."
+    )
     # The promotion gate (training/gate.py).
     gate_margin: float = Field(default=0.0, ge=0, lt=1, description="Relative MAE gain needed over the champion.")
     gate_min_train_rows: int = Field(default=500, ge=0)

@@ -15,6 +15,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "num_leaves": 31,
     "min_data_in_leaf": 20,
     "feature_fraction": 0.9,
+    "lambda_l2": 0.0,  # LightGBM's default, named because the tuner searches it
     "bagging_fraction": 0.9,
     "bagging_freq": 1,
     "verbosity": -1,

@@ -172,8 +172,17 @@ def train_city(
             f"too little data: {ts.rows} trips with a {ts.label}, fewer than {MIN_FIT_ROWS} to fit on",
         )
     split = time_split(ts.frame)
-    booster = fit_lgbm(split, ts.features, ts.label, threads=settings.train_threads)
-    clock.lap("fit")
+    tuning: dict[str, Any] | None = None
+    fit_params: dict[str, Any] = {}
+    if settings.tune_budget_s > 0:
+        from training.tune import tune
+
+        tuned = tune(split, ts.features, ts.label, settings.tune_budget_s, threads=settings.train_threads)
+        booster, fit_params, tuning = tuned.booster, tuned.params, tuned.summary()
+        clock.lap("tune")
+    else:
+        booster = fit_lgbm(split, ts.features, ts.label, threads=settings.train_threads)
+        clock.lap("fit")
     y = split.test[ts.label].to_numpy()
     m = metrics(y, predict(booster, split.test))
     rate = RatePerKm.fit(split.train, ts.label)
@@ -208,6 +217,10 @@ def train_city(
         "dag_run_id": run_label,
         **_window(split),
     }
+    if tuning is not None:
+        tags["tuned"] = f"{tuning['trials']} trials in {tuning['seconds']} s, valid MAE {tuning['valid_mae']:.4g} " + (
+            f"(defaults {tuning['default_valid_mae']:.4g})"
+        )
     version = _register(
         settings,
         name,
@@ -218,7 +231,7 @@ def train_city(
         tags,
         decision,
         force_promote,
-        {"baseline_rate_per_km": rate.rate},
+        {**fit_params, "baseline_rate_per_km": rate.rate},
     )
     clock.lap("register")
     promoted = decision.promote or force_promote
@@ -236,6 +249,7 @@ def train_city(
         metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
         seconds=round(time.perf_counter() - started, 2),
         timings=clock.laps,
+        **({"tuning": tuning} if tuning is not None else {}),
     )
 
 

@@ -247,3 +247,19 @@ def test_features_parity_training_vs_serving(world: Settings, monkeypatch: pytes
 
     skewed = parity_check(world, "alpha", sample=40)
     assert skewed["mismatches"] > 0 and skewed["examples"][0]["training"] is None
+
+
+def test_train_with_a_tune_budget_records_the_search(world: Settings) -> None:
+    """`cityml train --tune-budget`: Optuna trials on the validation window, recorded on the version."""
+    from cityml.registry import client
+
+    report = _cli("train", "--cities", "beta-city", "--targets", "eta", "--no-global", "--tune-budget", "4")
+    (model,) = report["models"]
+    assert model["status"] in ("promoted", "rejected"), model
+    tuning = model["tuning"]
+    assert tuning["trials"] >= 1 and tuning["valid_mae"] <= tuning["default_valid_mae"]
+    assert "tune" in model["timings"] and "fit" not in model["timings"]
+    version = client(world).get_model_version("eta-beta-city", model["version"])
+    assert version.tags["tuned"].startswith(f"{tuning['trials']} trials")
+    run = client(world).get_run(version.run_id)
+    assert float(run.data.params["num_leaves"]) == tuning["params"]["num_leaves"]
