@@ -28,6 +28,7 @@ from training.registry import experiment_id, feast_registry_version, git_sha, lo
 log = logging.getLogger(__name__)
 
 MIN_FIT_ROWS = 100  # below this there is nothing to split into train / validation / test
+PROFILE_ROWS = 100_000  # training rows a reference profile is computed from, at most
 
 
 def predict(model: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
@@ -92,13 +93,17 @@ def _register(
     params: dict[str, Any],
 ) -> str:
     c = client(settings)
-    train_pred = predict(booster, split.train)
-    segments = day_segments(split.train["is_weekend"])
+    # Quantile bins need a sample, not every row: a fleet model's million rows would cost more
+    # to predict than to fit.
+    train = split.train
+    if len(train) > PROFILE_ROWS:
+        train = train.sample(n=PROFILE_ROWS, random_state=0)
+    train_pred = predict(booster, train)
+    segments = day_segments(train["is_weekend"])
     if CITY_FEATURE in features:  # the fleet model: one reference per city, for cities it serves
-        segments.update(
-            {f"city={c}": (split.train[CITY_FEATURE] == c).to_numpy() for c in split.train[CITY_FEATURE].unique()}
-        )
-    profile = build_profile(split.train[features], train_pred, segments)
+        segments.update({f"city={c}": (train[CITY_FEATURE] == c).to_numpy() for c in train[CITY_FEATURE].unique()})
+    profile = build_profile(train[features], train_pred, segments)
+    profile["rows"], profile["profiled_rows"] = len(split.train), len(train)
     gate_tags = {"gate": "passed" if decision.promote else "failed", "gate_reasons": "; ".join(decision.reasons)[:4900]}
     if forced:
         gate_tags["force_promoted"] = "true"
@@ -150,12 +155,14 @@ def train_city(
     force_promote: bool = False,
     training_set: TrainingSet | None = None,
     parity_cache: dict[Any, int] | None = None,
+    global_mae: float | None = None,
 ) -> dict[str, Any]:
     """Fit, evaluate, register and gate ``<target>-<city>``. Returns a JSON-safe summary.
 
-    A fleet run passes the ``training_set`` it has already built (with the same ``until``) and a
-    ``parity_cache`` shared by the city's targets, so that the parity check runs once per city
-    and feature set.
+    A fleet run passes what it already knows: the ``training_set`` it built (with the same
+    ``until``), a ``parity_cache`` shared by the city's targets, so that the parity check runs
+    once per city and feature set, and the ``global_mae`` of the global champion on this city's
+    test window when that champion is the run's own global model, which measured it.
     """
     started = time.perf_counter()
     clock = Stopwatch()
@@ -192,7 +199,8 @@ def train_city(
     clock.lap("evaluate")
 
     champion_mae = _score(_champion(settings, name), split.test, ts.label)
-    global_mae = _score(_champion(settings, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
+    if global_mae is None:
+        global_mae = _score(_champion(settings, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
     clock.lap("gate_models")
     parity = _gate_parity(settings, city, target, parity_cache)
     clock.lap("parity")
@@ -314,13 +322,16 @@ def train_global(
     booster = fit_lgbm(split, features, label, threads=settings.train_threads)
     clock.lap("fit")
     y = split.test[label].to_numpy()
-    pred = predict(booster, split.test)
+    # Each city's test window as train_city will score it (same rows, the city as a plain value);
+    # in stacking order, so the pieces make up the fleet's test predictions.
+    preds = [predict(booster, s.test.assign(city=city)) for city, s in parts]
+    pred = np.concatenate(preds)
     m = metrics(y, pred)
     m["baseline_mae"] = float(
         np.mean([mae(s.test[label].to_numpy(), RatePerKm.fit(s.train, label).predict(s.test)) for _, s in parts])
     )
     m["median_mae"] = mae(y, np.concatenate([Median.fit(s.train, label).predict(s.test) for _, s in parts]))
-    per_city = {city: mae(s.test[label].to_numpy(), predict(booster, s.test.assign(city=city))) for city, s in parts}
+    per_city = {city: mae(s.test[label].to_numpy(), p) for (city, s), p in zip(parts, preds, strict=True)}
     champion_mae = _score(_champion(settings, name), split.test, label)
     bar = None if champion_mae is None else champion_mae * (1 - settings.gate_margin)
     decision = Decision(promote=bar is None or m["mae"] <= bar)
@@ -350,7 +361,7 @@ def train_global(
         decision.summary,
         version=version,
         checks=decision.reasons,
-        per_city_mae={k: round(v, 6) for k, v in per_city.items()},
+        per_city_mae=per_city,  # unrounded: the city models' gate compares with these
         metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
         seconds=round(time.perf_counter() - started, 2),
         timings=clock.laps,
@@ -368,10 +379,15 @@ def isolated(fn: Any, name: str, city: str, target: str, *args: Any, **kwargs: A
 
 
 def train_city_targets(
-    settings: Settings, city: str, sets: dict[str, TrainingSet], **kwargs: Any
+    settings: Settings,
+    city: str,
+    sets: dict[str, TrainingSet],
+    global_maes: dict[str, float] | None = None,
+    **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every target of one city, in turn, sharing the parity check; one unit of a fleet run's pool."""
     cache: dict[Any, int] = {}
+    known = global_maes or {}
     return [
         isolated(
             train_city,
@@ -383,6 +399,7 @@ def train_city_targets(
             target,
             training_set=ts,
             parity_cache=cache,
+            global_mae=known.get(target),
             **kwargs,
         )
         for target, ts in sets.items()
@@ -429,6 +446,8 @@ def train_fleet(
     clock.lap("datasets")
     for target, reason in failed.items():
         results += [_result(model_name(target, c), c, target, "failed", reason) for c in [GLOBAL, *cities]]
+    # The global champion's MAE on each city's test window, where this run's global model is it.
+    fleet_mae: dict[str, dict[str, float]] = {}
     if with_global:
         for target in sets:
             results.append(
@@ -445,14 +464,17 @@ def train_fleet(
                     sets=sets[target],
                 )
             )
+            if results[-1]["status"] == "promoted":
+                fleet_mae[target] = results[-1]["per_city_mae"]
     clock.lap("global")
     if phases is not None:
         phases.update(clock.laps)
     per_city = {city: {t: sets[t][city] for t in sets} for city in cities}
+    known = {city: {t: fleet_mae[t][city] for t in fleet_mae if city in fleet_mae[t]} for city in cities}
     kwargs = {"until": until, "run_label": run_label, "force_promote": force_promote}
     if workers <= 1 or len(cities) <= 1:
         for city in cities:
-            results += train_city_targets(settings, city, per_city[city], **kwargs)
+            results += train_city_targets(settings, city, per_city[city], known[city], **kwargs)
         clock.lap("cities")
         if phases is not None:
             phases.update(clock.laps)
@@ -461,7 +483,9 @@ def train_fleet(
     # between the workers so LightGBM threads do not fight over them.
     share = settings.model_copy(update={"train_threads": max(1, settings.train_threads // workers)})
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {city: pool.submit(train_city_targets, share, city, per_city[city], **kwargs) for city in cities}
+        futures = {
+            city: pool.submit(train_city_targets, share, city, per_city[city], known[city], **kwargs) for city in cities
+        }
         for city, future in futures.items():
             try:
                 results += future.result()
