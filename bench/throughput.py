@@ -126,7 +126,7 @@ def run(cities: int, days: int, trips_per_day: list[int], workers: list[int]) ->
         "gate: parity on 20 trips from 4 pickup "
         "hours, once per city (ETA and price share their features). *End to end* is `train_fleet` from stored "
         "features to registered, gated versions; the ratio divides it by the summed wall time of the "
-        "`lightgbm.train` calls inside it. LightGBM runs 1 thread per worker process (2 in the parent for the "
-        "global models)."
+        "`lightgbm.train` calls inside it. LightGBM threads per fit: 2 ÷ workers (2 for the global models, "
+        "fitted in the parent before the city models)."
     )
     return report.Section(key="throughput", title="Training throughput", body=body, raw={"runs": rows})

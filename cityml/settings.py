@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     reload_interval_s: float = 30.0
     drift_min_rows: int = 50
-    train_workers: int = Field(default=1, ge=1, description="Cities fitted at once by `cityml train`.")
+    # Measured on 2 cores (bench/RESULTS.md): 2 processes of 1 LightGBM thread beat 1 process of 2.
+    train_workers: int = Field(default=2, ge=1, description="Cities fitted at once by `cityml train`.")
     train_threads: int = Field(default=2, ge=1, description="LightGBM threads per fit.")
     tune_budget_s: float = Field(
         default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."

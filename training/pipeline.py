@@ -226,8 +226,9 @@ def train_city(
         **_window(split),
     }
     if tuning is not None:
-        tags["tuned"] = f"{tuning['trials']} trials in {tuning['seconds']} s, valid MAE {tuning['valid_mae']:.4g} " + (
-            f"(defaults {tuning['default_valid_mae']:.4g})"
+        tags["tuned"] = (
+            f"{tuning['trials']} trials in {tuning['seconds']} s, "
+            f"valid MAE {tuning['valid_mae']:.4g} (defaults {tuning['default_valid_mae']:.4g})"
         )
     version = _register(
         settings,
