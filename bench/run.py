@@ -1,6 +1,6 @@
 """Run cityml's benchmarks and update ``bench/RESULTS.md`` (``make bench``).
 
-    python -m bench.run                 # every benchmark at full size (several minutes)
+    python -m bench.run                 # every benchmark at full size (about an hour on 2 cores)
     python -m bench.run --quick         # small sizes: a smoke test of the harness
     python -m bench.run --only pit      # one benchmark; the other sections stay as they are
 

@@ -1,8 +1,8 @@
 """A Feast offline store whose point-in-time joins are DuckDB ``ASOF LEFT JOIN``s.
 
 Feast's own DuckDB store joins each entity row with every feature row of its key inside the
-TTL, ranks them and joins back on a string row id: 10x a plain ``ASOF JOIN`` on a million rows
-(``bench/RESULTS.md``). :class:`AsofDuckDBOfflineStore` answers ``get_historical_features``
+TTL, ranks them and joins back on a string row id: 8.5-10x a plain ``ASOF JOIN`` on a million
+rows (``bench/RESULTS.md``). :class:`AsofDuckDBOfflineStore` answers ``get_historical_features``
 with one sort-merge ``ASOF LEFT JOIN`` per feature view instead, the SQL generated from the
 views, so training keeps calling ``store.get_historical_features(features=service, ...)`` and
 names, keys, sources and TTLs come from ``feature_repo/`` only. Everything else (materialize,

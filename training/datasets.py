@@ -77,11 +77,12 @@ def build_training_sets(
     joined = historical_model_input(store, service, trips, tz)
     frame = pd.concat([trips[["trip_id", "city"]], joined, trips[[label]]], axis=1)
     frame = frame.sort_values(["event_timestamp", "trip_id"], kind="stable")
-    sets = {}
-    for city in cities:
-        rows = frame[frame["city"] == city]
-        sets[city] = TrainingSet(rows[columns].reset_index(drop=True), features, label, service_name)
-    return sets
+    by_city = {city: rows for city, rows in frame.groupby("city", sort=False, observed=True)}
+    empty = frame.iloc[:0]
+    return {
+        city: TrainingSet(by_city.get(city, empty)[columns].reset_index(drop=True), features, label, service_name)
+        for city in cities
+    }
 
 
 def historical_model_input(

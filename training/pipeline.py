@@ -422,6 +422,37 @@ def _all_sets(
     return sets, failed
 
 
+def _in_pool(
+    settings: Settings,
+    workers: int,
+    per_city: dict[str, dict[str, TrainingSet]],
+    known: dict[str, dict[str, float]],
+    kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """:func:`train_city_targets` for every city, ``workers`` cities at once in fresh processes.
+
+    Spawned, not forked: no MLflow or Feast connections are inherited. The cores are shared out
+    between the workers so LightGBM threads do not fight over them.
+    """
+    share = settings.model_copy(update={"train_threads": max(1, settings.train_threads // workers)})
+    results: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            city: pool.submit(train_city_targets, share, city, sets, known[city], **kwargs)
+            for city, sets in per_city.items()
+        }
+        for city, future in futures.items():
+            try:
+                results += future.result()
+            except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
+                log.exception("training %s failed in its worker", city)
+                results += [
+                    _result(model_name(t, city), city, t, "failed", f"worker: {type(exc).__name__}: {exc}")
+                    for t in per_city[city]
+                ]
+    return results
+
+
 def train_fleet(
     settings: Settings,
     cities: list[str],
@@ -446,7 +477,8 @@ def train_fleet(
     sets, failed = _all_sets(settings, cities, targets, until)
     clock.lap("datasets")
     for target, reason in failed.items():
-        results += [_result(model_name(target, c), c, target, "failed", reason) for c in [GLOBAL, *cities]]
+        names = [GLOBAL, *cities] if with_global else cities
+        results += [_result(model_name(target, c), c, target, "failed", reason) for c in names]
     # The global champion's MAE on each city's test window, where this run's global model is it.
     fleet_mae: dict[str, dict[str, float]] = {}
     if with_global:
@@ -468,34 +500,14 @@ def train_fleet(
             if results[-1]["status"] == "promoted":
                 fleet_mae[target] = results[-1]["per_city_mae"]
     clock.lap("global")
-    if phases is not None:
-        phases.update(clock.laps)
     per_city = {city: {t: sets[t][city] for t in sets} for city in cities}
     known = {city: {t: fleet_mae[t][city] for t in fleet_mae if city in fleet_mae[t]} for city in cities}
     kwargs = {"until": until, "run_label": run_label, "force_promote": force_promote}
     if workers <= 1 or len(cities) <= 1:
         for city in cities:
             results += train_city_targets(settings, city, per_city[city], known[city], **kwargs)
-        clock.lap("cities")
-        if phases is not None:
-            phases.update(clock.laps)
-        return results
-    # Fresh interpreters (spawn): no forked MLflow or Feast connections; the cores are shared out
-    # between the workers so LightGBM threads do not fight over them.
-    share = settings.model_copy(update={"train_threads": max(1, settings.train_threads // workers)})
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {
-            city: pool.submit(train_city_targets, share, city, per_city[city], known[city], **kwargs) for city in cities
-        }
-        for city, future in futures.items():
-            try:
-                results += future.result()
-            except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
-                log.exception("training %s failed in its worker", city)
-                results += [
-                    _result(model_name(t, city), city, t, "failed", f"worker: {type(exc).__name__}: {exc}")
-                    for t in per_city[city]
-                ]
+    else:
+        results += _in_pool(settings, workers, per_city, known, kwargs)
     clock.lap("cities")
     if phases is not None:
         phases.update(clock.laps)

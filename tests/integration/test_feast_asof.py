@@ -9,6 +9,7 @@ feature row, unknown zones, repeated rows, naive timestamps, and a feature row r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -30,8 +31,16 @@ from cityml.trips import read_trips, write_trips
 pytestmark = pytest.mark.integration
 
 
+@dataclass(frozen=True)
+class World:
+    settings: Settings
+    key: str  # the zone of the restated row
+    stamp: pd.Timestamp  # and its hour
+    before: float  # that zone's trips in the row before it within the TTL (NaN if none)
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     from tests.conftest import SMALL_CATALOG
 
     s = Settings(home=tmp_path_factory.mktemp("asof") / "var", catalog_path=SMALL_CATALOG)
@@ -45,15 +54,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     path = s.features_dir / "zone_hour.parquet"
     table = pd.read_parquet(path).sort_values(["zone_key", "event_timestamp"], ignore_index=True)
     gap = table.groupby("zone_key")["event_timestamp"].shift(-1) - table["event_timestamp"]
-    restated = table[gap > pd.Timedelta(hours=4)].iloc[[0]].copy()
+    at = int(np.flatnonzero((gap > pd.Timedelta(hours=4)).to_numpy())[0])
+    restated = table.iloc[[at]].copy()
+    previous = table.iloc[at - 1] if at > 0 else None
+    before = (
+        float(previous["zone_trips_1h"])
+        if previous is not None
+        and previous["zone_key"] == restated["zone_key"].iloc[0]
+        and restated["event_timestamp"].iloc[0] - previous["event_timestamp"] <= pd.Timedelta(hours=3)
+        else float("nan")
+    )
     restated["created"] = restated["created"] + pd.Timedelta(minutes=5)
     restated["zone_trips_1h"] = 999
     restated["zone_mean_speed_kmh"] = 1.5
     # Written first, so that a join that merely takes the last row in file order gets it wrong.
     pd.concat([restated, table], ignore_index=True).to_parquet(path, index=False)
-    (s.home / "restated.json").write_text(restated[["zone_key", "event_timestamp"]].to_json(orient="records"))
     apply(s)
-    return s
+    return World(s, restated["zone_key"].iloc[0], restated["event_timestamp"].iloc[0], before)
 
 
 def _stock_store(s: Settings, work: Path) -> FeatureStore:
@@ -65,12 +82,11 @@ def _stock_store(s: Settings, work: Path) -> FeatureStore:
     return FeatureStore(repo_path=str(s.feast_repo_path), fs_yaml_file=path)
 
 
-def _entities(s: Settings) -> pd.DataFrame:
+def _entities(w: World) -> pd.DataFrame:
     """Trips at their pickup times, plus rows placed on every edge of the join."""
-    trips = read_trips(s.trips_dir)
+    trips = read_trips(w.settings.trips_dir)
     base = entity_columns(trips).assign(event_timestamp=trips["pickup_ts"].astype("datetime64[us, UTC]"))
-    restated = pd.read_json(s.home / "restated.json", orient="records", convert_dates=["event_timestamp"]).iloc[0]
-    key, stamp = restated["zone_key"], pd.Timestamp(restated["event_timestamp"]).tz_localize("UTC")  # JSON: epoch ms
+    key, stamp = w.key, w.stamp
     other = base.iloc[0]
     edges = []
     for offset in [*EDGES.values(), "-30D"]:  # zone_traffic's TTL is 3 h
@@ -98,9 +114,9 @@ def _compare(ours: pd.DataFrame, stock: pd.DataFrame, columns: list[str]) -> Non
 
 
 @pytest.mark.parametrize("service_name", ["eta_v1", "price_v1"])
-def test_same_rows_and_values_as_feasts_duckdb_store(world: Settings, tmp_path: Path, service_name: str) -> None:
-    ours_store = get_store(world)
-    stock_store = _stock_store(world, tmp_path)
+def test_same_rows_and_values_as_feasts_duckdb_store(world: World, tmp_path: Path, service_name: str) -> None:
+    ours_store = get_store(world.settings)
+    stock_store = _stock_store(world.settings, tmp_path)
     service = ours_store.get_feature_service(service_name)
     entity = _entities(world)
 
@@ -117,11 +133,11 @@ def test_same_rows_and_values_as_feasts_duckdb_store(world: Settings, tmp_path: 
     got = dict(zip([*EDGES, "a month before"], edges.tolist(), strict=True))
     assert got["at"] == got["just after"] == got["at the TTL"] == 999  # the restated row, not the first version
     assert np.isnan(got["past the TTL"]) and np.isnan(got["a month before"])
-    assert got["just before"] != 999
+    assert got["just before"] == pytest.approx(world.before, nan_ok=True)  # the previous row, not the restated
 
 
-def test_naive_entity_timestamps_are_utc(world: Settings, tmp_path: Path) -> None:
-    store = get_store(world)
+def test_naive_entity_timestamps_are_utc(world: World) -> None:
+    store = get_store(world.settings)
     service = store.get_feature_service("eta_v1")
     entity = _entities(world)
     naive = entity.assign(event_timestamp=entity["event_timestamp"].dt.tz_localize(None))
@@ -130,8 +146,8 @@ def test_naive_entity_timestamps_are_utc(world: Settings, tmp_path: Path) -> Non
     _compare(a, b, service_feature_names(service))
 
 
-def test_an_entity_frame_without_a_join_key_is_refused_by_name(world: Settings) -> None:
-    store = get_store(world)
+def test_an_entity_frame_without_a_join_key_is_refused_by_name(world: World) -> None:
+    store = get_store(world.settings)
     entity = _entities(world).drop(columns="dropoff_zone_key")
     with pytest.raises(FeastEntityDFMissingColumnsError, match="dropoff_zone_key"):
         store.get_historical_features(
