@@ -1,6 +1,6 @@
 """City of Chicago "Taxi Trips" records.
 
-Two layouts are accepted, column names matched case-insensitively:
+Three layouts are accepted, column names matched case-insensitively:
 
 - the Chicago Data Portal export (column titles ``Trip ID``, ``Trip Start Timestamp``, ``Trip End Timestamp``,
   ``Trip Seconds``, ``Trip Miles``, ``Pickup Community Area``, ``Dropoff Community Area``, ``Fare``,
@@ -10,11 +10,20 @@ Two layouts are accepted, column names matched case-insensitively:
   ``trip_seconds``, ``trip_miles``, ``pickup_community_area``, ``pickup_latitude`` ...). Its timestamps, text or
   epoch seconds, are taken as UTC, which is what the BigQuery TIMESTAMP type means. (Some analyses report that the
   table holds Chicago wall-clock times labelled UTC; if that matters for a dataset, convert before importing.)
+- a subset of that table's columns, as in widely shared Chicago taxi samples: no ``unique_key`` and no
+  ``trip_end_timestamp``; ``trip_start_timestamp`` (epoch seconds or text, UTC as above) and ``trip_seconds`` are
+  required, with the community-area or the coordinate columns (or both); ``trip_miles`` and ``fare`` may be absent.
+  The dropoff is ``trip_seconds`` after the pickup, and as there is no trip id (a ``unique_key``, if present, is
+  used) one is hashed from the row's content (city, start, seconds, miles, zones, coordinates, fare, and ``taxi_id``
+  when present), so the same row imported again, from any file, replaces its trip. Many rows of these samples lack
+  community areas or coordinates: a row with neither at one end is quarantined (``no_location``), not the file
+  refused.
 
-Both publish times rounded to 15 minutes for privacy, so the trip's own ``Trip Seconds`` is the duration, and where
-start and end fall in the same 15-minute slot the dropoff is put ``Trip Seconds`` after the pickup (otherwise every
-short trip would look like it ends before it starts). Community areas are the zones; the centroid coordinates are
-kept; where metered miles are missing or zero the distance is the straight line between the centroids.
+All three publish times rounded to 15 minutes for privacy, so the trip's own ``Trip Seconds`` is the duration, and
+where start and end fall in the same 15-minute slot the dropoff is put ``Trip Seconds`` after the pickup
+(otherwise every short trip would look like it ends before it starts). Community areas are the zones; the centroid
+coordinates are kept; where metered miles are missing or zero the distance is the straight line between the
+centroids, and where those are missing too the metered miles stand.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from cityml.importers.common import (
     PORTAL_FORMAT,
     Mapped,
     Variant,
+    content_ids,
     local_to_utc,
     match_variant,
     numbers,
@@ -78,7 +88,25 @@ BIGQUERY = Variant(
     },
     optional={"fare": ("fare",)},
 )
-VARIANTS = [PORTAL, BIGQUERY]
+# Tried after BIGQUERY, whose columns include all of these.
+BIGQUERY_SUBSET = Variant(
+    name="bigquery_subset",
+    required={"start": ("trip_start_timestamp",), "seconds": ("trip_seconds",)},
+    optional={
+        "trip_id": ("unique_key",),
+        "taxi_id": ("taxi_id",),
+        "miles": ("trip_miles",),
+        "pickup_zone": ("pickup_community_area",),
+        "dropoff_zone": ("dropoff_community_area",),
+        "pickup_lat": ("pickup_latitude",),
+        "pickup_lon": ("pickup_longitude",),
+        "dropoff_lat": ("dropoff_latitude",),
+        "dropoff_lon": ("dropoff_longitude",),
+        "fare": ("fare",),
+    },
+    any_of=(("pickup_zone", "dropoff_zone"), _COORDS),
+)
+VARIANTS = [PORTAL, BIGQUERY, BIGQUERY_SUBSET]
 
 
 def period_for(path: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
@@ -107,28 +135,37 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     Args:
         raw: The file as read.
         city: The catalog city the trips are stored under (its slug and currency are used).
-        source_name: The file name; rows without a trip id get one derived from it and the row number.
+        source_name: The file name; rows without a trip id get one derived from it and the row number (in the
+            subset layout, from the row's content instead).
 
     Returns:
         The canonical rows (not yet validated) and the name of the layout found.
 
     Raises:
-        TripSchemaError: The columns match neither layout.
+        TripSchemaError: The columns match none of the layouts.
     """
     variant, col = match_variant(raw, VARIANTS, source_name, "Chicago taxi trips")
     raw = raw.reset_index(drop=True)
-    if variant is PORTAL:
-        start = local_to_utc(parse_times(raw[col["start"]], (PORTAL_FORMAT, ISO)), SOURCE_TZ)
-        end = local_to_utc(parse_times(raw[col["end"]], (PORTAL_FORMAT, ISO)), SOURCE_TZ)
-    else:
-        start, end = _utc_times(raw[col["start"]]), _utc_times(raw[col["end"]])
 
-    seconds = numbers(raw[col["seconds"]])
+    def column(role: str) -> pd.Series:
+        # Only the subset layout may lack a role's column; its values are then all missing.
+        return raw[col[role]] if role in col else pd.Series(np.nan, index=raw.index)
+
+    seconds = numbers(column("seconds"))
+    if variant is PORTAL:
+        start = local_to_utc(parse_times(column("start"), (PORTAL_FORMAT, ISO)), SOURCE_TZ)
+        end = local_to_utc(parse_times(column("end"), (PORTAL_FORMAT, ISO)), SOURCE_TZ)
+    elif variant is BIGQUERY:
+        start, end = _utc_times(column("start")), _utc_times(column("end"))
+    else:
+        start = _utc_times(column("start"))
+        end = start + pd.to_timedelta(seconds, unit="s")
+
     duration = seconds.fillna((end - start).dt.total_seconds())
     same_slot = (end == start) & (seconds > 0)
     dropoff = end.where(~same_slot, start + pd.to_timedelta(seconds, unit="s"))
 
-    coords = {c: numbers(raw[col[c]]) for c in _COORDS}
+    coords = {c: numbers(column(c)) for c in _COORDS}
     straight = pd.Series(
         haversine_km(
             coords["pickup_lat"].to_numpy(),
@@ -138,21 +175,29 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
         ),
         index=raw.index,
     )
-    metered = numbers(raw[col["miles"]]) * MILE_KM
+    miles = numbers(column("miles"))
+    metered = miles * MILE_KM
     # A meter reading of 0 is usually a meter not switched on, so the straight line is the better lower bound.
     distance = metered.where(metered > 0, straight.where(straight.notna(), metered))
+    zones = {z: zone_ids(column(z)) for z in ("pickup_zone", "dropoff_zone")}
+    fare = numbers(column("fare"))
 
-    ids = raw[col["trip_id"]].astype("string").str.strip()
-    ids = ids.where(ids.fillna("") != "", pd.Series(row_ids("chi", source_name, len(raw)).to_numpy(), dtype="string"))
-    fare = numbers(raw[col["fare"]]) if "fare" in col else pd.Series(np.nan, index=raw.index)
+    if variant is BIGQUERY_SUBSET:
+        # No trip id in this layout: hash what the row says, so the same row gets the same id from any file.
+        content = {"start": start, "seconds": seconds, "miles": miles, **zones, **coords, "fare": fare}
+        taxi = column("taxi_id").astype("string").str.strip()
+        fallback = content_ids("chi", {"city": pd.Series(city.slug, index=raw.index), **content, "taxi_id": taxi})
+    else:
+        fallback = row_ids("chi", source_name, len(raw))
+    ids = column("trip_id").astype("string").str.strip()
+    ids = ids.where(ids.fillna("") != "", pd.Series(fallback.to_numpy(), dtype="string"))
     trips = pd.DataFrame(
         {
             "city": city.slug,
             "trip_id": ids.astype(object),
             "pickup_ts": start,
             "dropoff_ts": dropoff,
-            "pickup_zone": zone_ids(raw[col["pickup_zone"]]),
-            "dropoff_zone": zone_ids(raw[col["dropoff_zone"]]),
+            **zones,
             **coords,
             "distance_km": distance,
             "duration_s": duration,

@@ -22,6 +22,7 @@ MILE_KM = 1.609344
 # (Chicago's "Taxi Trips", older NYC exports).
 ISO = "ISO8601"
 PORTAL_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
 class TripFileError(ValueError):
@@ -43,14 +44,24 @@ class Variant:
         name: Short name reported back (e.g. ``"tlc"``).
         required: Role -> accepted column names (any one of them), matched case-insensitively.
         optional: Same, for roles that may be absent (e.g. a fare).
+        any_of: Groups of optional roles of which the file must hold at least one whole group (e.g. the zones, or
+            the coordinates); empty when the required roles are enough.
     """
 
     name: str
     required: dict[str, tuple[str, ...]]
     optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    any_of: tuple[tuple[str, ...], ...] = ()
 
     def missing(self, columns: dict[str, str]) -> list[str]:
-        return ["/".join(names) for names in self.required.values() if not any(n.lower() in columns for n in names)]
+        def has(names: tuple[str, ...]) -> bool:
+            return any(n.lower() in columns for n in names)
+
+        lacks = ["/".join(names) for names in self.required.values() if not has(names)]
+        if self.any_of and not any(all(has(self.optional[role]) for role in group) for group in self.any_of):
+            groups = ("+".join("/".join(self.optional[role]) for role in group) for group in self.any_of)
+            lacks.append(" or ".join(groups))
+        return lacks
 
     def resolve(self, columns: dict[str, str]) -> dict[str, str]:
         """Role -> actual column name in the file, for the roles the file has."""
@@ -153,6 +164,39 @@ def row_ids(prefix: str, source_name: str, n: int) -> pd.Series:
     """
     digest = hashlib.blake2b(Path(source_name).name.encode(), digest_size=5).hexdigest()
     return pd.Series([f"{prefix}-{digest}-{i}" for i in range(n)], dtype=object)
+
+
+def content_ids(prefix: str, parts: dict[str, pd.Series]) -> pd.Series:
+    """Deterministic trip ids ``<prefix>-<hash of the row's values>`` for sources without ids or a stable row order.
+
+    The same row gets the same id whichever file or position it comes from, so importing it again replaces the
+    trip instead of doubling it; rows differing in any part get different ids (80-bit hash). Pass parsed values
+    (floats, UTC times, zone strings) rather than raw text, so ``780`` and ``780.0`` are the same value.
+
+    Args:
+        prefix: Source prefix, e.g. ``"chi"``.
+        parts: Name -> column of values, all on one index. Floats and times are hashed as little-endian float64
+            bytes (far faster than formatting them), everything else as text; missing values count as empty.
+    """
+    index = next(iter(parts.values())).index
+    floats, texts = [], [pd.Series("", index=index, dtype="string")]
+    for values in parts.values():
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            values = (values.dt.tz_convert("UTC") - _EPOCH).dt.total_seconds()
+        if pd.api.types.is_float_dtype(values):
+            floats.append(values.to_numpy(dtype="<f8"))
+        else:
+            texts.append(values.astype("string").fillna(""))
+    grid = np.column_stack(floats).astype("<f8") + 0.0 if floats else np.zeros((len(index), 0), "<f8")  # -0.0 -> 0.0
+    grid[np.isnan(grid)] = np.nan  # one NaN bit pattern
+    packed = np.ascontiguousarray(grid).view(np.dtype((np.void, 8 * grid.shape[1]))).ravel().tolist()
+    # Text parts joined by a byte no value holds, so ("1", "23") and ("12", "3") differ; the packed floats have a
+    # fixed length, so they cannot run into the text either.
+    text = texts[0].str.cat(texts[1:], sep="\x1f")
+    digests = [
+        hashlib.blake2b(t.encode() + b"\x1f" + f, digest_size=10).hexdigest() for t, f in zip(text, packed, strict=True)
+    ]
+    return pd.Series([f"{prefix}-{d}" for d in digests], index=index, dtype=object)
 
 
 _MONTH = re.compile(r"(?<!\d)(20\d\d)-(0[1-9]|1[0-2])(?![-\d])")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cityml.importers import TripFileError, TripSchemaError, import_files, merge_with_stored
+from cityml.catalog import load_catalog
+from cityml.importers import TripFileError, TripSchemaError, chicago, import_files, merge_with_stored
 from cityml.importers.common import month_period
 from cityml.settings import Settings
 from cityml.trips import read_trips, trip_files, write_trips
@@ -20,6 +21,7 @@ GREEN = TRIPS / "green_tripdata_2023-11.csv"
 SNAKE = TRIPS / "trips_snake_case.csv"
 PORTAL = TRIPS / "chicago_taxi_trips_portal.csv"
 BIGQUERY = TRIPS / "chicago_taxi_trips_bigquery.csv"
+SUBSET = TRIPS / "chicago_taxi_trips_bigquery_subset.csv"
 NOT_TRIPS = TRIPS / "not_trips.csv"
 
 
@@ -146,7 +148,100 @@ def test_chicago_bigquery_epoch_seconds_and_text(settings: Settings) -> None:
     assert stored["pickup_ts"].dt.strftime("%d %H:%M").tolist() == ["15 14:00", "16 18:00", "17 12:00"]  # UTC as is
     assert stored["pickup_zone"].tolist() == ["8", "28", "6"]  # 8.0 -> "8"
     assert stored["fare"].isna().tolist() == [False, False, True]
+    assert stored["trip_id"].tolist() == pd.read_csv(BIGQUERY)["unique_key"][:3].tolist()  # ids are unique_key
     assert report["has_fare"] is True
+
+
+def test_chicago_bigquery_subset_epoch_seconds_no_ids_and_rows_without_location(
+    settings: Settings, tmp_path: Path
+) -> None:
+    report = import_files(settings, "chicago", [SUBSET], "chicago")
+    (file,) = report["files"]
+    assert (file["variant"], file["rows_read"], file["rows_kept"]) == ("bigquery_subset", 7, 5)
+    # Pickup community area 6 but no dropoff area nor point; no pickup area nor point, dropoff area 8.
+    assert file["quarantined_by_reason"] == {"no_location": 2}
+    quarantine = pd.read_parquet(file["quarantine_file"])
+    assert quarantine["reason"].tolist() == ["no_location", "no_location"]
+    assert quarantine["pickup_ts"].dt.strftime("%d %H:%M").tolist() == ["17 15:00", "17 16:00"]
+
+    stored = read_trips(settings.trips_dir, ["chicago"]).sort_values(["pickup_ts", "fare"]).reset_index(drop=True)
+    # Epoch seconds, integer or float, as UTC; no end column, so dropoff = pickup + trip_seconds.
+    pickups, dropoffs = (stored[c].dt.strftime("%d %H:%M").tolist() for c in ("pickup_ts", "dropoff_ts"))
+    assert pickups == ["15 14:00", "15 14:00", "16 18:00", "17 12:00", "17 13:30"]
+    assert dropoffs == ["15 14:13", "15 14:13", "16 18:27", "17 12:10", "17 13:45"]
+    assert (stored["dropoff_ts"] - stored["pickup_ts"]).dt.total_seconds().tolist() == [780, 780, 1620, 600, 900]
+    assert stored["duration_s"].tolist() == [780, 780, 1620, 600, 900]
+    assert stored["pickup_zone"].tolist() == ["8", "8", "28", "32", None]
+    assert stored["dropoff_zone"].tolist() == ["32", "32", "76", "8", None]
+    assert stored["fare"].tolist() == [9.5, 9.5, 33.0, 7.25, 11.0]
+    # Zones but no coordinates: kept, distance from trip_miles. Coordinates but no zones nor miles: the straight line.
+    assert stored["pickup_lat"].isna().tolist() == [False, False, False, True, False]
+    assert stored["distance_km"].tolist() == pytest.approx(
+        [2.4 * 1.609344] * 2 + [12.5 * 1.609344, 1.8 * 1.609344, 5.305], abs=1e-3
+    )
+
+    # No id column: ids are hashed from the row, the two 14:00 trips (different cabs) have their own.
+    ids = stored["trip_id"]
+    assert ids.str.fullmatch(r"chi-[0-9a-f]{20}").all() and ids.is_unique
+    # Importing the file again, or a copy under another name, replaces the same trips.
+    import_files(settings, "chicago", [SUBSET], "chicago")
+    copy = tmp_path / "chicago_sample_copy.csv"
+    copy.write_bytes(SUBSET.read_bytes())
+    import_files(settings, "chicago", [copy], "chicago")
+    again = read_trips(settings.trips_dir, ["chicago"])
+    assert len(again) == 5 and set(again["trip_id"]) == set(ids)
+
+
+def test_chicago_bigquery_subset_ids_follow_the_row_content_only() -> None:
+    city = load_catalog(FIXTURES / "cities_real.yaml").get("chicago")
+    raw = pd.read_csv(SUBSET)
+
+    def ids(frame: pd.DataFrame, name: str = "a.csv") -> list[str]:
+        return chicago.to_trips(frame, city, name).trips["trip_id"].tolist()
+
+    first = ids(raw)
+    assert len(set(first)) == len(raw)
+    # Same rows in another order, from another file, with epoch seconds as integers (the CSV reads floats): same ids.
+    assert raw["trip_start_timestamp"].dtype == "float64"
+    assert ids(raw.iloc[::-1].reset_index(drop=True), "b.csv") == first[::-1]
+    assert ids(raw.astype({"trip_start_timestamp": "int64", "trip_seconds": "int64"}), "c.csv") == first
+    # Change one value of the first row at a time: every variant gets its own id.
+    changes = {
+        "trip_start_timestamp": 1673791200 + 900,
+        "trip_seconds": 840,
+        "trip_miles": 2.5,
+        "pickup_community_area": 9,
+        "dropoff_community_area": 33,
+        "pickup_latitude": 41.9,
+        "dropoff_longitude": -87.6,
+        "fare": 9.75,
+        "taxi_id": "t99",
+    }
+    variants = [ids(raw.iloc[[0]].assign(**{column: value}))[0] for column, value in changes.items()]
+    assert len({first[0], *variants}) == len(changes) + 1
+    # Without a taxi_id column (as in some samples) the ids still tell the other rows apart.
+    assert len(set(ids(raw.drop(columns="taxi_id"))[:6])) == 6
+
+
+def test_chicago_bigquery_subset_needs_zones_or_coordinates(settings: Settings, tmp_path: Path) -> None:
+    raw = pd.read_csv(SUBSET)
+    coordinates_only = tmp_path / "coordinates_only.csv"
+    raw.drop(columns=["pickup_community_area", "dropoff_community_area", "trip_miles", "fare"]).to_csv(
+        coordinates_only, index=False
+    )
+    report = import_files(settings, "chicago", [coordinates_only], "chicago")
+    assert (report["files"][0]["variant"], report["total"]["rows_kept"], report["has_fare"]) == (
+        "bigquery_subset",
+        4,  # the 3 rows without a point at one end go to quarantine
+        False,
+    )
+
+    neither = tmp_path / "neither.csv"
+    raw.drop(columns=["pickup_community_area", "dropoff_community_area", "pickup_latitude"]).to_csv(
+        neither, index=False
+    )
+    with pytest.raises(TripSchemaError, match="bigquery_subset variant lacks pickup_community_area"):
+        import_files(settings, "chicago", [neither], "chicago")
 
 
 def test_a_source_without_fares_reports_has_fare_false(settings: Settings, tmp_path: Path) -> None:
