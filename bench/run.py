@@ -70,11 +70,18 @@ def _throughput(ctx: Context) -> report.Section:
     return throughput.run(cities, days=7 if a.quick else 10, trips_per_day=sizes, workers=a.workers)
 
 
+def _quality(ctx: Context) -> report.Section:
+    from bench import quality
+
+    return quality.run(ctx.args.quick, ctx.args.cities)
+
+
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
 BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "pit": _pit,
     "online": _online,
     "throughput": _throughput,
+    "quality": _quality,
 }
 
 
@@ -87,7 +94,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variants", type=lambda s: s.split(","), help="PIT: only these variant keys (comma list)")
     parser.add_argument("--mem-limit-gb", type=float, default=8.0, help="PIT: stop a worker past this RSS")
     parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis host:port for the online benchmark")
-    parser.add_argument("--cities", type=int, help="throughput: synthetic cities (default 50; quick 3)")
+    parser.add_argument(
+        "--cities", type=int, help="throughput: synthetic cities (default 50; quick 3); quality: per size (default 8)"
+    )
     parser.add_argument(
         "--trips-per-day",
         type=lambda s: [int(n) for n in s.split(",")],

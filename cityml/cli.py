@@ -151,11 +151,13 @@ def import_nyc_tlc(
 
 @import_app.command("chicago")
 def import_chicago(
-    files: Annotated[list[Path], typer.Argument(help="Chicago Taxi Trips exports (portal or BigQuery layout).")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Chicago Taxi Trips exports (portal, BigQuery, or BigQuery-subset layout).")
+    ],
     city: Annotated[str, typer.Option(help="Catalog slug to store the trips under.")] = "chicago",
     as_json: JsonOpt = False,
 ) -> None:
-    """Import Chicago Taxi Trips (Data Portal or BigQuery columns); bad rows are quarantined."""
+    """Import Chicago Taxi Trips (portal titles, BigQuery columns, or their subset); bad rows are quarantined."""
     _import("chicago", files, city, as_json)
 
 

@@ -1,8 +1,9 @@
 """Feature tables built from stored trips: the offline source of every Feast feature view.
 
-Point-in-time rule: the row stamped ``t`` summarises trips that *ended* in the hour before
-``t``. A training row at pickup time ``t`` therefore never sees a trip that ends after ``t``,
-and serving at ``t`` sees the same values once they are materialized.
+Point-in-time rule: the row stamped ``t`` summarises trips that *ended* before ``t`` (in the hour
+before it for the traffic tables, in the 28 days before for the history tables). A training row at
+pickup time ``t`` therefore never sees a trip that ends after ``t``, and serving at ``t`` sees the
+same values once they are materialized.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cityml.naming import zone_key
+from cityml.naming import zone_key, zone_pair_key
 from cityml.trips import atomic_write_table, read_trips
 
 ZONE_HOUR_FILE = "zone_hour.parquet"
 CITY_HOUR_FILE = "city_hour.parquet"
+ZONE_PAIR_DAY_FILE = "zone_pair_day.parquet"
+ZONE_DAY_FILE = "zone_day.parquet"
 DEMAND_WEEKS = 4
+HISTORY_DAYS = 28
+#: Trips shorter than this have no meaningful fare per km (a flag fall over 100 m).
+FARE_PER_KM_MIN_KM = 0.5
 
 
 def _hour_end(ts: pd.Series) -> pd.Series:
@@ -84,12 +90,84 @@ def city_hour(trips: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _history(trips: pd.DataFrame, keys: list[str], key_name: str, prefix: str) -> pd.DataFrame:
+    """Trailing statistics of each key (a zone, a zone pair) over the trips that ended in the 28 days before.
+
+    One row per key and UTC day on which the key had a trip, stamped at the end of that day and
+    computed at the key's last trip of the day: the trip count and the median duration, speed and
+    fare per km of the 28 days up to it. Days without a trip add no row; the view's TTL (28 days)
+    keeps the last row in use until the key is quiet for that long. Medians over a sliding window
+    are DuckDB window aggregates, one pass over the trips.
+    """
+    import duckdb
+
+    dist = trips["distance_km"].to_numpy(dtype="float64")
+    dur = trips["duration_s"].to_numpy(dtype="float64")
+    fare = trips["fare"].to_numpy(dtype="float64") if "fare" in trips else np.full(len(trips), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = np.where((dur > 0) & (dist > 0), dist / (dur / 3600.0), np.nan)
+        per_km = np.where(dist >= FARE_PER_KM_MIN_KM, fare / dist, np.nan)
+    t = pd.DataFrame(
+        {
+            "k": keys,
+            "t_end": trips["dropoff_ts"].astype("datetime64[us, UTC]"),
+            "dur": dur,
+            "speed": speed,
+            "per_km": per_km,
+        }
+    )
+    n = HISTORY_DAYS
+    sql = f"""
+        SELECT k, event_timestamp, n AS {prefix}_trips_{n}d, dur AS {prefix}_median_duration_s,
+               speed AS {prefix}_median_speed_kmh, per_km AS {prefix}_median_fare_per_km
+        FROM (
+            SELECT k, date_trunc('day', t_end) + INTERVAL 1 DAY AS event_timestamp,
+                   count(*) OVER w AS n, median(dur) OVER w AS dur, median(speed) OVER w AS speed,
+                   median(per_km) OVER w AS per_km,
+                   row_number() OVER (PARTITION BY k, date_trunc('day', t_end) ORDER BY t_end DESC) AS last
+            FROM t
+            WINDOW w AS (PARTITION BY k ORDER BY t_end RANGE BETWEEN INTERVAL {n} DAYS PRECEDING AND CURRENT ROW)
+        ) WHERE last = 1
+        ORDER BY k, event_timestamp
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("t", t)
+        out = con.sql(sql).df()
+    finally:
+        con.close()
+    out = out.rename(columns={"k": key_name})
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    out[f"{prefix}_trips_{n}d"] = out[f"{prefix}_trips_{n}d"].astype("int64")
+    return out
+
+
+def zone_pair_day(trips: pd.DataFrame) -> pd.DataFrame:
+    """Trip history of each (pickup zone, dropoff zone) pair: what the pair usually takes."""
+    t = trips.dropna(subset=["pickup_zone", "dropoff_zone"])
+    keys = [zone_pair_key(*v) for v in zip(t["city"], t["pickup_zone"], t["dropoff_zone"], strict=True)]
+    return _history(t, keys, "zone_pair_key", "pair")
+
+
+def zone_day(trips: pd.DataFrame) -> pd.DataFrame:
+    """Trip history of each pickup zone: the fallback where the pair is rare or new."""
+    t = trips.dropna(subset=["pickup_zone"])
+    keys = [zone_key(c, z) for c, z in zip(t["city"], t["pickup_zone"], strict=True)]
+    return _history(t, keys, "zone_key", "zone")
+
+
 def build_feature_tables(trips_dir: Path, features_dir: Path) -> dict[str, int]:
     """Rebuild the offline feature tables from every stored trip. Returns rows per table."""
     trips = read_trips(trips_dir)
     if trips.empty:
         raise FileNotFoundError(f"no trips under {trips_dir}: run `cityml data generate` or an import first")
-    tables = {ZONE_HOUR_FILE: zone_hour(trips), CITY_HOUR_FILE: city_hour(trips)}
+    tables = {
+        ZONE_HOUR_FILE: zone_hour(trips),
+        CITY_HOUR_FILE: city_hour(trips),
+        ZONE_PAIR_DAY_FILE: zone_pair_day(trips),
+        ZONE_DAY_FILE: zone_day(trips),
+    }
     for name, df in tables.items():
         # Microsecond timestamps: DuckDB (Feast's offline engine) cannot cast nanosecond ones.
         df = df.assign(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cityml.naming import zone_key
+from cityml.naming import zone_key, zone_pair_key
 from cityml.settings import Settings
 
 if TYPE_CHECKING:
@@ -95,12 +95,14 @@ def service_feature_names(service: FeatureService) -> list[str]:
 
 
 def entity_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """The Feast join keys of trips or requests (``city``, ``pickup_zone``, ``dropoff_zone``)."""
+    """The Feast join keys of trips or requests: city, pickup and dropoff zone, and the zone pair."""
+    cities, pickups, dropoffs = df["city"].astype(str), df["pickup_zone"], df["dropoff_zone"]
     return pd.DataFrame(
         {
-            "city": df["city"].astype(str),
-            "pickup_zone_key": [zone_key(c, z) for c, z in zip(df["city"], df["pickup_zone"], strict=True)],
-            "dropoff_zone_key": [zone_key(c, z) for c, z in zip(df["city"], df["dropoff_zone"], strict=True)],
+            "city": cities,
+            "pickup_zone_key": [zone_key(c, z) for c, z in zip(cities, pickups, strict=True)],
+            "dropoff_zone_key": [zone_key(c, z) for c, z in zip(cities, dropoffs, strict=True)],
+            "zone_pair_key": [zone_pair_key(c, p, d) for c, p, d in zip(cities, pickups, dropoffs, strict=True)],
         },
         index=df.index,
     )

@@ -29,7 +29,12 @@ def champion_uri(target: str, city: str) -> str:
     return f"models:/{model_name(target, city)}@{CHAMPION}"
 
 
-def feature_service_name(target: str, version: int = 1) -> str:
+#: The FeatureService version new models train on. Older versions stay registered in Feast, so the
+#: champions trained on them keep serving until they are replaced.
+FEATURE_SERVICE_VERSION = 2
+
+
+def feature_service_name(target: str, version: int = FEATURE_SERVICE_VERSION) -> str:
     """The Feast FeatureService a target's models are trained and served with."""
     return f"{check_target(target)}_v{version}"
 
@@ -37,3 +42,8 @@ def feature_service_name(target: str, version: int = 1) -> str:
 def zone_key(city: str, zone: str) -> str:
     """Zones are only unique inside a city: the Feast entity key joins both."""
     return f"{city}:{zone}"
+
+
+def zone_pair_key(city: str, pickup_zone: str, dropoff_zone: str) -> str:
+    """The Feast key of a trip's zone pair, e.g. ``nyc:132>230`` (directed: there and back differ)."""
+    return f"{city}:{pickup_zone}>{dropoff_zone}"

@@ -60,20 +60,3 @@ def model_input(
 ) -> pd.DataFrame:
     """Feature rows, on ``df``'s index, for requests with city, pickup_ts, zones and coordinates."""
     return pd.concat([request_features(df, timezones), online_features(store, service, df)], axis=1)
-
-
-CITY_FEATURE = "city"  # the fleet (global) models' categorical feature
-
-
-def model_frame(features: pd.DataFrame, model_features: list[str], cities: pd.Series) -> pd.DataFrame:
-    """The columns a booster expects, in its order; the fleet models also get the city as a category.
-
-    LightGBM keeps the category list it was trained with and maps values by name, so a city it
-    never saw becomes a missing category rather than another city's code.
-    """
-    frame = (
-        features.assign(**{CITY_FEATURE: pd.Categorical(cities.astype(str))})
-        if CITY_FEATURE in model_features
-        else features
-    )
-    return frame[model_features]

@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cityml.modeling import SCALE_FILE, SCALE_TAG, LabelScale
+from cityml.modeling import predict as predict_with
 from cityml.naming import CHAMPION
 from cityml.profile import PROFILE_FILE
 from cityml.settings import Settings
 
 if TYPE_CHECKING:
     import lightgbm as lgb
+    import numpy as np
+    import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
@@ -54,10 +58,19 @@ class LoadedModel:
     booster: lgb.Booster
     tags: dict[str, str]
     run_id: str | None
+    scale: LabelScale = field(default_factory=LabelScale)
 
     @property
     def features(self) -> list[str]:
         return list(self.booster.feature_name())
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predictions in the label's units (``cityml.modeling.predict``)."""
+        return predict_with(self.booster, self.scale, frame)
+
+    def serves(self, city: str) -> bool:
+        """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
+        return self.scale.covers(city)
 
 
 def load_champion(c: MlflowClient, name: str) -> LoadedModel | None:
@@ -70,11 +83,17 @@ def load_champion(c: MlflowClient, name: str) -> LoadedModel | None:
 
 def load_version(c: MlflowClient, mv: ModelVersion) -> LoadedModel:
     """Load one registered version as a LightGBM booster (by number: an alias may move meanwhile)."""
+    import mlflow.artifacts
     import mlflow.lightgbm
 
     del c  # the client set the process tracking URI this download uses
     booster = mlflow.lightgbm.load_model(f"models:/{mv.name}/{mv.version}")
-    return LoadedModel(name=mv.name, version=str(mv.version), booster=booster, tags=dict(mv.tags), run_id=mv.run_id)
+    tags = dict(mv.tags)
+    rates = None
+    if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
+        rates = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SCALE_FILE)
+    scale = LabelScale.from_tags(tags, rates)
+    return LoadedModel(name=mv.name, version=str(mv.version), booster=booster, tags=tags, run_id=mv.run_id, scale=scale)
 
 
 def read_profile(c: MlflowClient, run_id: str) -> dict[str, Any]:

@@ -13,6 +13,10 @@ import pandas as pd
 
 EARTH_RADIUS_KM = 6371.0088
 
+#: The request's zones, as given (or placed from coordinates): city models take them as
+#: categorical features (``cityml.modeling``), fleet models do not (zone names are city-local).
+ZONE_FEATURES: tuple[str, ...] = ("pickup_zone", "dropoff_zone")
+
 #: Names of the columns :func:`request_features` adds, in order.
 REQUEST_FEATURES: tuple[str, ...] = (
     "distance_km",
@@ -20,6 +24,7 @@ REQUEST_FEATURES: tuple[str, ...] = (
     "local_hour",
     "local_weekday",
     "is_weekend",
+    *ZONE_FEATURES,
 )
 
 
@@ -64,7 +69,8 @@ def request_features(df: pd.DataFrame, timezones: Mapping[str, str]) -> pd.DataF
         timezones: city slug to IANA timezone, from the catalog.
 
     Returns:
-        A frame on the same index with the columns of :data:`REQUEST_FEATURES`.
+        A frame on the same index with the columns of :data:`REQUEST_FEATURES`; the zones are
+        text (None where unknown), the rest numbers.
     """
     plat, plon = _coords(df, "pickup_lat"), _coords(df, "pickup_lon")
     dlat, dlon = _coords(df, "dropoff_lat"), _coords(df, "dropoff_lon")
@@ -93,6 +99,14 @@ def request_features(df: pd.DataFrame, timezones: Mapping[str, str]) -> pd.DataF
             "local_hour": hour,
             "local_weekday": weekday,
             "is_weekend": (weekday >= 5).astype("int64"),
+            **{name: _zones(df, name) for name in ZONE_FEATURES},
         },
         index=df.index,
     )
+
+
+def _zones(df: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(len(df), None, dtype=object)
+    values = df[name].astype(object)
+    return values.where(values.notna(), None).map(lambda z: z if z is None else str(z)).to_numpy(dtype=object)

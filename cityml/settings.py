@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     # Measured on 2 cores (bench/RESULTS.md): 2 processes of 1 LightGBM thread beat 1 process of 2.
     train_workers: int = Field(default=2, ge=1, description="Cities fitted at once by `cityml train`.")
     train_threads: int = Field(default=2, ge=1, description="LightGBM threads per fit.")
+    # per_km alone by default: on the NYC sample it beat `none` on the test window for both targets
+    # while a 950-trip validation window picked `none` for ETA (bench/RESULTS.md, quality).
+    train_label_scales: Annotated[list[Literal["none", "per_km"]], NoDecode] = Field(
+        default=["per_km"],
+        description="Label scales a city model tries (cityml.modeling); with several, the validation window picks.",
+    )
+    train_refit: bool = Field(
+        default=True, description="Refit the chosen model on training + validation windows before registering."
+    )
     tune_budget_s: float = Field(
         default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."
     )
@@ -52,6 +61,13 @@ class Settings(BaseSettings):
     gate_parity_hours: int = Field(
         default=4, ge=1, description="Pickup hours those trips come from (each hour is one materialization)."
     )
+
+    @field_validator("train_label_scales", mode="before")
+    @classmethod
+    def _split_scales(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

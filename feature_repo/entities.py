@@ -16,3 +16,11 @@ city = Entity(
     value_type=ValueType.STRING,
     description="A city slug from the catalog.",
 )
+
+# Directed: "<city>:<pickup zone>><dropoff zone>". The way in and the way out of downtown differ.
+zone_pair = Entity(
+    name="zone_pair",
+    join_keys=["zone_pair_key"],
+    value_type=ValueType.STRING,
+    description="A (pickup zone, dropoff zone) pair of one city, keyed '<city>:<pickup>><dropoff>'.",
+)

@@ -22,3 +22,19 @@ city_hour_source = FileSource(
     created_timestamp_column="created",
     description="Trips completed per city and hour, stamped at the end of the hour.",
 )
+
+zone_pair_day_source = FileSource(
+    name="zone_pair_day_source",
+    path=f"{FEATURES_DIR}/zone_pair_day.parquet",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="28-day trip history per (pickup zone, dropoff zone), stamped at the end of each day with trips.",
+)
+
+zone_day_source = FileSource(
+    name="zone_day_source",
+    path=f"{FEATURES_DIR}/zone_day.parquet",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="28-day trip history per pickup zone, stamped at the end of each day with trips.",
+)

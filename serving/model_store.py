@@ -33,13 +33,17 @@ class ModelStore:
         self.loaded_once = False
 
     def get(self, target: str, city: str) -> tuple[Served | None, str | None]:
-        """The model answering for a city, and the fallback reason when it is not the city's own."""
+        """The model answering for a city, and the fallback reason when it is not the city's own.
+
+        The fleet model stands in only for cities it learned: it cannot put a prediction back
+        in the units (the currency) of a city it has no rate for.
+        """
         models = self._models
         own = models.get((target, city))
         if own is not None:
             return own, None
         fleet = models.get((target, GLOBAL))
-        if fleet is not None:
+        if fleet is not None and fleet.model.serves(city):
             return fleet, f"{model_name(target, city)} has no champion"
         return None, None
 

@@ -13,7 +13,6 @@ from cityml.settings import Settings
 from cityml.trips import read_trips, utc
 from training.datasets import historical_model_input
 from training.evaluate import RatePerKm, mae
-from training.pipeline import predict
 
 
 def evaluate_champion(settings: Settings, city: str, target: str, start: datetime, end: datetime) -> dict[str, Any]:
@@ -46,7 +45,9 @@ def evaluate_champion(settings: Settings, city: str, target: str, start: datetim
         "from": utc(start).isoformat(),
         "to": utc(end).isoformat(),
         "rows": len(trips),
-        "mae": mae(y, predict(champion.booster, frame)),
+        "mae": mae(y, champion.predict(frame)),
         "baseline_mae": mae(y, RatePerKm(rate).predict(frame)),
-        "global_mae": mae(y, predict(fleet.booster, frame.assign(city=city))) if fleet is not None else None,
+        "global_mae": (
+            mae(y, fleet.predict(frame.assign(city=city))) if fleet is not None and fleet.serves(city) else None
+        ),
     }

@@ -76,6 +76,9 @@ def build_training_sets(
     tz = {c.slug: c.timezone for c in catalog.cities}
     joined = historical_model_input(store, service, trips, tz)
     frame = pd.concat([trips[["trip_id", "city"]], joined, trips[[label]]], axis=1)
+    # A trip of unknown length (no points, no distance) says nothing about a pace or a fare per km,
+    # and models predict nothing for one: it is left out of training and of the test window alike.
+    frame = frame[frame["distance_km"].notna()]
     frame = frame.sort_values(["event_timestamp", "trip_id"], kind="stable")
     by_city = {city: rows for city, rows in frame.groupby("city", sort=False, observed=True)}
     empty = frame.iloc[:0]

@@ -1,6 +1,7 @@
 """Training/serving parity: the vector training saw for a trip against the one serving builds.
 
-For a sample of a city's trips, the historical vector comes from Feast's point-in-time join
+For a sample of a city's trips, the whole model input is compared — the request-time features
+(zones included) as well as the Feast ones. The historical vector comes from Feast's point-in-time join
 (``training.datasets.historical_model_input``) and the online vector from ``cityml.online.model_input``
 — the function the API calls — after materializing a scratch online store up to each trip's
 pickup hour, as the hourly DAG would have. Any feature that differs beyond float tolerance is a
@@ -119,9 +120,8 @@ def parity_check(
     counts: dict[str, int] = {}
     examples: list[dict[str, Any]] = []
     for name in online.columns:
-        a = historical[name].to_numpy(dtype="float64")
-        b = online[name].to_numpy(dtype="float64")
-        bad = _mismatch(a, b)
+        a, b = _values(historical[name]), _values(online[name])
+        bad = _mismatch(a, b) if a.dtype.kind == "f" else a != b
         counts[name] = int(bad.sum())
         for i in np.flatnonzero(bad)[: max(0, 10 - len(examples))]:
             examples.append(
@@ -144,5 +144,14 @@ def parity_check(
     }
 
 
-def _json(value: float) -> float | None:
+def _values(column: pd.Series) -> np.ndarray:
+    """Numbers as float64; names (the zones) as text, missing as the empty string."""
+    if column.dtype == object or isinstance(column.dtype, pd.CategoricalDtype | pd.StringDtype):
+        return column.astype(object).where(column.notna(), "").astype(str).to_numpy()
+    return column.to_numpy(dtype="float64")
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        return value or None
     return None if np.isnan(value) else float(value)

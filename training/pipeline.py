@@ -9,19 +9,19 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from cityml.catalog import load_catalog
+from cityml.modeling import CATEGORICAL_FEATURES, CITY_FEATURE, LabelScale
 from cityml.naming import GLOBAL, feature_service_name, model_name
-from cityml.online import CITY_FEATURE, model_frame
 from cityml.profile import build_profile, day_segments
 from cityml.registry import LoadedModel, champion, client, load_version
+from cityml.request_features import ZONE_FEATURES
 from cityml.settings import Settings
 from training.datasets import TrainingSet, build_training_set, build_training_sets
 from training.evaluate import LinearOnDistance, Median, RatePerKm, mae, metrics
-from training.fit import DEFAULT_PARAMS, Split, fit_lgbm, time_split
+from training.fit import DEFAULT_PARAMS, Fitted, Split, fit_model, time_split
 from training.gate import Decision, GateInputs, decide
 from training.registry import experiment_id, feast_registry_version, git_sha, log_version, set_champion
 
@@ -29,20 +29,6 @@ log = logging.getLogger(__name__)
 
 MIN_FIT_ROWS = 100  # below this there is nothing to split into train / validation / test
 PROFILE_ROWS = 100_000  # training rows a reference profile is computed from, at most
-
-
-def predict(model: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
-    """Predictions for rows holding the model's features (and ``city`` for fleet models)."""
-    names = list(model.feature_name())
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
-    return np.asarray(
-        model.predict(
-            model_frame(frame, names, frame[CITY_FEATURE]) if CITY_FEATURE in names else frame[names],
-            num_iteration=model.best_iteration or None,
-        )
-    )
 
 
 #: Registered models this process has loaded, by (tracking URI, name, version): a fleet run
@@ -63,10 +49,13 @@ def _champion(settings: Settings, name: str) -> LoadedModel | None:
 
 
 def _score(model: LoadedModel | None, frame: pd.DataFrame, label: str) -> float | None:
-    """MAE of a registered model on a frame, or None when it is absent or needs other features."""
-    if model is None or not set(model.features) <= set(frame.columns):
+    """MAE of a registered model on a frame, or None when it is absent, needs other features or
+    cannot serve a city of the frame (a fleet model that never learned it)."""
+    if model is None or frame.empty or not set(model.features) <= set(frame.columns):
         return None
-    return mae(frame[label].to_numpy(), predict(model.booster, frame))
+    if CITY_FEATURE in frame.columns and not all(model.serves(c) for c in frame[CITY_FEATURE].astype(str).unique()):
+        return None
+    return mae(frame[label].to_numpy(), model.predict(frame))
 
 
 def _window(split: Split) -> dict[str, str]:
@@ -83,7 +72,7 @@ def _window(split: Split) -> dict[str, str]:
 def _register(
     settings: Settings,
     name: str,
-    booster: lgb.Booster,
+    fitted: Fitted,
     split: Split,
     features: list[str],
     m: dict[str, float],
@@ -98,11 +87,13 @@ def _register(
     train = split.train
     if len(train) > PROFILE_ROWS:
         train = train.sample(n=PROFILE_ROWS, random_state=0)
-    train_pred = predict(booster, train)
+    train_pred = fitted.predict(train)
     segments = day_segments(train["is_weekend"])
     if CITY_FEATURE in features:  # the fleet model: one reference per city, for cities it serves
         segments.update({f"city={c}": (train[CITY_FEATURE] == c).to_numpy() for c in train[CITY_FEATURE].unique()})
-    profile = build_profile(train[features], train_pred, segments)
+    # Categorical inputs (city, zones) are not profiled yet: their codes are names, not quantities.
+    numeric = [f for f in features if f not in CATEGORICAL_FEATURES]
+    profile = build_profile(train[numeric], train_pred, segments)
     profile["rows"], profile["profiled_rows"] = len(split.train), len(train)
     gate_tags = {"gate": "passed" if decision.promote else "failed", "gate_reasons": "; ".join(decision.reasons)[:4900]}
     if forced:
@@ -113,7 +104,8 @@ def _register(
         c,
         experiment_id(c, settings),
         name,
-        booster,
+        fitted.booster,
+        fitted.scale,
         split.test,
         features,
         m,
@@ -181,17 +173,22 @@ def train_city(
     split = time_split(ts.frame)
     tuning: dict[str, Any] | None = None
     fit_params: dict[str, Any] = {}
+    scales = [LabelScale(kind) for kind in settings.train_label_scales]
     if settings.tune_budget_s > 0:
         from training.tune import tune
 
-        tuned = tune(split, ts.features, ts.label, settings.tune_budget_s, threads=settings.train_threads)
-        booster, fit_params, tuning = tuned.booster, tuned.params, tuned.summary()
+        scale = scales[0]
+        tuned = tune(split, ts.features, ts.label, settings.tune_budget_s, threads=settings.train_threads, scale=scale)
+        fitted = Fitted(tuned.booster, scale, tuned.booster.best_iteration, refit=False)
+        fit_params, tuning = tuned.params, tuned.summary()
         clock.lap("tune")
     else:
-        booster = fit_lgbm(split, ts.features, ts.label, threads=settings.train_threads)
+        fitted = fit_model(
+            split, ts.features, ts.label, scales, refit=settings.train_refit, threads=settings.train_threads
+        )
         clock.lap("fit")
     y = split.test[ts.label].to_numpy()
-    m = metrics(y, predict(booster, split.test))
+    m = metrics(y, fitted.predict(split.test))
     rate = RatePerKm.fit(split.train, ts.label)
     m["baseline_mae"] = mae(y, rate.predict(split.test))
     m["linear_baseline_mae"] = mae(y, LinearOnDistance.fit(split.train, ts.label).predict(split.test))
@@ -211,9 +208,10 @@ def train_city(
         if value is not None:
             m[key] = value
     m.update(
-        best_iteration=float(booster.best_iteration),
+        best_iteration=float(fitted.rounds),
         train_rows=float(len(split.train)),
         test_rows=float(len(split.test)),
+        **{f"valid_mae_{kind}": v for kind, v in fitted.valid_mae.items()},
     )
     tags = {
         "city": city,
@@ -223,6 +221,7 @@ def train_city(
         "feast_registry": feast_registry_version(settings),
         "train_rows": len(split.train),
         "dag_run_id": run_label,
+        "refit": "train+valid" if fitted.refit else "no",
         **_window(split),
     }
     if tuning is not None:
@@ -233,7 +232,7 @@ def train_city(
     version = _register(
         settings,
         name,
-        booster,
+        fitted,
         split,
         ts.features,
         m,
@@ -292,9 +291,12 @@ def train_global(
 ) -> dict[str, Any]:
     """The fleet model ``<target>-global``: every city's rows, the city as a categorical feature.
 
-    Each city contributes its own time windows, so every city's test window is held out. The
-    new version is promoted when there is no champion or it is at least as good on the union of
-    the test windows.
+    It learns a currency-free label (``per_km_city`` in ``cityml.modeling``: the label per km over
+    the city's median label per km in its training window) and converts back per city, so a
+    rupiah fare and a euro fare teach it the same thing. Zones are left out: their names are
+    city-local. Each city contributes its own time windows, so every city's test window is held
+    out. The new version is promoted when there is no champion or it is at least as good on the
+    union of the test windows (of the cities the champion serves).
     """
     started = time.perf_counter()
     name = model_name(target, GLOBAL)
@@ -302,11 +304,19 @@ def train_global(
     built = sets if sets is not None else build_training_sets(settings, cities, target, until=until)
     parts: list[tuple[str, Split]] = []
     kept: list[TrainingSet] = []
+    rates: dict[str, float] = {}
     for city in cities:
         ts = built[city]
-        if ts.rows >= MIN_FIT_ROWS:
-            kept.append(ts)
-            parts.append((city, time_split(ts.frame)))
+        if ts.rows < MIN_FIT_ROWS:
+            continue
+        city_split = time_split(ts.frame)
+        rate = RatePerKm.fit(city_split.train, ts.label).rate
+        if not (np.isfinite(rate) and rate > 0):  # no distances: its label cannot be made unit-free
+            log.warning("%s: %s has no positive %s per km; left out", name, city, ts.label)
+            continue
+        kept.append(ts)
+        parts.append((city, city_split))
+        rates[city] = rate
     if not parts:
         return _result(name, GLOBAL, target, "skipped", "no city has enough rows")
 
@@ -317,15 +327,16 @@ def train_global(
         return out
 
     split = Split(stack("train"), stack("valid"), stack("test"))
-    features = [*kept[0].features, CITY_FEATURE]
+    features = [*(f for f in kept[0].features if f not in ZONE_FEATURES), CITY_FEATURE]
     label = kept[0].label
     clock = Stopwatch()
-    booster = fit_lgbm(split, features, label, threads=settings.train_threads)
+    scale = LabelScale("per_km_city", rates)
+    fitted = fit_model(split, features, label, [scale], refit=settings.train_refit, threads=settings.train_threads)
     clock.lap("fit")
     y = split.test[label].to_numpy()
     # Each city's test window as train_city will score it (same rows, the city as a plain value);
     # in stacking order, so the pieces make up the fleet's test predictions.
-    preds = [predict(booster, s.test.assign(city=city)) for city, s in parts]
+    preds = [fitted.predict(s.test.assign(city=city)) for city, s in parts]
     pred = np.concatenate(preds)
     m = metrics(y, pred)
     m["baseline_mae"] = float(
@@ -333,15 +344,19 @@ def train_global(
     )
     m["median_mae"] = mae(y, np.concatenate([Median.fit(s.train, label).predict(s.test) for _, s in parts]))
     per_city = {city: mae(s.test[label].to_numpy(), p) for (city, s), p in zip(parts, preds, strict=True)}
-    champion_mae = _score(_champion(settings, name), split.test, label)
+    held = _champion(settings, name)
+    # Compared on the cities both serve: a champion cannot be judged on a city it never learned.
+    both = np.concatenate([np.full(len(s.test), held is None or held.serves(city)) for city, s in parts])
+    champion_mae = _score(held, split.test[both], label)
+    mae_both = mae(y[both], pred[both])
     bar = None if champion_mae is None else champion_mae * (1 - settings.gate_margin)
-    decision = Decision(promote=bar is None or m["mae"] <= bar)
-    decision.reasons.append("no champion yet" if bar is None else f"MAE {m['mae']:.4g} vs champion {champion_mae:.4g}")
+    decision = Decision(promote=bar is None or mae_both <= bar)
+    decision.reasons.append("no champion yet" if bar is None else f"MAE {mae_both:.4g} vs champion {champion_mae:.4g}")
     if not decision.promote:
-        decision.failed.append(f"does not beat champion: MAE {m['mae']:.4g} > {bar:.4g}")
+        decision.failed.append(f"does not beat champion: MAE {mae_both:.4g} > {bar:.4g}")
     if champion_mae is not None:
         m["champion_mae"] = champion_mae
-    m.update(best_iteration=float(booster.best_iteration), train_rows=float(len(split.train)))
+    m.update(best_iteration=float(fitted.rounds), train_rows=float(len(split.train)))
     tags = {
         "city": GLOBAL,
         "target": target,
@@ -353,7 +368,7 @@ def train_global(
         "dag_run_id": run_label,
         **_window(split),
     }
-    version = _register(settings, name, booster, split, features, m, tags, decision, False, {})
+    version = _register(settings, name, fitted, split, features, m, tags, decision, False, {})
     return _result(
         name,
         GLOBAL,

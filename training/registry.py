@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
+    from cityml.modeling import LabelScale
+
 
 @functools.cache
 def git_sha() -> str:
@@ -59,6 +61,7 @@ def log_version(
     experiment: str,
     name: str,
     booster: lgb.Booster,
+    scale: LabelScale,
     example_frame: pd.DataFrame,
     features: list[str],
     metrics: dict[str, float],
@@ -71,36 +74,39 @@ def log_version(
 
     The booster is saved by ``mlflow.lightgbm`` in LightGBM's text format. Requirements are given
     explicitly: inferring them would export the whole project lock for every model. The version
-    is created with all its tags (``tags``, MAE, then ``version_tags``) in one registry call.
+    is created with all its tags (``tags``, MAE, the label scale, then ``version_tags``) in one
+    registry call; a fleet model's per-city rates go to ``label_scale.json`` beside the profile.
     """
     import lightgbm
     import mlflow
     import mlflow.lightgbm
     from mlflow.models import infer_signature
 
-    from cityml.online import CITY_FEATURE, model_frame
+    from cityml.modeling import CATEGORICAL_FEATURES, SCALE_FILE, SCALE_TAG, model_frame
     from cityml.profile import PROFILE_FILE
 
     example = example_frame.head(5)
-    x = model_frame(example, features, example[CITY_FEATURE]) if CITY_FEATURE in features else example[features]
+    x = model_frame(example, features)
     with mlflow.start_run(experiment_id=experiment, run_name=name):
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
         mlflow.log_params({**params, "features": ",".join(features)})
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_dict(profile, PROFILE_FILE)
+        if scale.city_rates:
+            mlflow.log_dict(scale.to_json(), SCALE_FILE)
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",
             signature=infer_signature(x, booster.predict(x)),
             input_example=x,
             pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"mlflow=={mlflow.__version__}"],
-            # MLflow checks that the example survives its JSON serving format. A global model's
-            # city is a pandas categorical, which that round trip turns into text, so the check
-            # can only fail there; cityml's server builds the frame itself (cityml.online).
-            validate_serving_input=CITY_FEATURE not in features,
+            # MLflow checks that the example survives its JSON serving format. A city or a zone is
+            # a pandas categorical, which that round trip turns into text, so the check can only
+            # fail there; cityml's server builds the frame itself (cityml.modeling).
+            validate_serving_input=not CATEGORICAL_FEATURES & set(features),
         )
     mae: dict[str, float] = {k: metrics[k] for k in ("mae", "baseline_mae") if k in metrics}
-    all_tags: dict[str, Any] = {**tags, **mae, **(version_tags or {})}
+    all_tags: dict[str, Any] = {**tags, **mae, SCALE_TAG: scale.kind, **(version_tags or {})}
     registered = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in all_tags.items()})
     return str(registered.version)
 

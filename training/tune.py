@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cityml.modeling import LabelScale
 from training.fit import DEFAULT_PARAMS, Split, fit_lgbm
 
 if TYPE_CHECKING:
@@ -71,11 +72,13 @@ def tune(
     threads: int | None = None,
     max_trials: int = 100,
     seed: int = 7,
+    scale: LabelScale | None = None,
 ) -> Tuned:
     """Search LightGBM parameters for ``budget_s`` seconds (or ``max_trials``); the best booster.
 
-    A trial started before the budget ends runs to its end, so the search can overrun the budget
-    by one fit.
+    At least one trial runs, and a trial started before the budget ends runs to its end, so the
+    search can overrun the budget by one fit. Every trial learns the label under the same
+    ``scale``, so their validation scores compare.
     """
     import optuna
 
@@ -83,21 +86,24 @@ def tune(
         raise ValueError(f"tune budget must be positive, got {budget_s!r} seconds")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    default = fit_lgbm(split, features, label, threads=threads)
+    default = fit_lgbm(split, features, label, threads=threads, scale=scale)
     best: dict[str, Any] = {"booster": default, "mae": _valid_mae(default), "params": dict(DEFAULT_PARAMS)}
 
     def objective(trial: optuna.Trial) -> float:
         params = _suggest(trial)
-        booster = fit_lgbm(split, features, label, params, threads=threads)
+        booster = fit_lgbm(split, features, label, params, threads=threads, scale=scale)
         mae = _valid_mae(booster)
         if mae < best["mae"]:  # only the best booster stays in memory
             best.update(booster=booster, mae=mae, params={**DEFAULT_PARAMS, **params})
         return mae
 
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    # One trial whatever the clock says: on a busy machine the defaults alone can eat the budget,
+    # and a "search" of zero trials compares nothing.
+    study.optimize(objective, n_trials=1, gc_after_trial=False)
     remaining = budget_s - (time.perf_counter() - started)
-    if remaining > 0:
-        study.optimize(objective, n_trials=max_trials, timeout=remaining, gc_after_trial=False)
+    if remaining > 0 and max_trials > 1:
+        study.optimize(objective, n_trials=max_trials - 1, timeout=remaining, gc_after_trial=False)
     done = [t for t in study.trials if t.value is not None]
     default_mae = _valid_mae(default)
     log.info("tuned %s in %d trials: valid MAE %.4g (defaults %.4g)", label, len(done), best["mae"], default_mae)

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from cityml.cli import app
 from cityml.demo import replay, replay_window
 from cityml.featurestore import apply
-from cityml.naming import model_name
+from cityml.naming import feature_service_name, model_name
 from cityml.prediction_log import read_predictions
 from cityml.registry import champion, client
 from cityml.settings import PROJECT_ROOT, Settings
@@ -71,7 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
     try:
         gen = _cli("data", "generate", "--cities", "all", "--days", "21")
         assert set(gen["cities"]) == set(CITIES) and all(v["trips"] > 5000 for v in gen["cities"].values())
-        assert apply(settings) == ["eta_v1", "price_v1"]
+        assert apply(settings) == ["eta_v1", "eta_v2", "price_v1", "price_v2"]
         # A materialize_features run whose interval ends where the replayed "live" week starts:
         # online features stop there, and the replay moves them on hour by hour.
         start, _ = replay_window(settings, CITIES, hours=7 * 24)
@@ -105,7 +105,7 @@ def test_retrain_dag_registers_champions_that_beat_the_baseline(world: Settings)
     for (city, target), row in fleet.items():
         tags = row["tags"]
         assert tags["city"] == city and tags["target"] == target
-        assert tags["feature_service"] == f"{target}_v1"
+        assert tags["feature_service"] == feature_service_name(target)
         assert tags["dag_run_id"].startswith("manual__")
         for key in ("git_sha", "data_start", "data_end", "test_start", "train_rows", "feast_registry"):
             assert tags[key] and tags[key] != "unknown", key
@@ -198,6 +198,12 @@ def test_predict_refuses_bad_requests_naming_the_field(world: Settings, server: 
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "pickup_zone"
     r = httpx.post(f"{server}/v1/predict/tip", json={"instances": [ok]}, headers={"X-API-Key": KEY})
     assert r.status_code == 422
+    # Zones without a distance: a per-km model cannot say how long the trip is.
+    (zones_only,) = _instances(world, "alpha", 1)
+    zones_only = {k: v for k, v in zones_only.items() if "_lat" not in k and "_lon" not in k and k != "distance_km"}
+    zones_only.update(pickup_zone="z01", dropoff_zone="z02")
+    r = httpx.post(f"{server}/v1/predict/eta", json={"instances": [ok, zones_only]}, headers={"X-API-Key": KEY})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "instances", 1, "distance_km"], r.text
 
 
 def test_drift_dag_flags_the_city_whose_traffic_moved(world: Settings, server: str) -> None:

@@ -50,6 +50,6 @@ def test_train_register_and_serve_from_a_postgres_registry(small_settings: Setti
     assert result["status"] == "promoted" and result["version"] == "1"
     loaded = load_champion(client(s), "eta-alpha")
     assert loaded is not None and loaded.version == "1"
-    assert loaded.tags["feature_service"] == "eta_v1"
+    assert loaded.tags["feature_service"] == "eta_v2"
     (row,) = list_models(s)
     assert row["name"] == "eta-alpha" and row["metrics"]["mae"] < row["metrics"]["baseline_mae"]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cityml.catalog import load_catalog
-from cityml.feature_tables import city_hour, zone_hour
+from cityml.feature_tables import city_hour, zone_day, zone_hour, zone_pair_day
 from cityml.synth import generate_city
 from tests.conftest import SMALL_CATALOG
 
@@ -65,3 +65,46 @@ def test_city_hour_fills_quiet_hours_and_compares_with_the_same_weekday_hour() -
         out[stamps == row["event_timestamp"] - pd.Timedelta(days=7 * w)]["city_trips_1h"].iloc[0] for w in (1, 2, 3, 4)
     ]
     assert row["city_demand_ratio_4w"] == pytest.approx(row["city_trips_1h"] / (sum(weeks) / 4))
+
+
+def _priced(pickup: str, dropoff: str, zone: str, to: str, km: float, fare: float) -> dict[str, object]:
+    return {**_trip(pickup, dropoff, zone, km), "dropoff_zone": to, "fare": fare}
+
+
+def test_pair_history_is_stamped_at_the_end_of_the_day_over_the_28_days_before() -> None:
+    trips = pd.DataFrame(
+        [
+            _priced("2026-03-01 08:00", "2026-03-01 08:10", "z01", "z02", 5.0, 10.0),  # 600 s, 30 km/h, 2/km
+            _priced("2026-03-01 09:00", "2026-03-01 09:20", "z01", "z02", 5.0, 20.0),  # 1200 s, 15 km/h, 4/km
+            _priced("2026-03-01 23:30", "2026-03-01 23:59", "z01", "z02", 0.2, 5.0),  # short: no fare per km
+            _priced("2026-03-03 10:00", "2026-03-03 10:30", "z01", "z02", 5.0, 30.0),  # 1800 s
+            _priced("2026-03-03 10:00", "2026-03-03 10:30", "z02", "z01", 5.0, 30.0),  # the way back: another pair
+            _priced("2026-04-05 10:00", "2026-04-05 10:15", "z01", "z02", 5.0, 10.0),  # 33 days later: alone
+        ]
+    )
+    out = zone_pair_day(trips).set_index(["zone_pair_key", "event_timestamp"])
+    day = pd.Timestamp("2026-03-02", tz="UTC")
+    first = out.loc[("alpha:z01>z02", day)]
+    assert first["pair_trips_28d"] == 3
+    assert first["pair_median_duration_s"] == pytest.approx(1200)
+    assert first["pair_median_fare_per_km"] == pytest.approx(3.0)  # the 0.2 km trip has none
+    assert out.loc[("alpha:z01>z02", pd.Timestamp("2026-03-04", tz="UTC"))]["pair_trips_28d"] == 4
+    assert out.loc[("alpha:z02>z01", pd.Timestamp("2026-03-04", tz="UTC"))]["pair_trips_28d"] == 1
+    late = out.loc[("alpha:z01>z02", pd.Timestamp("2026-04-06", tz="UTC"))]
+    assert late["pair_trips_28d"] == 1 and late["pair_median_duration_s"] == pytest.approx(900)
+    assert len(out) == 4  # a row per pair and day with trips, none for quiet days
+
+
+def test_no_history_row_uses_a_trip_that_ends_after_it() -> None:
+    trips = generate_city(load_catalog(SMALL_CATALOG).get("alpha"), date(2026, 3, 1), 35, seed=3)
+    feats = zone_day(trips)
+    # Recount sampled rows from the trips: the zone's trips ended in the 28 days up to its last trip of the day.
+    for _, row in feats.sample(40, random_state=0).iterrows():
+        zone = row["zone_key"].split(":", 1)[1]
+        t = row["event_timestamp"]
+        mine = trips[(trips["pickup_zone"] == zone) & (trips["dropoff_ts"] < t)]
+        last = mine["dropoff_ts"].max()
+        assert last >= t - pd.Timedelta(days=1)  # the row is for a day the zone had a trip
+        used = mine[mine["dropoff_ts"] >= last - pd.Timedelta(days=28)]
+        assert row["zone_trips_28d"] == len(used)
+        assert row["zone_median_duration_s"] == pytest.approx(used["duration_s"].median())

@@ -26,7 +26,8 @@ def test_defaults_are_embedded_under_home(tmp_path: object) -> None:
 def test_names() -> None:
     assert model_name("eta", "sao-paulo") == "eta-sao-paulo"
     assert champion_uri("price", "global") == "models:/price-global@champion"
-    assert feature_service_name("eta") == "eta_v1"
+    assert feature_service_name("eta") == "eta_v2"
+    assert feature_service_name("eta", 1) == "eta_v1"
     with pytest.raises(ValueError, match="unknown target 'tip'"):
         model_name("tip", "lisbon")
 

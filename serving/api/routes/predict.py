@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, HTTPException, status
 
+from cityml.modeling import model_frame
 from cityml.naming import UNITS, Target
-from cityml.online import model_frame, model_input
+from cityml.online import model_input
 from serving.api.deps import ApiKeyDep, StateDep
 from serving.features import RequestError, resolve_zones
 from serving.schemas import Prediction, PredictRequest, PredictResponse
@@ -23,6 +24,13 @@ router = APIRouter(prefix="/v1", tags=["predict"])
 def _refuse(state: Any, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
     state.metrics.errors.labels(reason).inc()
     return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
+
+
+def _logged(value: Any) -> float | str | None:
+    """A feature value as the prediction log keeps it: a number, a zone's name, or None."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value if isinstance(value, str) else float(value)
 
 
 @router.post("/predict/{target}")
@@ -62,10 +70,14 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
     for _, rows in df.groupby(keys, sort=False):
         model = served_by[rows.index[0]].model
         service = state.services.get(model.tags.get("feature_service", ""))
-        features = model_input(state.store, service, rows, timezones)
-        x = model_frame(features, model.features, rows["city"])
-        pred = np.maximum(model.booster.predict(x, num_iteration=model.booster.best_iteration or None), 0.0)
+        features = model_input(state.store, service, rows, timezones).assign(city=rows["city"])
+        pred = model.predict(features)
+        unknown = np.flatnonzero(~np.isfinite(pred))
+        if unknown.size:  # a per-km model and a trip of unknown length
+            i = int(rows.index[unknown[0]])
+            raise _refuse(state, 422, i, "distance_km", "give distance_km or the four coordinates", "no_distance")
         values[rows.index] = pred
+        x = model_frame(features, model.features)
         for idx, row_features, value in zip(rows.index, x.to_dict("records"), pred, strict=True):
             records.append(
                 {
@@ -76,7 +88,7 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
                     "model": model.name,
                     "version": model.version,
                     "fallback": fallbacks[idx],
-                    "features": {k: (None if pd.isna(v) else float(v)) for k, v in row_features.items() if k != "city"},
+                    "features": {k: _logged(v) for k, v in row_features.items() if k != "city"},
                     "prediction": float(value),
                 }
             )

@@ -1,0 +1,140 @@
+"""How a model predicts: its input frame, its label scale, its output. One place for training, serving and monitoring.
+
+A cityml model is a LightGBM booster plus a :class:`LabelScale`, the rule that turns the label into
+what the booster learns and back:
+
+- ``none``: the booster learns the label itself (seconds, or the fare in the city's currency).
+- ``per_km``: it learns the label per km of the trip (a pace in s/km, a fare per km), and each row
+  weighs its distance, so that the L1 loss on the scaled label *is* the absolute error in seconds or
+  currency. A trip's pace depends on zones and hours, its length mostly does not: trees fit that
+  better than a duration that grows with distance. A trip of unknown length has no prediction
+  (serving asks for ``distance_km`` or the coordinates). City models use ``per_km``, or pick
+  between it and ``none`` on their validation window (``training.fit``).
+- ``per_km_city``: the fleet (global) models also divide by each city's median label per km, so
+  they learn a currency-free ratio (a fare in Jakarta's rupiah and one in Lisbon's euros become
+  comparable) and convert back per city. A city whose rate the model does not hold cannot be
+  served by it (:meth:`LabelScale.covers`): guessing a currency is worse than no answer.
+
+The scale of a registered version is its ``label_scale`` tag (and, for ``per_km_city``, the rates
+in the ``label_scale.json`` artifact). Versions from before the tag predict with ``none``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from cityml.request_features import ZONE_FEATURES
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+CITY_FEATURE = "city"  # the fleet (global) models' categorical feature
+CATEGORICAL_FEATURES: frozenset[str] = frozenset({CITY_FEATURE, *ZONE_FEATURES})
+#: Shorter trips count as this many km: a 50 m trip's pace is noise, and its weight should not vanish.
+MIN_KM = 0.5
+SCALE_TAG = "label_scale"
+SCALE_FILE = "label_scale.json"
+
+ScaleKind = Literal["none", "per_km", "per_km_city"]
+SCALE_KINDS: tuple[ScaleKind, ...] = ("none", "per_km", "per_km_city")
+
+
+@dataclass(frozen=True)
+class LabelScale:
+    """What the booster learns instead of the label: ``label / denominator(row)``."""
+
+    kind: ScaleKind = "none"
+    city_rates: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCALE_KINDS:
+            raise ValueError(f"unknown label scale {self.kind!r}: expected one of {', '.join(SCALE_KINDS)}")
+
+    def denominator(self, frame: pd.DataFrame) -> np.ndarray:
+        """Per-row divisor of the label; NaN for a city without a rate (``per_km_city``)."""
+        if self.kind == "none":
+            return np.ones(len(frame))
+        km = _km(frame)
+        if self.kind == "per_km":
+            return km
+        return km * frame[CITY_FEATURE].astype(str).map(self.city_rates).to_numpy(dtype="float64")
+
+    def encode(self, y: pd.Series | np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """The booster's target and row weights (None: unweighted) for labels ``y`` of ``frame``'s rows.
+
+        Both per-km scales weigh each row by its km: for ``per_km`` the weighted L1 then equals the
+        label's absolute error; for ``per_km_city`` it is that error relative to the city's rate, so
+        every city counts alike whatever its currency.
+        """
+        y = np.asarray(y, dtype="float64")
+        if self.kind == "none":
+            return y, None
+        return y / self.denominator(frame), _km(frame)
+
+    def decode(self, raw: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(raw, dtype="float64") * self.denominator(frame)
+
+    def covers(self, city: str) -> bool:
+        """Whether predictions for ``city`` can be put back in its units."""
+        return self.kind != "per_km_city" or city in self.city_rates
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "city_rates": self.city_rates}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> LabelScale:
+        rates = {str(k): float(v) for k, v in doc.get("city_rates", {}).items()}
+        return cls(kind=doc.get("kind", "none"), city_rates=rates)
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str], rates_file: str | None = None) -> LabelScale:
+        """The scale of a registered version: its tag, and its rates file for ``per_km_city``."""
+        kind = tags.get(SCALE_TAG, "none")
+        if kind == "per_km_city":
+            if rates_file is None:
+                raise ValueError(f"label scale {kind} needs its {SCALE_FILE}")
+            with open(rates_file) as fh:
+                return cls.from_json(json.load(fh))
+        return cls(kind=kind)  # type: ignore[arg-type]
+
+
+def _km(frame: pd.DataFrame) -> np.ndarray:
+    """Trip length for the per-km scales: at least ``MIN_KM``; NaN (no prediction) where unknown."""
+    return np.maximum(frame["distance_km"].to_numpy(dtype="float64"), MIN_KM)
+
+
+def model_frame(features: pd.DataFrame, model_features: list[str], cities: pd.Series | None = None) -> pd.DataFrame:
+    """The columns a booster expects, in its order, categoricals as pandas categories.
+
+    LightGBM keeps the category list it was trained with and maps values by name, so a city or a
+    zone it never saw becomes a missing value rather than another one's code.
+    """
+    frame = features
+    if CITY_FEATURE in model_features and cities is not None:
+        frame = frame.assign(**{CITY_FEATURE: cities.astype(str)})
+    out = frame[model_features].copy()
+    for name in model_features:
+        if name in CATEGORICAL_FEATURES and not isinstance(out[name].dtype, pd.CategoricalDtype):
+            out[name] = pd.Categorical(out[name].where(out[name].notna(), None))
+    return out
+
+
+def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame) -> np.ndarray:
+    """Predictions in the label's units for rows holding the booster's features (and ``city``).
+
+    Clipped at 0: a duration or a fare is never negative. NaN where the scale cannot convert back:
+    a per-km model for a trip of unknown length, a fleet model for a city it has no rate for.
+    Raises ``KeyError`` naming the features the frame lacks.
+    """
+    names = list(booster.feature_name())
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
+    x = model_frame(frame, names, frame[CITY_FEATURE] if CITY_FEATURE in frame.columns else None)
+    raw = booster.predict(x, num_iteration=booster.best_iteration or None)
+    return np.maximum(scale.decode(np.asarray(raw), frame), 0.0)

@@ -1,0 +1,43 @@
+"""Fitting: the label scale is chosen on the validation window, the refit adds it, the test window is never read."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cityml.modeling import LabelScale
+from training.fit import Split, fit_model, time_split
+
+
+def _split(n: int = 3000, seed: int = 0) -> Split:
+    rng = np.random.default_rng(seed)
+    zone = rng.choice(["a", "b", "c"], n)
+    km = rng.uniform(0.5, 25, n)
+    pace = pd.Series(zone).map({"a": 90.0, "b": 150.0, "c": 240.0}).to_numpy()  # s per km
+    frame = pd.DataFrame(
+        {"distance_km": km, "pickup_zone": zone, "duration_s": km * pace * rng.lognormal(0, 0.1, n)}
+    )
+    split = time_split(frame)
+    # fit_model must not look at the test window: its labels are poison.
+    return Split(split.train, split.valid, split.test.assign(duration_s=np.nan))
+
+
+def test_the_validation_window_picks_the_scale_and_the_refit_adds_its_rows() -> None:
+    split = _split()
+    scales = [LabelScale("none"), LabelScale("per_km")]
+    early = fit_model(split, ["distance_km", "pickup_zone"], "duration_s", scales, refit=False, threads=1)
+    assert set(early.valid_mae) == {"none", "per_km"}
+    assert early.scale.kind == min(early.valid_mae, key=early.valid_mae.get)  # type: ignore[arg-type]
+    assert early.scale.kind == "per_km"  # a pace per zone is what the data is made of
+    assert not early.refit and early.rounds == early.booster.best_iteration
+
+    refit = fit_model(split, ["distance_km", "pickup_zone"], "duration_s", scales, refit=True, threads=1)
+    n_train, n_both = len(split.train), len(split.train) + len(split.valid)
+    assert refit.refit and refit.rounds == max(1, round(early.rounds * n_both / n_train))
+    assert refit.booster.current_iteration() == refit.rounds
+    pred = refit.predict(split.test)
+    assert np.isfinite(pred).all() and (pred >= 0).all()
+
+
+def test_fit_model_needs_a_scale() -> None:
+    with pytest.raises(ValueError, match="at least one label scale"):
+        fit_model(_split(300), ["distance_km"], "duration_s", [])

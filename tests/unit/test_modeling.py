@@ -1,0 +1,76 @@
+"""How a model predicts: label scales, categorical zones, the clip at zero, one function for all callers."""
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from cityml.modeling import MIN_KM, LabelScale, model_frame, predict
+
+
+def _trips(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    zones = rng.choice(["a", "b"], n)
+    km = rng.uniform(0.1, 20, n)
+    pace = np.where(zones == "a", 100.0, 200.0)  # s per km
+    return pd.DataFrame({"distance_km": km, "pickup_zone": zones, "duration_s": km * pace})
+
+
+def test_per_km_learns_the_label_per_km_weighted_by_km_and_decodes_back() -> None:
+    t = _trips()
+    scale = LabelScale("per_km")
+    target, weight = scale.encode(t["duration_s"], t)
+    km = np.maximum(t["distance_km"].to_numpy(), MIN_KM)
+    np.testing.assert_allclose(target, t["duration_s"] / km)
+    np.testing.assert_allclose(weight, km)  # so the weighted L1 on the pace is the L1 on the duration
+    np.testing.assert_allclose(scale.decode(target, t), t["duration_s"])
+
+
+def test_a_fleet_scale_divides_by_the_city_rate_and_serves_only_cities_it_knows() -> None:
+    scale = LabelScale("per_km_city", {"lisbon": 1.5, "jakarta": 6000.0})
+    frame = pd.DataFrame({"city": ["lisbon", "jakarta", "nyc"], "distance_km": [2.0, 2.0, 2.0]})
+    np.testing.assert_allclose(scale.decode(np.ones(3), frame)[:2], [3.0, 12000.0])
+    assert np.isnan(scale.decode(np.ones(3), frame)[2])
+    assert scale.covers("lisbon") and not scale.covers("nyc")
+    assert LabelScale("per_km").covers("nyc")
+    target, weight = scale.encode(np.array([3.0, 12000.0]), frame.iloc[:2])
+    np.testing.assert_allclose(target, [1.0, 1.0])  # currency-free
+    np.testing.assert_allclose(weight, [2.0, 2.0])  # every city counts alike
+    assert LabelScale.from_json(scale.to_json()) == scale
+
+
+def test_versions_without_the_tag_predict_the_label_as_is() -> None:
+    assert LabelScale.from_tags({}) == LabelScale("none")
+    assert LabelScale.from_tags({"label_scale": "per_km"}) == LabelScale("per_km")
+    with pytest.raises(ValueError, match=r"label_scale\.json"):
+        LabelScale.from_tags({"label_scale": "per_km_city"})
+    with pytest.raises(ValueError, match="unknown label scale"):
+        LabelScale("per_mile")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def zone_model() -> lgb.Booster:
+    t = _trips(2000)
+    target, weight = LabelScale("per_km").encode(t["duration_s"], t)
+    x = model_frame(t, ["distance_km", "pickup_zone"])
+    params = {"objective": "l1", "verbosity": -1, "min_data_in_leaf": 5, "num_threads": 1}
+    return lgb.train(params, lgb.Dataset(x, target, weight=weight), num_boost_round=60)
+
+
+def test_zones_are_categories_and_an_unseen_zone_is_missing_not_another_zones_code(zone_model: lgb.Booster) -> None:
+    scale = LabelScale("per_km")
+    rows = pd.DataFrame({"distance_km": [10.0] * 4, "pickup_zone": ["a", "b", "zz-unseen", None]})
+    # Served frames carry their own category lists: LightGBM maps them by name to the training ones.
+    p = predict(zone_model, scale, rows)
+    assert p[0] == pytest.approx(1000, rel=0.05) and p[1] == pytest.approx(2000, rel=0.05)
+    assert p[2] == pytest.approx(p[3])  # unseen == missing
+    only_b = predict(zone_model, scale, rows.iloc[[2, 1]].reset_index(drop=True))
+    assert only_b[1] == pytest.approx(p[1])  # "b" alone in a request is still "b", not code 0 ("a")
+
+
+def test_predict_clips_at_zero_and_names_missing_features(zone_model: lgb.Booster) -> None:
+    rows = pd.DataFrame({"distance_km": [10.0], "pickup_zone": ["a"]})
+    negative = LabelScale("per_km_city", {"x": -1.0})  # a booster's raw output decoded to below zero
+    assert predict(zone_model, negative, rows.assign(city="x"))[0] == 0.0
+    with pytest.raises(KeyError, match="pickup_zone"):
+        predict(zone_model, LabelScale("per_km"), rows[["distance_km"]])
