@@ -13,9 +13,7 @@ def _split(n: int = 3000, seed: int = 0) -> Split:
     zone = rng.choice(["a", "b", "c"], n)
     km = rng.uniform(0.5, 25, n)
     pace = pd.Series(zone).map({"a": 90.0, "b": 150.0, "c": 240.0}).to_numpy()  # s per km
-    frame = pd.DataFrame(
-        {"distance_km": km, "pickup_zone": zone, "duration_s": km * pace * rng.lognormal(0, 0.1, n)}
-    )
+    frame = pd.DataFrame({"distance_km": km, "pickup_zone": zone, "duration_s": km * pace * rng.lognormal(0, 0.1, n)})
     split = time_split(frame)
     # fit_model must not look at the test window: its labels are poison.
     return Split(split.train, split.valid, split.test.assign(duration_s=np.nan))
