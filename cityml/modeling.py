@@ -39,6 +39,8 @@ CATEGORICAL_FEATURES: frozenset[str] = frozenset({CITY_FEATURE, *ZONE_FEATURES})
 MIN_KM = 0.5
 SCALE_TAG = "label_scale"
 SCALE_FILE = "label_scale.json"
+#: A pooled city model's tag naming its base model, ``<name>/<version>`` (e.g. ``eta-global/7``).
+BASE_TAG = "base_model"
 
 ScaleKind = Literal["none", "per_km", "per_km_city"]
 SCALE_KINDS: tuple[ScaleKind, ...] = ("none", "per_km", "per_km_city")
@@ -75,6 +77,10 @@ class LabelScale:
         if self.kind == "none":
             return y, None
         return y / self.denominator(frame), _km(frame)
+
+    def init_score(self, base: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        """A base model's predictions (label units) as a starting score in this scale."""
+        return np.asarray(base, dtype="float64") / self.denominator(frame)
 
     def decode(self, raw: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(raw, dtype="float64") * self.denominator(frame)
@@ -124,8 +130,11 @@ def model_frame(features: pd.DataFrame, model_features: list[str], cities: pd.Se
     return out
 
 
-def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame) -> np.ndarray:
+def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame, base: np.ndarray | None = None) -> np.ndarray:
     """Predictions in the label's units for rows holding the booster's features (and ``city``).
+
+    ``base``: for a pooled model, the base model's predictions of the same rows (label units); the
+    booster learned a correction to them, starting from them as its initial score.
 
     Clipped at 0: a duration or a fare is never negative. NaN where the scale cannot convert back:
     a per-km model for a trip of unknown length, a fleet model for a city it has no rate for.
@@ -136,5 +145,7 @@ def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame) -> np.
     if missing:
         raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
     x = model_frame(frame, names, frame[CITY_FEATURE] if CITY_FEATURE in frame.columns else None)
-    raw = booster.predict(x, num_iteration=booster.best_iteration or None)
-    return np.maximum(scale.decode(np.asarray(raw), frame), 0.0)
+    raw = np.asarray(booster.predict(x, num_iteration=booster.best_iteration or None))
+    if base is not None:
+        raw = raw + scale.init_score(base, frame)
+    return np.maximum(scale.decode(raw, frame), 0.0)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cityml.modeling import SCALE_FILE, SCALE_TAG, LabelScale
+from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, LabelScale
 from cityml.modeling import predict as predict_with
 from cityml.naming import CHAMPION
 from cityml.profile import PROFILE_FILE
@@ -59,41 +59,63 @@ class LoadedModel:
     tags: dict[str, str]
     run_id: str | None
     scale: LabelScale = field(default_factory=LabelScale)
+    base: LoadedModel | None = None  # a pooled city model's base (the fleet model version it learned on)
 
     @property
     def features(self) -> list[str]:
         return list(self.booster.feature_name())
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predictions in the label's units (``cityml.modeling.predict``)."""
-        return predict_with(self.booster, self.scale, frame)
+        """Predictions in the label's units (``cityml.modeling.predict``), the base's added in for a pooled model."""
+        base = None
+        if self.base is not None:
+            rows = frame if CITY_FEATURE in frame.columns else frame.assign(**{CITY_FEATURE: self.tags.get("city")})
+            base = self.base.predict(rows)
+        return predict_with(self.booster, self.scale, frame, base)
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
-        return self.scale.covers(city)
+        return self.scale.covers(city) and (self.base is None or self.base.serves(city))
 
 
-def load_champion(c: MlflowClient, name: str) -> LoadedModel | None:
+#: Loaded base models by (name, version): every pooled city model of a run shares one fleet version.
+Bases = dict[tuple[str, str], "LoadedModel"]
+
+
+def load_champion(c: MlflowClient, name: str, bases: Bases | None = None) -> LoadedModel | None:
     """Load ``models:/<name>@champion`` as a LightGBM booster (native text format, no pickle)."""
     mv = champion(c, name)
     if mv is None:
         return None
-    return load_version(c, mv)
+    return load_version(c, mv, bases)
 
 
-def load_version(c: MlflowClient, mv: ModelVersion) -> LoadedModel:
-    """Load one registered version as a LightGBM booster (by number: an alias may move meanwhile)."""
+def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) -> LoadedModel:
+    """Load one registered version as a LightGBM booster (by number: an alias may move meanwhile).
+
+    A pooled version also loads the base version its tag names (from ``bases`` when held there,
+    and kept there for the next one): that exact version, not today's fleet champion.
+    """
     import mlflow.artifacts
     import mlflow.lightgbm
 
-    del c  # the client set the process tracking URI this download uses
+    base = None
+    if BASE_TAG in mv.tags:
+        base_name, _, base_version = str(mv.tags[BASE_TAG]).rpartition("/")
+        key = (base_name, base_version)
+        cache: Bases = bases if bases is not None else {}
+        if key not in cache:
+            cache[key] = load_version(c, c.get_model_version(base_name, base_version), cache)
+        base = cache[key]
     booster = mlflow.lightgbm.load_model(f"models:/{mv.name}/{mv.version}")
     tags = dict(mv.tags)
     rates = None
     if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
         rates = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SCALE_FILE)
     scale = LabelScale.from_tags(tags, rates)
-    return LoadedModel(name=mv.name, version=str(mv.version), booster=booster, tags=tags, run_id=mv.run_id, scale=scale)
+    return LoadedModel(
+        name=mv.name, version=str(mv.version), booster=booster, tags=tags, run_id=mv.run_id, scale=scale, base=base
+    )
 
 
 def read_profile(c: MlflowClient, run_id: str) -> dict[str, Any]:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     train_refit: bool = Field(
         default=True, description="Refit the chosen model on training + validation windows before registering."
     )
+    train_pool: bool = Field(
+        default=True,
+        description="Also try each city model as a correction to the global champion; the validation window picks.",
+    )
     tune_budget_s: float = Field(
         default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."
     )

@@ -30,6 +30,7 @@ class ModelStore:
         self._settings = settings
         self._models: dict[tuple[str, str], Served] = {}
         self._lock = threading.Lock()
+        self._bases: dict[tuple[str, str], LoadedModel] = {}  # fleet versions pooled city models start from
         self.loaded_once = False
 
     def get(self, target: str, city: str) -> tuple[Served | None, str | None]:
@@ -73,7 +74,7 @@ class ModelStore:
                     if held is not None and held.model.version == str(mv.version):
                         continue
                     try:
-                        loaded = load_champion(c, name)
+                        loaded = load_champion(c, name, self._bases)
                     except Exception as exc:
                         log.exception("loading %s failed; keeping what is served", name)
                         changes[name] = f"load failed: {exc}"

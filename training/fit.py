@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,15 +50,33 @@ def time_split(frame: pd.DataFrame, valid: float = 0.15, test: float = 0.15) -> 
     return Split(frame.iloc[:a], frame.iloc[a:b], frame.iloc[b:])
 
 
+#: A base model's predictions, in label units, for the rows of a frame (pooled fits start from them).
+Base = Callable[[pd.DataFrame], np.ndarray]
+
+
 def _dataset(
-    frame: pd.DataFrame, features: list[str], label: str, scale: LabelScale, reference: lgb.Dataset | None = None
-) -> lgb.Dataset:
+    frame: pd.DataFrame,
+    features: list[str],
+    label: str,
+    scale: LabelScale,
+    reference: lgb.Dataset | None = None,
+    base: Base | None = None,
+) -> tuple[lgb.Dataset, np.ndarray]:
+    """The LightGBM dataset of ``frame``'s rows, and what the booster has left to learn on them
+    (the target less the base's initial score, for a pooled fit)."""
     y, weight = scale.encode(frame[label], frame)
-    known = np.isfinite(y) if weight is None else np.isfinite(y) & np.isfinite(weight)
+    init = scale.init_score(base(frame), frame) if base is not None else None
+    known = np.isfinite(y)
+    for extra in (weight, init):
+        if extra is not None:
+            known &= np.isfinite(extra)
     x = model_frame(frame, features)
     if not known.all():  # e.g. a trip without a distance under a per-km scale: nothing to learn from
-        x, y, weight = x[known], y[known], None if weight is None else weight[known]
-    return lgb.Dataset(x, y, weight=weight, reference=reference, free_raw_data=False)
+        x, y = x[known], y[known]
+        weight = None if weight is None else weight[known]
+        init = None if init is None else init[known]
+    data = lgb.Dataset(x, y, weight=weight, init_score=init, reference=reference, free_raw_data=False)
+    return data, y if init is None else y - init
 
 
 def _params(params: dict[str, Any] | None, threads: int | None, target: np.ndarray) -> dict[str, Any]:
@@ -81,13 +99,18 @@ def fit_lgbm(
     params: dict[str, Any] | None = None,
     threads: int | None = None,
     scale: LabelScale | None = None,
+    base: Base | None = None,
 ) -> lgb.Booster:
-    """A LightGBM booster learning ``label`` under ``scale``, early-stopped on the validation window."""
+    """A LightGBM booster learning ``label`` under ``scale``, early-stopped on the validation window.
+
+    With ``base``, the booster starts from the base model's predictions (``init_score``) and learns
+    a correction to them.
+    """
     scale = scale or LabelScale()
-    train = _dataset(split.train, features, label, scale)
-    valid = _dataset(split.valid, features, label, scale, reference=train)
+    train, residual = _dataset(split.train, features, label, scale, base=base)
+    valid, _ = _dataset(split.valid, features, label, scale, reference=train, base=base)
     return lgb.train(
-        _params(params, threads, np.asarray(train.get_label())),
+        _params(params, threads, residual),
         train,
         num_boost_round=MAX_ROUNDS,
         valid_sets=[valid],
@@ -103,10 +126,15 @@ class Fitted:
     scale: LabelScale
     rounds: int
     refit: bool
-    valid_mae: dict[str, float] = field(default_factory=dict)  # per label scale tried, in label units
+    valid_mae: dict[str, float] = field(default_factory=dict)  # per candidate tried, in label units
+    base: Base | None = None  # set when the kept candidate is pooled: it learned on the base's predictions
+
+    @property
+    def pooled(self) -> bool:
+        return self.base is not None
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return predict(self.booster, self.scale, frame)
+        return predict(self.booster, self.scale, frame, self.base(frame) if self.base is not None else None)
 
 
 def fit_model(
@@ -118,8 +146,13 @@ def fit_model(
     refit: bool = True,
     params: dict[str, Any] | None = None,
     threads: int | None = None,
+    base: Base | None = None,
 ) -> Fitted:
-    """Fit one early-stopped booster per label scale, keep the one with the lowest validation MAE.
+    """Fit one early-stopped booster per candidate, keep the one with the lowest validation MAE.
+
+    The candidates are the label scales, each alone and, given a ``base`` (the fleet model's
+    predictions), each *pooled*: starting from the base and learning the city's correction to it,
+    which is what a small city's few trips can afford. Their validation MAE picks one.
 
     With ``refit``, the kept configuration is fitted again on the training *and* validation windows
     for as many rounds as early stopping chose, scaled by the extra rows: the validation window is
@@ -129,20 +162,23 @@ def fit_model(
     if not scales:
         raise ValueError("fit_model needs at least one label scale")
     y = split.valid[label].to_numpy(dtype="float64")
-    tried: dict[str, tuple[float, lgb.Booster, dict[str, Any]]] = {}
+    tried: dict[str, tuple[float, lgb.Booster, dict[str, Any], LabelScale, Base | None]] = {}
     for scale in scales:
-        # Parameters fixed from the training window, so the refit below learns exactly the same way.
-        p = _params(params, threads, scale.encode(split.train[label], split.train)[0])
-        booster = fit_lgbm(split, features, label, p, threads, scale)
-        tried[scale.kind] = (float(np.mean(np.abs(y - predict(booster, scale, split.valid)))), booster, p)
-    kind = min(tried, key=lambda k: tried[k][0])
-    scale = next(s for s in scales if s.kind == kind)
-    _, booster, p = tried[kind]
+        for start in (None, base) if base is not None else (None,):
+            key = scale.kind if start is None else f"{scale.kind}_pooled"
+            # Parameters fixed from the training window, so the refit below learns exactly the same way.
+            p = _params(params, threads, _dataset(split.train, features, label, scale, base=start)[1])
+            booster = fit_lgbm(split, features, label, p, threads, scale, start)
+            pred = predict(booster, scale, split.valid, start(split.valid) if start is not None else None)
+            ok = np.isfinite(pred)
+            tried[key] = (float(np.mean(np.abs(y[ok] - pred[ok]))), booster, p, scale, start)
+    key = min(tried, key=lambda k: tried[k][0])
+    _, booster, p, scale, start = tried[key]
     rounds = max(1, booster.best_iteration or booster.current_iteration())
     valid_mae = {k: v[0] for k, v in tried.items()}
     if not refit or split.valid.empty:
-        return Fitted(booster, scale, rounds, False, valid_mae)
+        return Fitted(booster, scale, rounds, False, valid_mae, start)
     both = pd.concat([split.train, split.valid])
     rounds = max(1, round(rounds * len(both) / max(len(split.train), 1)))
-    booster = lgb.train(p, _dataset(both, features, label, scale), num_boost_round=rounds)
-    return Fitted(booster, scale, rounds, True, valid_mae)
+    booster = lgb.train(p, _dataset(both, features, label, scale, base=start)[0], num_boost_round=rounds)
+    return Fitted(booster, scale, rounds, True, valid_mae, start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import load_catalog
-from cityml.modeling import CATEGORICAL_FEATURES, CITY_FEATURE, LabelScale
+from cityml.modeling import BASE_TAG, CATEGORICAL_FEATURES, CITY_FEATURE, LabelScale
 from cityml.naming import GLOBAL, feature_service_name, model_name
 from cityml.profile import build_profile, day_segments
 from cityml.registry import LoadedModel, champion, client, load_version
@@ -173,6 +174,7 @@ def train_city(
     split = time_split(ts.frame)
     tuning: dict[str, Any] | None = None
     fit_params: dict[str, Any] = {}
+    pooled_on: str | None = None
     scales = [LabelScale(kind) for kind in settings.train_label_scales]
     if settings.tune_budget_s > 0:
         from training.tune import tune
@@ -183,9 +185,13 @@ def train_city(
         fit_params, tuning = tuned.params, tuned.summary()
         clock.lap("tune")
     else:
+        fleet = _pool_base(settings, city, target, ts.features)
+        base = None if fleet is None else functools.partial(_base_predictions, fleet, city)
         fitted = fit_model(
-            split, ts.features, ts.label, scales, refit=settings.train_refit, threads=settings.train_threads
+            split, ts.features, ts.label, scales, refit=settings.train_refit, threads=settings.train_threads, base=base
         )
+        if fitted.pooled and fleet is not None:
+            pooled_on = f"{fleet.name}/{fleet.version}"
         clock.lap("fit")
     y = split.test[ts.label].to_numpy()
     m = metrics(y, fitted.predict(split.test))
@@ -222,6 +228,7 @@ def train_city(
         "train_rows": len(split.train),
         "dag_run_id": run_label,
         "refit": "train+valid" if fitted.refit else "no",
+        **({BASE_TAG: pooled_on} if pooled_on else {}),
         **_window(split),
     }
     if tuning is not None:
@@ -252,6 +259,7 @@ def train_city(
         decision.summary,
         version=version,
         forced=force_promote and not decision.promote,
+        pooled=fitted.pooled,
         checks=decision.reasons,
         test_window=[tags["test_start"], tags["test_end"]],
         metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
@@ -259,6 +267,22 @@ def train_city(
         timings=clock.laps,
         **({"tuning": tuning} if tuning is not None else {}),
     )
+
+
+def _pool_base(settings: Settings, city: str, target: str, features: list[str]) -> LoadedModel | None:
+    """The fleet champion a city model may start from, when pooling is on and it can serve the city."""
+    if not settings.train_pool:
+        return None
+    fleet = _champion(settings, model_name(target, GLOBAL))
+    if fleet is None or fleet.base is not None or not fleet.serves(city):
+        return None
+    if not set(fleet.features) - {CITY_FEATURE} <= set(features):  # trained on another feature set
+        return None
+    return fleet
+
+
+def _base_predictions(fleet: LoadedModel, city: str, frame: pd.DataFrame) -> np.ndarray:
+    return fleet.predict(frame.assign(**{CITY_FEATURE: city}))
 
 
 def _gate_parity(settings: Settings, city: str, target: str, cache: dict[Any, int] | None) -> int | None:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.modeling import LabelScale
+from cityml.modeling import LabelScale, predict
 from training.fit import Split, fit_model, time_split
 
 
@@ -39,3 +39,27 @@ def test_the_validation_window_picks_the_scale_and_the_refit_adds_its_rows() -> 
 def test_fit_model_needs_a_scale() -> None:
     with pytest.raises(ValueError, match="at least one label scale"):
         fit_model(_split(300), ["distance_km"], "duration_s", [])
+
+
+def test_a_small_city_pools_on_the_fleet_model_when_the_validation_window_says_so() -> None:
+    # 40 zones and 170 trips to train on: too few to learn every zone's pace alone.
+    rng = np.random.default_rng(3)
+    paces = {f"z{i:02d}": 60.0 + 8.0 * i for i in range(40)}
+    zone = rng.choice(list(paces), 240)
+    km = rng.uniform(0.5, 25, 240)
+    truth = km * pd.Series(zone).map(paces).to_numpy()
+    frame = pd.DataFrame({"distance_km": km, "pickup_zone": zone, "duration_s": truth * rng.lognormal(0, 0.1, 240)})
+    split = time_split(frame)
+
+    def fleet(rows: pd.DataFrame) -> np.ndarray:  # the fleet model knows the paces, 10% off for this city
+        return 0.9 * rows["distance_km"].to_numpy() * rows["pickup_zone"].map(paces).to_numpy()
+
+    features = ["distance_km", "pickup_zone"]
+    fitted = fit_model(split, features, "duration_s", [LabelScale("per_km")], threads=1, base=fleet)
+    assert set(fitted.valid_mae) == {"per_km", "per_km_pooled"}
+    assert fitted.pooled and fitted.valid_mae["per_km_pooled"] < fitted.valid_mae["per_km"]
+    # The pooled booster is a correction: without the fleet's predictions it would be far off.
+    test_truth = truth[len(split.train) + len(split.valid) :]
+    with_base = np.mean(np.abs(fitted.predict(split.test) - test_truth))
+    alone = np.mean(np.abs(predict(fitted.booster, fitted.scale, split.test) - test_truth))
+    assert with_base < 0.3 * alone

@@ -74,3 +74,11 @@ def test_predict_clips_at_zero_and_names_missing_features(zone_model: lgb.Booste
     assert predict(zone_model, negative, rows.assign(city="x"))[0] == 0.0
     with pytest.raises(KeyError, match="pickup_zone"):
         predict(zone_model, LabelScale("per_km"), rows[["distance_km"]])
+
+
+def test_a_pooled_model_adds_its_correction_to_the_base_in_the_scaled_label(zone_model: lgb.Booster) -> None:
+    rows = pd.DataFrame({"distance_km": [10.0, 2.0], "pickup_zone": ["a", "a"]})
+    scale = LabelScale("per_km")
+    alone = predict(zone_model, scale, rows)
+    base = np.array([500.0, 100.0])  # 50 s/km from the base, for both trips
+    np.testing.assert_allclose(predict(zone_model, scale, rows, base), alone + base)
