@@ -66,16 +66,9 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Pickup hours those trips come from (each hour is one materialization)."
     )
 
-    @field_validator("train_label_scales", mode="before")
+    @field_validator("api_keys", "train_label_scales", mode="before")
     @classmethod
-    def _split_scales(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value

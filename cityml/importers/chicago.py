@@ -71,6 +71,16 @@ PORTAL = Variant(
     },
     optional={"fare": ("Fare",)},
 )
+# The BigQuery table's columns for a trip's length and places, shared by the table and its subset.
+_BQ_TRIP = {
+    "miles": ("trip_miles",),
+    "pickup_zone": ("pickup_community_area",),
+    "dropoff_zone": ("dropoff_community_area",),
+    "pickup_lat": ("pickup_latitude",),
+    "pickup_lon": ("pickup_longitude",),
+    "dropoff_lat": ("dropoff_latitude",),
+    "dropoff_lon": ("dropoff_longitude",),
+}
 BIGQUERY = Variant(
     name="bigquery",
     required={
@@ -78,13 +88,7 @@ BIGQUERY = Variant(
         "start": ("trip_start_timestamp",),
         "end": ("trip_end_timestamp",),
         "seconds": ("trip_seconds",),
-        "miles": ("trip_miles",),
-        "pickup_zone": ("pickup_community_area",),
-        "dropoff_zone": ("dropoff_community_area",),
-        "pickup_lat": ("pickup_latitude",),
-        "pickup_lon": ("pickup_longitude",),
-        "dropoff_lat": ("dropoff_latitude",),
-        "dropoff_lon": ("dropoff_longitude",),
+        **_BQ_TRIP,
     },
     optional={"fare": ("fare",)},
 )
@@ -92,18 +96,7 @@ BIGQUERY = Variant(
 BIGQUERY_SUBSET = Variant(
     name="bigquery_subset",
     required={"start": ("trip_start_timestamp",), "seconds": ("trip_seconds",)},
-    optional={
-        "trip_id": ("unique_key",),
-        "taxi_id": ("taxi_id",),
-        "miles": ("trip_miles",),
-        "pickup_zone": ("pickup_community_area",),
-        "dropoff_zone": ("dropoff_community_area",),
-        "pickup_lat": ("pickup_latitude",),
-        "pickup_lon": ("pickup_longitude",),
-        "dropoff_lat": ("dropoff_latitude",),
-        "dropoff_lon": ("dropoff_longitude",),
-        "fare": ("fare",),
-    },
+    optional={"trip_id": ("unique_key",), "taxi_id": ("taxi_id",), **_BQ_TRIP, "fare": ("fare",)},
     any_of=(("pickup_zone", "dropoff_zone"), _COORDS),
 )
 VARIANTS = [PORTAL, BIGQUERY, BIGQUERY_SUBSET]
