@@ -82,11 +82,12 @@ def _reference(split: Any, label: str) -> tuple[float, float]:
 
 
 def _variants(split: Any, features: list[str], label: str, threads: int) -> dict[str, float]:
+    from cityml.featurestore import is_history_feature
     from cityml.modeling import LabelScale
     from cityml.request_features import ZONE_FEATURES
     from training.fit import fit_model
 
-    history = [f for f in features if "history__" in f]
+    history = [f for f in features if is_history_feature(f)]
     y = split.test[label].to_numpy()
 
     def score(feats: list[str], kind: str, objective: str, refit: bool) -> float:

@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Projections named ``...history`` (``zone_pair_history``, ``pickup_history``...) hold trailing
+#: 28-day statistics: their values drift slowly by construction, and while a city's first 28 days
+#: fill the window they narrow. Drift scores them but does not judge them (``monitoring.drift``).
+HISTORY_MARK = "history__"
+
+
+def is_history_feature(name: str) -> bool:
+    """Whether a model input is a trailing-window statistic (see :data:`HISTORY_MARK`)."""
+    return HISTORY_MARK in name
+
+
 #: First materialization of a view without a TTL loads this much history.
 NO_TTL_LOOKBACK = timedelta(days=365)
 

@@ -2,7 +2,9 @@
 
 The score is the population stability index (PSI) over the reference's quantile bins, plus a
 missing-value bin. Conventional reading: below 0.1 stable, 0.1–0.25 watch, 0.25 and above drift. Calendar features
-(weekday, weekend) are scored but not judged: a window shorter than a week differs in them by design.
+(weekday, weekend) are scored but not judged: a window shorter than a week differs in them by design. So are the
+28-day trip-history medians: a reference from a city's first weeks holds medians of a few trips, spread wide, and
+live medians of a full window sit tighter, which PSI reads as drift while nothing moved (seen in `make demo`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cityml.featurestore import is_history_feature
 from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
 from cityml.profile import bin_shares, build_profile, pick_segment
@@ -65,7 +68,7 @@ def feature_scores(reference: dict[str, Any], current: pd.DataFrame) -> dict[str
             "psi": round(score, 4),
             "missing_share": round(missing, 4),
             "reference_missing_share": round(ref["missing_share"], 4),
-            "verdict": "calendar" if name in CALENDAR_FEATURES else judged,
+            "verdict": "calendar" if name in CALENDAR_FEATURES else "history" if is_history_feature(name) else judged,
         }
     return out
 

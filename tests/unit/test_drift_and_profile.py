@@ -62,3 +62,14 @@ def test_a_weekend_window_is_compared_with_weekends() -> None:
     assert feature_scores(segment, saturday)["speed"]["verdict"] == "stable"
     assert feature_scores(profile, saturday)["speed"]["verdict"] == "drift"
     assert pick_segment(profile, pd.Series([0, 1]))[0] == "all"
+
+
+def test_trip_history_medians_are_scored_but_not_judged() -> None:
+    rng = np.random.default_rng(3)
+    # A city's first weeks: medians of a few trips, spread wide; live: medians of a full window.
+    name = "zone_pair_history__pair_median_speed_kmh"
+    ref = pd.DataFrame({name: rng.normal(25, 8, 5000), "x": rng.normal(0, 1, 5000)})
+    profile = build_profile(ref, np.zeros(5000))
+    live = feature_scores(profile, pd.DataFrame({name: rng.normal(25, 1, 800), "x": rng.normal(0, 1, 800)}))
+    assert live[name]["psi"] >= 0.25 and live[name]["verdict"] == "history"
+    assert live["x"]["verdict"] == "stable"
