@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, LabelScale
@@ -97,7 +98,6 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
     and kept there for the next one): that exact version, not today's fleet champion.
     """
     import mlflow.artifacts
-    import mlflow.lightgbm
 
     base = None
     if BASE_TAG in mv.tags:
@@ -107,7 +107,7 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
         if key not in cache:
             cache[key] = load_version(c, c.get_model_version(base_name, base_version), cache)
         base = cache[key]
-    booster = mlflow.lightgbm.load_model(f"models:/{mv.name}/{mv.version}")
+    booster = _native_booster(mv.name, str(mv.version))
     tags = dict(mv.tags)
     rates = None
     if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
@@ -116,6 +116,36 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
     return LoadedModel(
         name=mv.name, version=str(mv.version), booster=booster, tags=tags, run_id=mv.run_id, scale=scale, base=base
     )
+
+
+class UnsafeModelError(ValueError):
+    """A registered version that is not a LightGBM Booster in LightGBM's text format: never loaded."""
+
+
+def _native_booster(name: str, version: str) -> lgb.Booster:
+    """The version's booster, read from LightGBM's own text file, never through a pickle.
+
+    ``mlflow.lightgbm.load_model`` unpickles the sklearn-API flavor (``LGBMRegressor``), so a
+    version registered that way could run code in whatever loads it. Here the MLmodel file is read
+    first: only ``model_class: lightgbm.basic.Booster`` with its data file (what cityml registers)
+    is accepted, and that file is parsed by LightGBM itself.
+    """
+    import lightgbm as lgb
+    import mlflow.artifacts
+    import yaml
+
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}"))
+    try:
+        flavor = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {}).get("lightgbm")
+    except (OSError, yaml.YAMLError) as exc:
+        raise UnsafeModelError(f"{name} v{version}: no readable MLmodel file ({exc})") from exc
+    if not isinstance(flavor, dict) or flavor.get("model_class") != "lightgbm.basic.Booster":
+        got = flavor.get("model_class") if isinstance(flavor, dict) else "no lightgbm flavor"
+        raise UnsafeModelError(f"{name} v{version}: {got} is not a LightGBM Booster in text format; refused")
+    data = (folder / str(flavor.get("data", ""))).resolve()
+    if folder.resolve() not in data.parents or not data.is_file():
+        raise UnsafeModelError(f"{name} v{version}: model file {flavor.get('data')!r} is not inside the model")
+    return lgb.Booster(model_file=str(data))
 
 
 def read_profile(c: MlflowClient, run_id: str) -> dict[str, Any]:
