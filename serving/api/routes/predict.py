@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, HTTPException, status
 
-from cityml.modeling import model_frame
 from cityml.naming import UNITS, Target
 from cityml.online import model_input
 from serving.api.deps import ApiKeyDep, StateDep
@@ -77,8 +76,8 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
             i = int(rows.index[unknown[0]])
             raise _refuse(state, 422, i, "distance_km", "give distance_km or the four coordinates", "no_distance")
         values[rows.index] = pred
-        x = model_frame(features, model.features)
-        for idx, row_features, value in zip(rows.index, x.to_dict("records"), pred, strict=True):
+        logged = features[model.features].to_dict("records")  # the model's inputs, zones as names
+        for idx, row_features, value in zip(rows.index, logged, pred, strict=True):
             records.append(
                 {
                     "ts": now.isoformat(),
