@@ -76,12 +76,19 @@ def _quality(ctx: Context) -> report.Section:
     return quality.run(ctx.args.quick, ctx.args.cities)
 
 
+def _serve(ctx: Context) -> report.Section:
+    from bench import serve
+
+    return serve.run(ctx.args.quick)
+
+
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
 BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "pit": _pit,
     "online": _online,
     "throughput": _throughput,
     "quality": _quality,
+    "serve": _serve,
 }
 
 

@@ -80,7 +80,19 @@ class City(BaseModel):
         n = self.synthetic.grid
         row = min(int((lat - min_lat) / (max_lat - min_lat) * n), n - 1)
         col = min(int((lon - min_lon) / (max_lon - min_lon) * n), n - 1)
-        return f"z{row * n + col:02d}"
+        return grid_zone(row * n + col)
+
+    @property
+    def grid_zones(self) -> frozenset[str] | None:
+        """Every zone of the synthetic grid; None for a city without one (a real city's zones are its data's)."""
+        if self.synthetic is None:
+            return None
+        return frozenset(grid_zone(i) for i in range(self.synthetic.grid**2))
+
+
+def grid_zone(index: int) -> str:
+    """The name of grid cell ``index`` (row-major), as the generator names it: ``z07``."""
+    return f"z{index:02d}"
 
 
 class Catalog(BaseModel):

@@ -128,7 +128,18 @@ def replay(
                         raise StageFailed(f"predict {target} {city}: HTTP {r.status_code} {r.text[:300]}")
                     p = r.json()["predictions"][0]
                     samples.setdefault((city, target), f"{p['value']:.1f} {p['unit']}")
+        wait_logged(http)
     return samples
+
+
+def wait_logged(http: httpx.Client, polls: int = 600) -> None:
+    """Wait until the server has written every prediction it answered (its log writer is asynchronous)."""
+    for _ in range(polls):
+        metrics = http.get("/metrics").text
+        if "\ncityml_prediction_log_pending 0.0" in metrics:
+            return
+        time.sleep(0.1)
+    raise StageFailed("the server's prediction log did not drain")
 
 
 def _serve_and_predict(

@@ -7,9 +7,10 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -105,15 +106,17 @@ def service_feature_names(service: FeatureService) -> list[str]:
     ]
 
 
-def entity_columns(df: pd.DataFrame) -> pd.DataFrame:
+def entity_keys(cities: Iterable[Any], pickups: Iterable[Any], dropoffs: Iterable[Any]) -> dict[str, list[str]]:
     """The Feast join keys of trips or requests: city, pickup and dropoff zone, and the zone pair."""
-    cities, pickups, dropoffs = df["city"].astype(str), df["pickup_zone"], df["dropoff_zone"]
-    return pd.DataFrame(
-        {
-            "city": cities,
-            "pickup_zone_key": [zone_key(c, z) for c, z in zip(cities, pickups, strict=True)],
-            "dropoff_zone_key": [zone_key(c, z) for c, z in zip(cities, dropoffs, strict=True)],
-            "zone_pair_key": [zone_pair_key(c, p, d) for c, p, d in zip(cities, pickups, dropoffs, strict=True)],
-        },
-        index=df.index,
-    )
+    cities = [str(c) for c in cities]
+    return {
+        "city": cities,
+        "pickup_zone_key": [zone_key(c, z) for c, z in zip(cities, pickups, strict=True)],
+        "dropoff_zone_key": [zone_key(c, z) for c, z in zip(cities, dropoffs, strict=True)],
+        "zone_pair_key": [zone_pair_key(c, p, d) for c, p, d in zip(cities, pickups, dropoffs, strict=True)],
+    }
+
+
+def entity_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`entity_keys` of a frame with city and zones, on its index."""
+    return pd.DataFrame(entity_keys(df["city"], df["pickup_zone"], df["dropoff_zone"]), index=df.index)

@@ -22,6 +22,7 @@ in the ``label_scale.json`` artifact). Versions from before the tag predict with
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -59,12 +60,18 @@ class LabelScale:
 
     def denominator(self, frame: pd.DataFrame) -> np.ndarray:
         """Per-row divisor of the label; NaN for a city without a rate (``per_km_city``)."""
+        cities = frame[CITY_FEATURE].to_numpy() if self.kind == "per_km_city" else None
+        return self.divisor(frame["distance_km"].to_numpy() if self.kind != "none" else None, cities, len(frame))
+
+    def divisor(self, distance_km: np.ndarray | None, cities: np.ndarray | None, n: int) -> np.ndarray:
+        """:meth:`denominator` on columns: trip km and (``per_km_city``) city slugs of ``n`` rows."""
         if self.kind == "none":
-            return np.ones(len(frame))
-        km = _km(frame)
+            return np.ones(n)
+        km = np.maximum(np.asarray(distance_km, dtype="float64"), MIN_KM)
         if self.kind == "per_km":
             return km
-        return km * frame[CITY_FEATURE].astype(str).map(self.city_rates).to_numpy(dtype="float64")
+        rates = self.city_rates
+        return km * np.array([rates.get(str(c), np.nan) for c in np.asarray(cities)], dtype="float64")
 
     def encode(self, y: pd.Series | np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """The booster's target and row weights (None: unweighted) for labels ``y`` of ``frame``'s rows.
@@ -76,7 +83,7 @@ class LabelScale:
         y = np.asarray(y, dtype="float64")
         if self.kind == "none":
             return y, None
-        return y / self.denominator(frame), _km(frame)
+        return y / self.denominator(frame), np.maximum(frame["distance_km"].to_numpy(dtype="float64"), MIN_KM)
 
     def init_score(self, base: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         """A base model's predictions (label units) as a starting score in this scale."""
@@ -109,11 +116,6 @@ class LabelScale:
         return cls(kind=kind)  # type: ignore[arg-type]
 
 
-def _km(frame: pd.DataFrame) -> np.ndarray:
-    """Trip length for the per-km scales: at least ``MIN_KM``; NaN (no prediction) where unknown."""
-    return np.maximum(frame["distance_km"].to_numpy(dtype="float64"), MIN_KM)
-
-
 def model_frame(features: pd.DataFrame, model_features: list[str], cities: pd.Series | None = None) -> pd.DataFrame:
     """The columns a booster expects, in its order, categoricals as pandas categories.
 
@@ -130,22 +132,77 @@ def model_frame(features: pd.DataFrame, model_features: list[str], cities: pd.Se
     return out
 
 
-def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame, base: np.ndarray | None = None) -> np.ndarray:
-    """Predictions in the label's units for rows holding the booster's features (and ``city``).
+class FeatureEncoder:
+    """A booster's input as a float matrix, built from feature columns without pandas.
+
+    Numbers go in as they are. A categorical feature (city, zones) goes in as the code LightGBM
+    gave its value at training (``booster.pandas_categorical``, the category lists in the order of
+    the categorical columns); a value it never saw, or None, becomes NaN, exactly as LightGBM's own
+    pandas path maps it. Built once per loaded model; serving reuses it for every request.
+    """
+
+    def __init__(self, booster: lgb.Booster) -> None:
+        self.names: list[str] = list(booster.feature_name())
+        categorical = [n for n in self.names if n in CATEGORICAL_FEATURES]
+        lists = booster.pandas_categorical or []
+        if len(lists) != len(categorical):
+            raise ValueError(
+                f"model has {len(lists)} category lists for {len(categorical)} categorical features ({categorical})"
+            )
+        self.codes: dict[str, dict[str, float]] = {
+            name: {str(v): float(i) for i, v in enumerate(values)}
+            for name, values in zip(categorical, lists, strict=True)
+        }
+
+    def matrix(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """``n`` rows × the booster's features, from columns by name (arrays or lists of length ``n``)."""
+        missing = [name for name in self.names if name not in columns]
+        if missing:
+            raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
+        x = np.empty((n, len(self.names)), dtype="float64")
+        for j, name in enumerate(self.names):
+            codes = self.codes.get(name)
+            if codes is None:
+                x[:, j] = np.asarray(columns[name], dtype="float64")
+            else:
+                x[:, j] = [codes.get(str(v), np.nan) if _present(v) else np.nan for v in columns[name]]
+        return x
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def predict_matrix(
+    booster: lgb.Booster,
+    scale: LabelScale,
+    x: np.ndarray,
+    distance_km: np.ndarray | None,
+    cities: np.ndarray | None,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predictions in the label's units from an encoded matrix (:class:`FeatureEncoder`).
 
     ``base``: for a pooled model, the base model's predictions of the same rows (label units); the
     booster learned a correction to them, starting from them as its initial score.
 
     Clipped at 0: a duration or a fare is never negative. NaN where the scale cannot convert back:
     a per-km model for a trip of unknown length, a fleet model for a city it has no rate for.
+    """
+    # One thread: a request is a few rows, and LightGBM's thread pool costs more than it saves there.
+    raw = np.asarray(booster.predict(x, num_iteration=booster.best_iteration or None, num_threads=1))
+    divisor = scale.divisor(distance_km, cities, len(x))
+    if base is not None:
+        raw = raw + np.asarray(base, dtype="float64") / divisor
+    return np.maximum(raw * divisor, 0.0)
+
+
+def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame, base: np.ndarray | None = None) -> np.ndarray:
+    """:func:`predict_matrix` for rows of a frame holding the booster's features (and ``city``).
+
     Raises ``KeyError`` naming the features the frame lacks.
     """
-    names = list(booster.feature_name())
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise KeyError(f"model needs features the frame lacks: {', '.join(missing)}")
-    x = model_frame(frame, names, frame[CITY_FEATURE] if CITY_FEATURE in frame.columns else None)
-    raw = np.asarray(booster.predict(x, num_iteration=booster.best_iteration or None))
-    if base is not None:
-        raw = raw + scale.init_score(base, frame)
-    return np.maximum(scale.decode(raw, frame), 0.0)
+    columns = {name: frame[name].to_numpy() for name in frame.columns}
+    x = FeatureEncoder(booster).matrix(columns, len(frame))
+    cities = columns.get(CITY_FEATURE)
+    return predict_matrix(booster, scale, x, columns.get("distance_km"), cities, base)

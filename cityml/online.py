@@ -1,62 +1,234 @@
 """The model input at request time: online Feast features plus request-time features.
 
-Serving calls :func:`model_input` for every predict request; the parity check calls the same
-function, so what it proves is what serving does.
+Serving builds one :class:`OnlineReader` per FeatureService when a model loads and calls it for
+every predict request; the parity check (``cityml features parity``) calls the same reader through
+:func:`model_input`, so what it proves is what serving does.
+
+The reader resolves the service once (its projections, their views, join keys and TTLs) and reads
+the online store through Feast's provider, one ``online_read`` per feature view. Feast's own
+``get_online_features`` rebuilds every FeatureView from the registry proto on every call; that was
+nearly all of a request's time.
 
 Feast's online store returns the latest value it holds, however old. Training (Feast's
 historical retrieval) sees a value only while it is younger than its view's TTL. To serve what
 training saw, a value older than the TTL at the request's pickup time is dropped here.
+
+A store that fails (Redis down, a locked SQLite file) does not fail the request: its values are
+missing, as they are in training when a view has no row, and the rows say so (``missing``). After
+a failure the store is left alone for ``retry_s`` seconds, so that requests do not each wait for a
+dead server.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import TYPE_CHECKING
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from redis.exceptions import RedisError
 
-from cityml.featurestore import entity_columns
-from cityml.request_features import request_features
+from cityml.featurestore import entity_keys
+from cityml.request_features import TripRows, request_columns
 
 if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
+    from feast import FeatureService, FeatureStore, FeatureView
 
-EPOCH = pd.Timestamp(0, tz="UTC")
+log = logging.getLogger(__name__)
+
+#: What a failing online store raises: Redis down or timing out, a locked or missing SQLite file.
+STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, sqlite3.Error, OSError)
+
 TS_SUFFIX = "__ts"  # Feast's suffix for a feature's event timestamp (epoch seconds)
 
 
-def service_ttls(store: FeatureStore, service: FeatureService) -> dict[str, timedelta | None]:
-    """Output column name → TTL of the view it comes from."""
-    out: dict[str, timedelta | None] = {}
-    for projection in service.feature_view_projections:
-        ttl = store.get_feature_view(projection.name).ttl or None
-        for feature in projection.features:
-            out[f"{projection.name_to_use()}__{feature.name}"] = ttl
-    return out
+@dataclass(frozen=True)
+class Projection:
+    """One projection of a service: which view, keyed by which request column, giving which columns."""
+
+    view: str
+    entity: str  # the request's key column (after the projection's join-key map), e.g. pickup_zone_key
+    join_key: str  # the view's own join key, e.g. zone_key
+    features: tuple[str, ...]
+    columns: tuple[str, ...]  # output names, ``<projection>__<feature>``
+    ttl_s: float | None
 
 
-def online_features(store: FeatureStore, service: FeatureService, df: pd.DataFrame) -> pd.DataFrame:
-    """Online values of ``service`` for rows with city, zones and ``pickup_ts``, TTL applied at pickup time."""
-    entities = entity_columns(df)
-    raw = store.get_online_features(
-        features=service, entity_rows=entities.to_dict("records"), full_feature_names=True
-    ).to_dict(include_event_timestamps=True)
-    # Epoch seconds, whatever the frame's datetime precision (us from parquet, ns from pandas).
-    at = ((pd.to_datetime(df["pickup_ts"], utc=True) - EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
-    columns: dict[str, np.ndarray] = {}
-    for name, ttl in service_ttls(store, service).items():
-        # Missing values come back as None; the model wants float NaN, as in training.
-        values = pd.to_numeric(pd.Series(raw[name], dtype="object"), errors="coerce").to_numpy(dtype="float64")
-        if ttl is not None:
-            stamps = np.asarray(raw[name + TS_SUFFIX], dtype="int64")
-            values = np.where(at - stamps > ttl.total_seconds(), np.nan, values)
-        columns[name] = values
+@dataclass
+class OnlineRows:
+    """Online values for ``n`` rows: one float column per service feature (NaN where missing)."""
+
+    columns: dict[str, np.ndarray]
+    missing: np.ndarray  # per row: a view had no value within its TTL, or the store failed
+    error: str | None = None  # why the store could not be read, when it could not
+
+
+@dataclass
+class Breaker:
+    """Shared by the readers of one store: after a failure, skip it for ``retry_s`` seconds."""
+
+    retry_s: float = 5.0
+    _until: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open(self) -> bool:
+        return time.monotonic() < self._until
+
+    def trip(self) -> None:
+        with self._lock:
+            self._until = time.monotonic() + self.retry_s
+
+
+class OnlineReader:
+    """A FeatureService's online values, read from the online store with the training TTLs."""
+
+    def __init__(self, store: FeatureStore, service: FeatureService, breaker: Breaker | None = None) -> None:
+        self._store = store
+        self._provider = store._get_provider()  # Feast's own online path, minus the per-call registry work
+        self._breaker = breaker or Breaker()
+        self.service = service.name
+        self.projections: list[Projection] = []
+        self._views: dict[str, FeatureView] = {}
+        for p in service.feature_view_projections:
+            view = self._views.setdefault(p.name, store.get_feature_view(p.name))
+            (join_key,) = view.join_keys  # every cityml view has one entity
+            ttl = view_ttl_s(view)
+            names = tuple(f.name for f in p.features)
+            alias = p.name_to_use()
+            self.projections.append(
+                Projection(
+                    view=p.name,
+                    entity=p.join_key_map.get(join_key, join_key),
+                    join_key=join_key,
+                    features=names,
+                    columns=tuple(f"{alias}__{n}" for n in names),
+                    ttl_s=ttl,
+                )
+            )
+        self.names = [c for p in self.projections for c in p.columns]
+
+    def read(self, keys: Mapping[str, Any], at_s: np.ndarray) -> OnlineRows:
+        """Values for rows with entity keys ``keys`` (``city``, ``pickup_zone_key``...) at pickup times ``at_s``."""
+        n = len(at_s)
+        columns = {name: np.full(n, np.nan) for name in self.names}
+        missing = np.zeros(n, dtype=bool)
+        if n == 0:
+            return OnlineRows(columns, missing)
+        if self._breaker.open():
+            return OnlineRows(columns, np.ones(n, dtype=bool), "online store skipped after a recent failure")
+        try:
+            for view, projections in self._by_view().items():
+                self._read_view(view, projections, keys, np.asarray(at_s, dtype="float64"), columns, missing)
+        except STORE_ERRORS as exc:
+            self._breaker.trip()
+            log.warning("online store read failed (%s: %s); serving without online features", type(exc).__name__, exc)
+            return OnlineRows({k: np.full(n, np.nan) for k in columns}, np.ones(n, dtype=bool), str(exc) or repr(exc))
+        return OnlineRows(columns, missing)
+
+    def _by_view(self) -> dict[str, list[Projection]]:
+        out: dict[str, list[Projection]] = {}
+        for p in self.projections:
+            out.setdefault(p.view, []).append(p)
+        return out
+
+    def _read_view(
+        self,
+        view: str,
+        projections: list[Projection],
+        keys: Mapping[str, Any],
+        at_s: np.ndarray,
+        columns: dict[str, np.ndarray],
+        missing: np.ndarray,
+    ) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        # The view once, for the keys of all its projections (pickup and dropoff read one zone view).
+        wanted = list(dict.fromkeys(str(k) for p in projections for k in keys[p.entity]))
+        features = list(dict.fromkeys(f for p in projections for f in p.features))
+        join_key = projections[0].join_key
+        entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in wanted]
+        rows = self._provider.online_read(
+            config=self._store.config, table=self._views[view], entity_keys=entity_keys, requested_features=features
+        )
+        found: dict[str, tuple[float, dict[str, float]]] = {}
+        for key, (ts, values) in zip(wanted, rows, strict=True):
+            if ts is None or values is None:
+                continue
+            stamp = (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp()
+            found[key] = (float(int(stamp)), {name: _number(v) for name, v in values.items()})
+        for p in projections:
+            for i, key in enumerate(keys[p.entity]):
+                hit = found.get(str(key))
+                if hit is None or (p.ttl_s is not None and at_s[i] - hit[0] > p.ttl_s):
+                    missing[i] = True
+                    continue
+                for feature, column in zip(p.features, p.columns, strict=True):
+                    columns[column][i] = hit[1].get(feature, np.nan)
+
+
+def view_ttl_s(view: FeatureView) -> float | None:
+    """How long a view's value stays valid after its event time, as training's retrieval applies it."""
+    return view.ttl.total_seconds() if view.ttl else None
+
+
+def _number(value: Any) -> float:
+    """A Feast ValueProto as a float; NaN when unset or null."""
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return np.nan
+    try:
+        return float(getattr(value, kind))
+    except (TypeError, ValueError):
+        return np.nan
+
+
+class OnlineFeatures:
+    """Readers by FeatureService name, built once each, sharing the store's :class:`Breaker`."""
+
+    def __init__(self, store: FeatureStore, retry_s: float = 5.0) -> None:
+        self.store = store
+        self.breaker = Breaker(retry_s)
+        self._readers: dict[str, OnlineReader] = {}
+        self._lock = threading.Lock()
+        _fail_fast(store)
+
+    def reader(self, service: str) -> OnlineReader:
+        with self._lock:
+            if service not in self._readers:
+                self._readers[service] = OnlineReader(self.store, self.store.get_feature_service(service), self.breaker)
+            return self._readers[service]
+
+
+def _fail_fast(store: FeatureStore) -> None:
+    """A Redis online store that is down answers at once, instead of after redis-py's retries."""
+    if getattr(store.config.online_store, "type", "") != "redis":
+        return
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online: Any = store._get_provider().online_store
+    client = online._get_client(store.config.online_store)
+    client.connection_pool.connection_kwargs.update(socket_connect_timeout=0.5, socket_timeout=0.5)
+    client.set_retry(Retry(NoBackoff(), 0))
+
+
+def model_columns(
+    reader: OnlineReader, rows: TripRows, timezones: Mapping[str, str]
+) -> tuple[dict[str, np.ndarray], OnlineRows]:
+    """Every input column a model of ``reader``'s service can take, for ``rows``: request-time and online."""
+    online = reader.read(entity_keys(rows.city, rows.pickup_zone, rows.dropoff_zone), rows.pickup_s)
+    return {**request_columns(rows, timezones), **online.columns, "city": rows.city}, online
+
+
+def model_input(reader: OnlineReader, df: pd.DataFrame, timezones: Mapping[str, str]) -> pd.DataFrame:
+    """Feature rows, on ``df``'s index, for trips with city, pickup_ts, zones and coordinates."""
+    columns, _ = model_columns(reader, TripRows.from_frame(df), timezones)
+    columns.pop("city")
     return pd.DataFrame(columns, index=df.index)
-
-
-def model_input(
-    store: FeatureStore, service: FeatureService, df: pd.DataFrame, timezones: dict[str, str]
-) -> pd.DataFrame:
-    """Feature rows, on ``df``'s index, for requests with city, pickup_ts, zones and coordinates."""
-    return pd.concat([request_features(df, timezones), online_features(store, service, df)], axis=1)

@@ -1,55 +1,195 @@
-"""The prediction log: every served prediction with its features, one JSON line each.
+"""The prediction log: every served prediction with its model inputs. The format lives here.
 
-Serving writes it; the drift job reads it. Both go through this module, so the format lives here.
+Serving writes it through :class:`PredictionLog` (a bounded queue and a background writer, never
+on the request path); the drift job reads it through :func:`read_predictions`.
 
-Files: ``<predictions_dir>/city=<slug>/date=<YYYY-MM-DD>.jsonl``. The drift job reads them.
+Files: ``<predictions_dir>/city=<slug>/date=<YYYY-MM-DD>/part-<time>-<id>.parquet``, one per
+flushed batch, each written to a temporary name and renamed, so a reader never sees half a file.
+Columns: those of :class:`PredictionRecord`, ``features`` as a JSON object (models differ in
+their inputs). Logs of older versions (``date=<day>.jsonl``) are still read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import queue
 import threading
+import time
+import uuid
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-class PredictionLogger:
-    def __init__(self, folder: Path) -> None:
+log = logging.getLogger(__name__)
+
+FeatureValue = float | str | None
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One served prediction. ``trip_id`` is the client's, to join the trip's outcome later."""
+
+    ts: datetime
+    request_id: str
+    city: str
+    target: str
+    model: str
+    version: str
+    fallback: str | None
+    degraded: bool
+    features: dict[str, FeatureValue]
+    prediction: float
+    trip_id: str | None = None
+
+
+SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("city", pa.string()),
+        ("target", pa.string()),
+        ("model", pa.string()),
+        ("version", pa.string()),
+        ("fallback", pa.string()),
+        ("degraded", pa.bool_()),
+        ("features", pa.string()),
+        ("prediction", pa.float64()),
+        ("trip_id", pa.string()),
+    ]
+)
+assert [f.name for f in fields(PredictionRecord)] == SCHEMA.names  # one format, one place
+
+
+def write_batch(folder: Path, records: list[PredictionRecord]) -> list[Path]:
+    """Write records as one parquet file per (city, day); returns the files written."""
+    groups: dict[tuple[str, str], list[PredictionRecord]] = {}
+    for r in records:
+        groups.setdefault((r.city, r.ts.astimezone(UTC).date().isoformat()), []).append(r)
+    written = []
+    for (city, day), rows in groups.items():
+        columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+        for r in rows:
+            for name, value in asdict(r).items():
+                columns[name].append(json.dumps(value, allow_nan=False) if name == "features" else value)
+        path = folder / f"city={city}" / f"date={day}" / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(pa.table(columns, schema=SCHEMA), tmp)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+class PredictionLog:
+    """A bounded queue of records and a thread that flushes them in batches.
+
+    :meth:`submit` never blocks: when the queue is full the records are dropped and counted
+    (``dropped``). :meth:`close` flushes what is queued.
+    """
+
+    def __init__(self, folder: Path, max_queue: int = 100_000, batch: int = 5_000, flush_s: float = 1.0) -> None:
         self.folder = folder
-        self._lock = threading.Lock()
+        self.batch = batch
+        self.flush_s = flush_s
+        self.dropped = 0
+        self.written = 0
+        self.failed = 0
+        self._queue: queue.Queue[PredictionRecord] = queue.Queue(max_queue)
+        self._pending = 0  # queued or being written
+        self._count = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
 
-    def write(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append records (each with a ``city``) to today's file of their city."""
-        day = datetime.now(UTC).date().isoformat()
-        by_city: dict[str, list[str]] = {}
+    def submit(self, records: Iterable[PredictionRecord]) -> int:
+        """Queue records; returns how many were dropped because the queue was full."""
+        dropped = queued = 0
         for r in records:
-            by_city.setdefault(r["city"], []).append(json.dumps(r, default=str))
-        with self._lock:
-            for city, lines in by_city.items():
-                path = self.folder / f"city={city}" / f"date={day}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("a") as fh:
-                    fh.write("\n".join(lines) + "\n")
+            try:
+                self._queue.put_nowait(r)
+                queued += 1
+            except queue.Full:
+                dropped += 1
+        with self._count:
+            self._pending += queued
+            self.dropped += dropped
+        return dropped
+
+    @property
+    def pending(self) -> int:
+        """Records submitted and not yet written (or given up on)."""
+        return self._pending
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            batch = self._take()
+            if batch:
+                try:
+                    write_batch(self.folder, batch)
+                    self.written += len(batch)
+                except (OSError, pa.ArrowException, ValueError):
+                    self.failed += len(batch)
+                    log.exception("prediction log: %d records could not be written to %s", len(batch), self.folder)
+                with self._count:
+                    self._pending -= len(batch)
+            elif stopping:
+                return
+
+    def _take(self) -> list[PredictionRecord]:
+        """Up to ``batch`` records: waits at most ``flush_s`` for the first (less when closing)."""
+        out: list[PredictionRecord] = []
+        deadline = time.monotonic() + self.flush_s
+        while len(out) < self.batch:
+            try:
+                out.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            wait = deadline - time.monotonic()
+            if out or wait <= 0 or self._stop.is_set():
+                break
+            try:
+                out.append(self._queue.get(timeout=min(wait, 0.1)))
+            except queue.Empty:
+                continue
+        return out
 
 
 def read_predictions(
     folder: Path, city: str, target: str | None = None, since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Logged predictions of a city (optionally one target, optionally since a time)."""
-    files = sorted((folder / f"city={city}").glob("date=*.jsonl"))
+    """Logged predictions of a city (optionally one target, optionally since a time), oldest first.
+
+    Each is a dict with the keys of :class:`PredictionRecord`, ``ts`` as ISO text, ``features`` as a dict.
+    """
+    base = folder / f"city={city}"
+    day0 = since.astimezone(UTC).date().isoformat() if since is not None else ""
+    out: list[dict[str, Any]] = []
+    for f in sorted(base.glob("date=*.jsonl")):  # older versions' format
+        if f.stem[5:] >= day0:
+            out.extend(json.loads(line) for line in f.read_text().splitlines() if line.strip())
+    for day in sorted(base.glob("date=*/")):
+        if day.name[5:] < day0:
+            continue
+        for f in sorted(day.glob("part-*.parquet")):
+            for r in pq.read_table(f).to_pylist():
+                r["ts"] = r["ts"].isoformat()
+                r["features"] = json.loads(r["features"])
+                out.append(r)
+    if target is not None:
+        out = [r for r in out if r.get("target") == target]
     if since is not None:
-        files = [f for f in files if f.stem[5:] >= since.date().isoformat()]
-    out = []
-    for f in files:
-        for line in f.read_text().splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            if target is not None and r.get("target") != target:
-                continue
-            if since is not None and datetime.fromisoformat(r["ts"]) < since:
-                continue
-            out.append(r)
-    return out
+        out = [r for r in out if datetime.fromisoformat(r["ts"]) >= since]
+    return sorted(out, key=lambda r: r["ts"])

@@ -9,19 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, LabelScale
-from cityml.modeling import predict as predict_with
+import numpy as np
+
+from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, FeatureEncoder, LabelScale, predict_matrix
 from cityml.naming import CHAMPION
 from cityml.profile import PROFILE_FILE
 from cityml.settings import Settings
 
 if TYPE_CHECKING:
     import lightgbm as lgb
-    import numpy as np
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
@@ -42,14 +44,27 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
+class RegistryError(RuntimeError):
+    """The registry could not answer (down, timing out, failing): not the same as "no champion"."""
+
+
 def champion(c: MlflowClient, name: str) -> ModelVersion | None:
-    """The version holding ``@champion``, or None when the model or the alias does not exist."""
+    """The version holding ``@champion``; None when the model or the alias does not exist.
+
+    Raises :class:`RegistryError` when the registry fails to answer: a caller that holds a model
+    must keep it then, not read the failure as "no champion".
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return c.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        code = exc.error_code
+        if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message):
+            return None
+        raise RegistryError(f"registry failed on {name}@{CHAMPION}: {exc.message[:300]}") from exc
+    except OSError as exc:
+        raise RegistryError(f"registry unreachable on {name}@{CHAMPION}: {exc}") from exc
 
 
 @dataclass
@@ -63,16 +78,32 @@ class LoadedModel:
     base: LoadedModel | None = None  # a pooled city model's base (the fleet model version it learned on)
 
     @property
+    def feature_service(self) -> str:
+        """The Feast FeatureService the model was trained on (its tag), read with the same TTLs online."""
+        return self.tags.get("feature_service", "")
+
+    @cached_property
+    def encoder(self) -> FeatureEncoder:
+        """How rows become the booster's input matrix (built on first use; ``load_version`` builds it)."""
+        return FeatureEncoder(self.booster)
+
+    @property
     def features(self) -> list[str]:
-        return list(self.booster.feature_name())
+        return self.encoder.names
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predictions in the label's units (``cityml.modeling.predict``), the base's added in for a pooled model."""
-        base = None
-        if self.base is not None:
-            rows = frame if CITY_FEATURE in frame.columns else frame.assign(**{CITY_FEATURE: self.tags.get("city")})
-            base = self.base.predict(rows)
-        return predict_with(self.booster, self.scale, frame, base)
+        """Predictions in the label's units (``cityml.modeling``), the base's added in for a pooled model."""
+        return self.predict_columns({name: frame[name].to_numpy() for name in frame.columns}, len(frame))
+
+    def predict_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """:meth:`predict` on feature columns by name (``city`` among them for fleet and pooled models)."""
+        cities = columns.get(CITY_FEATURE)
+        if cities is None and (self.base is not None or CITY_FEATURE in self.encoder.names):
+            cities = np.full(n, self.tags.get("city"), dtype=object)
+            columns = {**columns, CITY_FEATURE: cities}
+        base = self.base.predict_columns(columns, n) if self.base is not None else None
+        x = self.encoder.matrix(columns, n)
+        return predict_matrix(self.booster, self.scale, x, columns.get("distance_km"), cities, base)
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
@@ -113,9 +144,70 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
     if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
         rates = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SCALE_FILE)
     scale = LabelScale.from_tags(tags, rates)
-    return LoadedModel(
+    loaded = LoadedModel(
         name=mv.name, version=str(mv.version), booster=booster, tags=tags, run_id=mv.run_id, scale=scale, base=base
     )
+    loaded.encoder  # noqa: B018 -- built now: a model whose categories do not add up fails to load, not to predict
+    return loaded
+
+
+#: Rows and the predictions the model made of them when registered: a loaded version must repeat them.
+SELFTEST_FILE = "selftest.json"
+
+
+def selftest_doc(columns: Mapping[str, Any], predictions: np.ndarray) -> dict[str, Any]:
+    """The self-test artifact: input columns (JSON values, NaN as null) and the predictions made of them."""
+
+    def value(v: Any) -> Any:
+        if v is None or isinstance(v, str):
+            return v
+        f = float(v)
+        return None if np.isnan(f) else f
+
+    return {
+        "columns": {name: [value(v) for v in col] for name, col in columns.items()},
+        "predictions": [float(p) for p in predictions],
+    }
+
+
+def self_test(model: LoadedModel, doc: dict[str, Any] | None, rtol: float = 1e-6) -> str | None:
+    """Why ``model`` must not serve, or None when it repeats its recorded predictions."""
+    if doc is None:
+        return f"no {SELFTEST_FILE} recorded with the version"
+    try:
+        raw = doc["columns"]
+        expected = np.asarray(doc["predictions"], dtype="float64")
+        n = len(expected)
+        columns = {
+            name: np.array([np.nan if v is None else v for v in col], dtype=float)
+            if all(v is None or isinstance(v, int | float) for v in col)
+            else np.array(col, dtype=object)
+            for name, col in raw.items()
+        }
+        got = model.predict_columns(columns, n)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"self-test could not run: {type(exc).__name__}: {exc}"
+    if got.shape != expected.shape or not np.all(np.isfinite(got)):
+        return f"self-test: {int(np.sum(~np.isfinite(got)))} of {n} predictions are not numbers"
+    if not np.allclose(got, expected, rtol=rtol, atol=1e-9):
+        worst = int(np.argmax(np.abs(got - expected)))
+        return f"self-test: predicts {got[worst]:.6g} for row {worst}, recorded {expected[worst]:.6g} at registration"
+    return None
+
+
+def read_selftest(run_id: str | None) -> dict[str, Any] | None:
+    """The version's self-test artifact, or None when it has none."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SELFTEST_FILE)
+    except (MlflowException, OSError):
+        return None
+    with open(path) as fh:
+        return dict(json.load(fh))
 
 
 class UnsafeModelError(ValueError):

@@ -7,6 +7,9 @@ instances of a predict request. There is no second copy of this code anywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -57,52 +60,109 @@ def _coords(df: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype="float64")
 
 
-def request_features(df: pd.DataFrame, timezones: Mapping[str, str]) -> pd.DataFrame:
-    """The request-time feature columns for rows with ``city``, ``pickup_ts`` and coordinates.
+@dataclass(frozen=True)
+class TripRows:
+    """Trips or request instances as columns: what request-time features are computed from.
+
+    ``pickup_s`` is the pickup time in epoch seconds; coordinates and ``distance_km`` are float
+    (NaN where not given); zones are text or None.
+    """
+
+    city: np.ndarray
+    pickup_s: np.ndarray
+    pickup_lat: np.ndarray
+    pickup_lon: np.ndarray
+    dropoff_lat: np.ndarray
+    dropoff_lon: np.ndarray
+    distance_km: np.ndarray
+    pickup_zone: np.ndarray
+    dropoff_zone: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.city)
+
+    def take(self, index: np.ndarray) -> TripRows:
+        """The rows at positions ``index``."""
+        return TripRows(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> TripRows:
+        ts = pd.to_datetime(df["pickup_ts"], utc=True)
+        return cls(
+            city=df["city"].astype(str).to_numpy(dtype=object),
+            pickup_s=((ts - EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64"),
+            pickup_lat=_coords(df, "pickup_lat"),
+            pickup_lon=_coords(df, "pickup_lon"),
+            dropoff_lat=_coords(df, "dropoff_lat"),
+            dropoff_lon=_coords(df, "dropoff_lon"),
+            distance_km=_coords(df, "distance_km"),
+            pickup_zone=_zones(df, "pickup_zone"),
+            dropoff_zone=_zones(df, "dropoff_zone"),
+        )
+
+
+EPOCH = pd.Timestamp(0, tz="UTC")
+#: Up to this many rows of one city, local times come from ``datetime`` one by one (a request);
+#: above it, from pandas in one pass (a training set). Both read the same zoneinfo rules.
+LOOP_ROWS = 256
+
+
+def local_calendar(pickup_s: np.ndarray, tz: str) -> tuple[np.ndarray, np.ndarray]:
+    """Local hour and weekday (Monday 0) of epoch seconds in the IANA timezone ``tz``."""
+    zone = ZoneInfo(tz)
+    if len(pickup_s) <= LOOP_ROWS:
+        local = [datetime.fromtimestamp(int(s), zone) for s in pickup_s]
+        return (
+            np.fromiter((t.hour for t in local), dtype="int64", count=len(local)),
+            np.fromiter((t.weekday() for t in local), dtype="int64", count=len(local)),
+        )
+    stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(pickup_s, dtype="int64"), unit="s", utc=True)).tz_convert(zone)
+    return stamps.hour.to_numpy(dtype="int64"), stamps.weekday.to_numpy(dtype="int64")
+
+
+def request_columns(rows: TripRows, timezones: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The request-time feature columns (:data:`REQUEST_FEATURES`) of ``rows``, by name.
 
     Distance is the straight line between the points when all four coordinates are known;
-    otherwise the row's own ``distance_km`` (a routed or metered estimate) is used.
-
-    Args:
-        df: rows with ``city``, ``pickup_ts`` (tz-aware or UTC-naive) and
-            ``pickup_lat/lon``, ``dropoff_lat/lon`` and/or ``distance_km``.
-        timezones: city slug to IANA timezone, from the catalog.
-
-    Returns:
-        A frame on the same index with the columns of :data:`REQUEST_FEATURES`; the zones are
-        text (None where unknown), the rest numbers.
+    otherwise the row's own ``distance_km`` (a routed or metered estimate) is used. Zones pass
+    through as text (None where unknown); the rest are numbers.
     """
-    plat, plon = _coords(df, "pickup_lat"), _coords(df, "pickup_lon")
-    dlat, dlon = _coords(df, "dropoff_lat"), _coords(df, "dropoff_lon")
+    plat, plon, dlat, dlon = rows.pickup_lat, rows.pickup_lon, rows.dropoff_lat, rows.dropoff_lon
     dist = haversine_km(plat, plon, dlat, dlon)
-    given = _coords(df, "distance_km")
-    dist = np.where(np.isnan(dist), given, dist)
+    dist = np.where(np.isnan(dist), rows.distance_km, dist)
 
-    ts = pd.to_datetime(df["pickup_ts"], utc=True)
-    hour = np.empty(len(df), dtype="int64")
-    weekday = np.empty(len(df), dtype="int64")
-    cities = df["city"].to_numpy()
-    for city in pd.unique(cities):
+    n = len(rows)
+    hour = np.empty(n, dtype="int64")
+    weekday = np.empty(n, dtype="int64")
+    cities = rows.city
+    for city in dict.fromkeys(cities.tolist()):
         mask = cities == city
         try:
             tz = timezones[city]
         except KeyError as exc:
             raise KeyError(f"city {city!r} is not in the catalog") from exc
-        local = ts[mask].dt.tz_convert(tz)
-        hour[mask] = local.dt.hour.to_numpy()
-        weekday[mask] = local.dt.weekday.to_numpy()
+        hour[mask], weekday[mask] = local_calendar(rows.pickup_s[mask], tz)
 
-    return pd.DataFrame(
-        {
-            "distance_km": dist,
-            "bearing_deg": bearing_deg(plat, plon, dlat, dlon),
-            "local_hour": hour,
-            "local_weekday": weekday,
-            "is_weekend": (weekday >= 5).astype("int64"),
-            **{name: _zones(df, name) for name in ZONE_FEATURES},
-        },
-        index=df.index,
-    )
+    return {
+        "distance_km": dist,
+        "bearing_deg": bearing_deg(plat, plon, dlat, dlon),
+        "local_hour": hour,
+        "local_weekday": weekday,
+        "is_weekend": (weekday >= 5).astype("int64"),
+        "pickup_zone": rows.pickup_zone,
+        "dropoff_zone": rows.dropoff_zone,
+    }
+
+
+def request_features(df: pd.DataFrame, timezones: Mapping[str, str]) -> pd.DataFrame:
+    """:func:`request_columns` of a frame's rows, as a frame on the same index.
+
+    Args:
+        df: rows with ``city``, ``pickup_ts`` (tz-aware or UTC-naive) and
+            ``pickup_lat/lon``, ``dropoff_lat/lon`` and/or ``distance_km``.
+        timezones: city slug to IANA timezone, from the catalog.
+    """
+    return pd.DataFrame(request_columns(TripRows.from_frame(df), timezones), index=df.index)
 
 
 def _zones(df: pd.DataFrame, name: str) -> np.ndarray:

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Comma-separated.")
     admin_key: SecretStr | None = None
     reload_interval_s: float = 30.0
+    online_retry_s: float = Field(
+        default=5.0, gt=0, description="After an online-store failure, serve without it (degraded) this long."
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body served (413 past it).")
+    prediction_log_queue: int = Field(
+        default=100_000, ge=1, description="Predictions waiting to be written; past it they are dropped and counted."
+    )
     drift_min_rows: int = 50
     # Measured on 2 cores (bench/RESULTS.md): 2 processes of 1 LightGBM thread beat 1 process of 2.
     train_workers: int = Field(default=2, ge=1, description="Cities fitted at once by `cityml train`.")

@@ -1,7 +1,8 @@
 """The FastAPI app: every city's champion in memory, predictions over REST.
 
-Models load in the lifespan (never at import) and reload in the background when an
-``@champion`` alias moves, or at once on ``POST /admin/reload``.
+Models load in the lifespan (never at import, in parallel) and reload in the background when an
+``@champion`` alias moves, or at once on ``POST /admin/reload``. Predictions are logged by a
+background writer; shutdown flushes it.
 """
 
 from __future__ import annotations
@@ -9,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
-from cityml.catalog import load_catalog
 from cityml.featurestore import get_store
-from cityml.prediction_log import PredictionLogger
+from cityml.online import OnlineFeatures
+from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings, get_settings
+from serving.api.errors import install as install_errors
 from serving.api.routes import admin, health, models, predict
 from serving.model_store import ModelStore
-from serving.state import AppState, Metrics, Services
+from serving.state import AppState, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +40,37 @@ async def _watch(state: AppState) -> None:
             log.exception("background model refresh failed")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; ``settings`` defaults to the process settings (tests pass their own)."""
+def build_state(settings: Settings) -> AppState:
+    """Everything a request needs, built once: online reader cache, champions, log writer, metrics."""
+    # A registry that is down should fail a refresh in seconds, not after MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    online = OnlineFeatures(get_store(settings), retry_s=settings.online_retry_s)
+    return AppState(
+        settings=settings,
+        online=online,
+        models=ModelStore(settings, service_columns=lambda name: online.reader(name).names),
+        log=PredictionLog(settings.predictions_dir, max_queue=settings.prediction_log_queue),
+        metrics=Metrics(),
+    )
+
+
+def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
+    """Build the app; ``settings`` defaults to the process settings, ``state`` (tests) skips loading."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state is not None:
+            app.state.cityml = state
+            yield
+            return
         s = settings or get_settings()
-        store = get_store(s)
-        state = AppState(
-            settings=s,
-            catalog=load_catalog(s.catalog_path),
-            store=store,
-            services=Services(store),
-            models=ModelStore(s),
-            log=PredictionLogger(s.predictions_dir),
-            metrics=Metrics(),
-        )
-        changes = await run_in_threadpool(state.models.refresh)
-        state.metrics.reloads.inc(len(changes))
-        log.info("serving %d models", len(state.models.all()))
-        app.state.cityml = state
-        watcher = asyncio.create_task(_watch(state)) if s.reload_interval_s > 0 else None
+        built = await run_in_threadpool(build_state, s)
+        changes = await run_in_threadpool(built.models.refresh)
+        built.metrics.reloads.inc(len(changes))
+        log.info("serving %d models (%d stale)", len(built.models.all()), len(built.models.stale))
+        app.state.cityml = built
+        watcher = asyncio.create_task(_watch(built)) if s.reload_interval_s > 0 else None
         try:
             yield
         finally:
@@ -64,8 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await run_in_threadpool(built.log.close)
 
-    app = FastAPI(title="cityml", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc with their assets served from the package: they work without internet.
+    app = FastAPIOffline(title="cityml", version="0.1.0", lifespan=lifespan)
+    install_errors(app)
     for router in (predict.router, models.router, health.router, admin.router):
         app.include_router(router)
     return app

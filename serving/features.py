@@ -1,40 +1,73 @@
-"""Request instances to model rows: zones from coordinates, refusals that name the field.
-
-The feature vector itself is built by ``cityml.online.model_input`` (online Feast features with
-the training TTLs, plus ``cityml.request_features``), shared with the parity check.
-"""
+"""Request instances to trip rows: zones checked or placed from coordinates, refusals that name the field."""
 
 from __future__ import annotations
 
-import pandas as pd
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
 
 from cityml.catalog import Catalog
+from cityml.request_features import TripRows
+from serving.schemas import TripRequest
 
 
 class RequestError(ValueError):
     """A request instance cannot be answered; ``field`` names what is wrong."""
 
-    def __init__(self, index: int, field: str, message: str) -> None:
+    def __init__(self, index: int, field: str, message: str, reason: str = "bad_request") -> None:
         super().__init__(message)
         self.index = index
         self.field = field
+        self.reason = reason
 
 
-def resolve_zones(df: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
-    """Fill missing zones from coordinates with the city's zone grid; refuse what cannot be placed."""
-    df = df.copy()
-    for i, row in df.iterrows():
-        city = catalog.get(row["city"])
-        for end in ("pickup", "dropoff"):
-            if pd.notna(row.get(f"{end}_zone")):
-                continue
-            zone = city.zone_of(row[f"{end}_lat"], row[f"{end}_lon"])
-            if zone is None:
-                raise RequestError(
-                    int(str(i)),
-                    f"{end}_zone",
-                    f"{end} point ({row[f'{end}_lat']}, {row[f'{end}_lon']}) is outside {city.slug}'s zones; "
-                    f"give {end}_zone",
-                )
-            df.at[i, f"{end}_zone"] = zone
-    return df
+def _zone(catalog: Catalog, i: int, inst: TripRequest, end: str, known: frozenset[str] | None) -> str:
+    """The instance's zone at one end: as given (if the city has it), else placed from the coordinates."""
+    given: str | None = getattr(inst, f"{end}_zone")
+    city = catalog.get(inst.city)
+    if given is not None:
+        if known is not None and given not in known:
+            raise RequestError(i, f"{end}_zone", f"{city.slug} has no zone {given[:40]!r}", "unknown_zone")
+        return given
+    lat, lon = getattr(inst, f"{end}_lat"), getattr(inst, f"{end}_lon")
+    zone = city.zone_of(lat, lon)
+    if zone is None:
+        raise RequestError(
+            i, f"{end}_zone", f"{end} point ({lat}, {lon}) is outside {city.slug}'s zones; give {end}_zone", "bad_zone"
+        )
+    return zone
+
+
+def known_zones(catalog: Catalog, city: str, zone_categories: frozenset[str] | None) -> frozenset[str] | None:
+    """The zones a city has: its synthetic grid, else the zones its serving model learned, else unknown (None)."""
+    return catalog.get(city).grid_zones or zone_categories
+
+
+def trip_rows(
+    instances: Sequence[TripRequest], catalog: Catalog, now: datetime, zones: Sequence[frozenset[str] | None]
+) -> TripRows:
+    """Columns of the instances; ``zones[i]``: the zones instance ``i``'s city has (None: not known here)."""
+    n = len(instances)
+    pickup, dropoff = np.empty(n, dtype=object), np.empty(n, dtype=object)
+    for i, inst in enumerate(instances):
+        pickup[i] = _zone(catalog, i, inst, "pickup", zones[i])
+        dropoff[i] = _zone(catalog, i, inst, "dropoff", zones[i])
+
+    def number(name: str) -> np.ndarray:
+        return np.array([getattr(x, name) if getattr(x, name) is not None else np.nan for x in instances], dtype=float)
+
+    # A time without a zone is UTC, as pandas (and so training) reads it.
+    when = [x.pickup_ts or now for x in instances]
+    when = [t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in when]
+    return TripRows(
+        city=np.array([x.city for x in instances], dtype=object),
+        pickup_s=np.array([int(t.astimezone(UTC).timestamp()) for t in when], dtype="int64"),
+        pickup_lat=number("pickup_lat"),
+        pickup_lon=number("pickup_lon"),
+        dropoff_lat=number("dropoff_lat"),
+        dropoff_lon=number("dropoff_lon"),
+        distance_km=number("distance_km"),
+        pickup_zone=pickup,
+        dropoff_zone=dropoff,
+    )

@@ -1,18 +1,37 @@
-"""Every city's champion in memory, swapped atomically when an alias moves (hot reload)."""
+"""Every city's champion in memory, swapped atomically when an alias moves (hot reload).
+
+A version serves only after it loaded and passed its self-test (``cityml.registry.self_test``):
+it repeats the predictions recorded at registration, from the inputs recorded with them, and its
+FeatureService gives every feature it needs. A version that fails leaves the one before it
+serving and is reported as stale. A registry that fails to answer changes nothing held; only a
+registry that says "no champion" unloads a model.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from cityml.catalog import load_catalog
+from cityml.catalog import Catalog, load_catalog
+from cityml.modeling import CITY_FEATURE
 from cityml.naming import GLOBAL, TARGETS, model_name
-from cityml.registry import LoadedModel, champion, client, load_champion
+from cityml.registry import LoadedModel, RegistryError, champion, client, load_version, read_selftest, self_test
+from cityml.request_features import REQUEST_FEATURES, ZONE_FEATURES
 from cityml.settings import Settings
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
 log = logging.getLogger(__name__)
+
+#: Names of a FeatureService's columns, by service name (``cityml.online.OnlineReader.names``).
+ServiceColumns = Callable[[str], list[str]]
 
 
 @dataclass
@@ -21,16 +40,39 @@ class Served:
     target: str
     model: LoadedModel
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    self_test: str = "passed"
+
+    @property
+    def zones(self) -> frozenset[str] | None:
+        """The zones the model learned (None when it takes no zone)."""
+        codes = self.model.encoder.codes
+        learned = [set(codes[z]) for z in ZONE_FEATURES if z in codes]
+        return frozenset().union(*learned) if learned else None
+
+
+@dataclass
+class Stale:
+    """A champion version that is not served, and why."""
+
+    name: str
+    version: str
+    reason: str
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class ModelStore:
     """Champions keyed by (target, city), plus the fleet's global models when registered."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None, workers: int = 8) -> None:
         self._settings = settings
+        self._service_columns = service_columns
+        self._workers = workers
         self._models: dict[tuple[str, str], Served] = {}
         self._lock = threading.Lock()
         self._bases: dict[tuple[str, str], LoadedModel] = {}  # fleet versions pooled city models start from
+        self.stale: dict[str, Stale] = {}
+        self.registry_error: str | None = None
+        self.catalog: Catalog = load_catalog(settings.catalog_path)
         self.loaded_once = False
 
     def get(self, target: str, city: str) -> tuple[Served | None, str | None]:
@@ -51,39 +93,85 @@ class ModelStore:
     def all(self) -> list[Served]:
         return sorted(self._models.values(), key=lambda s: (s.city, s.target))
 
-    def refresh(self) -> dict[str, str]:
+    def refresh(self, only: set[str] | None = None) -> dict[str, str]:
         """Load champions whose alias points at a version other than the one in memory.
 
-        Returns ``{model name: what happened}`` for the models that changed.
+        ``only``: model names to look at (a registry event names one); default every city's.
+        Returns ``{model name: what happened}`` for the models that changed or failed.
         """
         with self._lock:
             c = client(self._settings)
-            cities = [*load_catalog(self._settings.catalog_path).slugs, GLOBAL]
+            self.catalog = load_catalog(self._settings.catalog_path)  # a new city serves without a restart
             current = dict(self._models)
             changes: dict[str, str] = {}
-            for city in cities:
+            wanted: list[tuple[str, str, str, ModelVersion]] = []
+            errors = []
+            for city in [*self.catalog.slugs, GLOBAL]:
                 for target in TARGETS:
                     name = model_name(target, city)
-                    mv = champion(c, name)
+                    if only is not None and name not in only:
+                        continue
+                    try:
+                        mv = champion(c, name)
+                    except RegistryError as exc:  # keep what is held: a failing registry is not "no champion"
+                        errors.append(str(exc))
+                        continue
                     held = current.get((target, city))
                     if mv is None:
                         if held is not None:
                             del current[(target, city)]
                             changes[name] = "unloaded (no champion)"
+                        self.stale.pop(name, None)
                         continue
-                    if held is not None and held.model.version == str(mv.version):
+                    failed = self.stale.get(name)
+                    if (held is not None and held.model.version == str(mv.version)) or (
+                        failed is not None and failed.version == str(mv.version)
+                    ):
                         continue
-                    try:
-                        loaded = load_champion(c, name, self._bases)
-                    except Exception as exc:
-                        log.exception("loading %s failed; keeping what is served", name)
-                        changes[name] = f"load failed: {exc}"
-                        continue
-                    if loaded is not None:
-                        current[(target, city)] = Served(city=city, target=target, model=loaded)
-                        changes[name] = f"v{loaded.version}"
+                    wanted.append((city, target, name, mv))
+            with ThreadPoolExecutor(max_workers=max(1, min(self._workers, len(wanted)))) as pool:
+                results = list(pool.map(lambda w: self._load(c, w[3]), wanted))
+            for (slug, kind, name, mv), (loaded, reason) in zip(wanted, results, strict=True):
+                if loaded is None:
+                    self.stale[name] = Stale(name, str(mv.version), reason or "failed")
+                    changes[name] = f"v{mv.version} not served: {reason}"
+                    continue
+                current[(kind, slug)] = Served(city=slug, target=kind, model=loaded)
+                self.stale.pop(name, None)
+                changes[name] = f"v{loaded.version}"
             self._models = current  # one assignment: readers see the old or the new set, never half
+            self.registry_error = f"{len(errors)} lookups failed; first: {errors[0]}" if errors else None
+            if errors:
+                log.warning("model store: registry errors, keeping what is served: %s", self.registry_error)
             self.loaded_once = True
             if changes:
                 log.info("model store: %s", changes)
             return changes
+
+    def _load(self, c: MlflowClient, mv: ModelVersion) -> tuple[LoadedModel | None, str | None]:
+        """Load one version and self-test it; (model, None) when it may serve, else (None, why)."""
+        name = f"{mv.name} v{mv.version}"
+        try:
+            loaded = load_version(c, mv, self._bases)
+            reason = self._check_features(loaded) or self_test(loaded, read_selftest(loaded.run_id))
+        except Exception as exc:  # noqa: BLE001 -- any failure to load keeps the old version serving
+            reason = f"load failed: {type(exc).__name__}: {str(exc)[:300]}"
+        if reason is not None:
+            log.error("%s is champion but does not serve: %s", name, reason)
+            return None, reason
+        return loaded, None
+
+    def _check_features(self, model: LoadedModel) -> str | None:
+        """Why the model's features cannot be served: its FeatureService lacks some, or it has none."""
+        if self._service_columns is None:
+            return None
+        if not model.feature_service:
+            return "no feature_service tag"
+        try:
+            served = {*self._service_columns(model.feature_service), *REQUEST_FEATURES, CITY_FEATURE}
+        except Exception as exc:  # noqa: BLE001 -- Feast raises its own errors for an unknown service
+            return f"feature service {model.feature_service!r} cannot be read: {type(exc).__name__}: {exc}"
+        lacking = [f for f in model.features if f not in served]
+        if lacking:
+            return f"{model.feature_service} does not give {', '.join(lacking)}"
+        return None

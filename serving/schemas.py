@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_INSTANCES = 1000
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class TripRequest(BaseModel):
     """One trip to predict. Zones or coordinates (or both) must be given."""
 
-    model_config = ConfigDict(extra="forbid")
-    city: str = Field(description="City slug from the catalog.")
-    pickup_ts: datetime | None = Field(default=None, description="Pickup time (ISO 8601); default now.")
-    pickup_zone: str | None = None
-    dropoff_zone: str | None = None
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    city: str = Field(max_length=64, description="City slug from the catalog.")
+    pickup_ts: datetime | None = Field(
+        default=None, description="Pickup time (ISO 8601, UTC unless it has an offset), 1970–2100; default now."
+    )
+    pickup_zone: str | None = Field(default=None, min_length=1, max_length=64, description="Zone id in the city.")
+    dropoff_zone: str | None = Field(default=None, min_length=1, max_length=64, description="Zone id in the city.")
     pickup_lat: float | None = Field(default=None, ge=-90, le=90)
     pickup_lon: float | None = Field(default=None, ge=-180, le=180)
     dropoff_lat: float | None = Field(default=None, ge=-90, le=90)
     dropoff_lon: float | None = Field(default=None, ge=-180, le=180)
     distance_km: float | None = Field(default=None, gt=0, le=500, description="Routed distance, if no coordinates.")
+    trip_id: str | None = Field(
+        default=None, max_length=128, description="Your trip id, kept in the prediction log to join the outcome later."
+    )
+
+    @field_validator("pickup_ts")
+    @classmethod
+    def _when(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        utc = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if not EARLIEST <= utc <= LATEST:
+            raise ValueError(f"pickup_ts must be between {EARLIEST.year} and {LATEST.year}")
+        return utc
 
     @model_validator(mode="after")
     def _where(self) -> TripRequest:
@@ -46,6 +63,9 @@ class Prediction(BaseModel):
     model: str
     version: str
     fallback: str | None = Field(description="Why a fallback model answered; null for the city's own champion.")
+    degraded: bool = Field(
+        default=False, description="An online feature was missing, stale or unreadable: predicted without it."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -61,3 +81,10 @@ class ModelInfo(BaseModel):
     feature_service: str | None
     features: list[str]
     loaded_at: datetime
+    self_test: str
+
+
+class ModelList(BaseModel):
+    total: int
+    offset: int
+    models: list[ModelInfo]

@@ -1,19 +1,15 @@
-"""What the running server holds: settings, catalog, feature store, champions, prediction log, metrics."""
+"""What the running server holds: settings, catalog, online features, champions, prediction log, metrics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from cityml.catalog import Catalog
-from cityml.prediction_log import PredictionLogger
+from cityml.online import OnlineFeatures
+from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
 from serving.model_store import ModelStore
-
-if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
 
 
 class Metrics:
@@ -24,38 +20,40 @@ class Metrics:
         self.predictions = Counter(
             "cityml_predictions_total", "Predictions served", ["target", "model", "fallback"], registry=self.registry
         )
+        self.degraded = Counter(
+            "cityml_predictions_degraded_total",
+            "Predictions made with an online feature missing, stale or unreadable",
+            ["target", "reason"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "cityml_predict_errors_total", "Refused predict requests", ["reason"], registry=self.registry
+        )
+        self.server_errors = Counter(
+            "cityml_server_errors_total", "Requests that ended in a 500", ["path"], registry=self.registry
         )
         self.latency = Histogram(
             "cityml_predict_seconds",
             "Predict request latency",
             ["target"],
             registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
         self.reloads = Counter("cityml_model_reloads_total", "Champion versions loaded", registry=self.registry)
-
-
-class Services:
-    """FeatureService objects by name, fetched from the Feast registry once."""
-
-    def __init__(self, store: FeatureStore) -> None:
-        self._store = store
-        self._cache: dict[str, FeatureService] = {}
-
-    def get(self, name: str) -> FeatureService:
-        if name not in self._cache:
-            self._cache[name] = self._store.get_feature_service(name)
-        return self._cache[name]
+        self.stale = Gauge(
+            "cityml_models_stale", "Champion versions not served (failed load or self-test)", registry=self.registry
+        )
+        self.served = Gauge("cityml_models_served", "Models served", registry=self.registry)
+        self.log_pending = Gauge("cityml_prediction_log_pending", "Predictions not written yet", registry=self.registry)
+        self.log_dropped = Counter(
+            "cityml_prediction_log_dropped_total", "Predictions not logged: the queue was full", registry=self.registry
+        )
 
 
 @dataclass
 class AppState:
     settings: Settings
-    catalog: Catalog
-    store: FeatureStore
+    online: OnlineFeatures
     models: ModelStore
-    log: PredictionLogger
+    log: PredictionLog
     metrics: Metrics
-    services: Services

@@ -27,7 +27,7 @@ import pandas as pd
 from cityml.catalog import load_catalog
 from cityml.featurestore import get_store, materialize
 from cityml.naming import feature_service_name
-from cityml.online import model_input, service_ttls
+from cityml.online import OnlineReader, model_input
 from cityml.settings import Settings
 from cityml.trips import read_trips
 from training.datasets import historical_model_input
@@ -104,7 +104,8 @@ def parity_check(
         # Create the scratch online tables (what `feast apply` does for the live store).
         sstore.apply([*sstore.list_entities(), *sstore.list_feature_views()])
         service = sstore.get_feature_service(service_name)
-        longest = max(t for t in service_ttls(sstore, service).values() if t is not None)
+        reader = OnlineReader(sstore, service)
+        longest = max(ttl for ttl in (sstore.get_feature_view(p.view).ttl for p in reader.projections) if ttl)
         parts = []
         previous = None
         # Feature rows are stamped on the hour: materializing to a pickup's hour is what serving had.
@@ -113,7 +114,7 @@ def parity_check(
             with contextlib.redirect_stdout(io.StringIO()):  # Feast prints progress
                 materialize(scratch, end=hour.to_pydatetime(), start=start.to_pydatetime())
             previous = hour
-            parts.append(model_input(sstore, service, group, timezones))
+            parts.append(model_input(reader, group, timezones))
         online = pd.concat(parts).reindex(picked.index)
     get_store(settings)  # restore the Feast environment of the live settings
 

@@ -17,7 +17,7 @@ from cityml.catalog import load_catalog
 from cityml.modeling import BASE_TAG, CATEGORICAL_FEATURES, CITY_FEATURE, LabelScale
 from cityml.naming import GLOBAL, feature_service_name, model_name
 from cityml.profile import build_profile, day_segments
-from cityml.registry import LoadedModel, champion, client, load_version
+from cityml.registry import LoadedModel, champion, client, load_version, selftest_doc
 from cityml.request_features import ZONE_FEATURES
 from cityml.settings import Settings
 from training.datasets import TrainingSet, build_training_set, build_training_sets
@@ -101,6 +101,10 @@ def _register(
         gate_tags["force_promoted"] = "true"
     if not (decision.promote or forced):
         gate_tags["promotion"] = f"rejected: {decision.summary}"
+    # What the server must repeat before this version serves (cityml.registry.self_test).
+    example = split.test.head(SELFTEST_ROWS)
+    inputs = [f for f in dict.fromkeys([*features, "distance_km", CITY_FEATURE]) if f in example.columns]
+    selftest = selftest_doc({f: example[f].to_numpy() for f in inputs}, fitted.predict(example))
     version = log_version(
         c,
         experiment_id(c, settings),
@@ -114,11 +118,15 @@ def _register(
         profile,
         {**DEFAULT_PARAMS, **params},
         gate_tags,
+        selftest,
     )
     if decision.promote or forced:
         why = decision.summary if not forced else f"forced by ops (gate: {decision.summary})"
         set_champion(c, name, version, why)
     return version
+
+
+SELFTEST_ROWS = 20
 
 
 class Stopwatch:

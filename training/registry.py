@@ -69,6 +69,7 @@ def log_version(
     profile: dict[str, Any],
     params: dict[str, Any],
     version_tags: dict[str, Any] | None = None,
+    selftest: dict[str, Any] | None = None,
 ) -> str:
     """One MLflow run holding the model, its metrics, tags and reference profile; registered as ``name``.
 
@@ -84,6 +85,7 @@ def log_version(
 
     from cityml.modeling import CATEGORICAL_FEATURES, SCALE_FILE, SCALE_TAG, model_frame
     from cityml.profile import PROFILE_FILE
+    from cityml.registry import SELFTEST_FILE
 
     example = example_frame.head(5)
     x = model_frame(example, features)
@@ -94,6 +96,8 @@ def log_version(
         mlflow.log_dict(profile, PROFILE_FILE)
         if scale.city_rates:
             mlflow.log_dict(scale.to_json(), SCALE_FILE)
+        if selftest is not None:
+            mlflow.log_dict(selftest, SELFTEST_FILE)
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",

@@ -1,13 +1,21 @@
-"""FastAPI dependencies, as ``Annotated`` aliases the routes declare."""
+"""FastAPI dependencies, as ``Annotated`` aliases the routes declare; the API key rules."""
 
 from __future__ import annotations
 
-import secrets
-from typing import Annotated
+import hmac
+from typing import Annotated, Literal
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 
+from cityml.settings import Settings
 from serving.state import AppState
+
+KEY_HEADER = "X-API-Key"
+KEY_LOC = ["header", KEY_HEADER]
+_key_header = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="A key from CITYML_API_KEYS.")
+
+Access = Literal["ok", "missing", "wrong", "not_admin", "unset"]
 
 
 def get_state(request: Request) -> AppState:
@@ -18,27 +26,60 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def _matches(given: str | None, keys: list[str]) -> bool:
-    return given is not None and any(secrets.compare_digest(given, k) for k in keys)
+def _keys(values: list[str]) -> list[bytes]:
+    """Configured keys as bytes; empty or blank ones count as unset."""
+    return [v.strip().encode() for v in values if v.strip()]
 
 
-def require_api_key(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> str:
-    keys = [k.get_secret_value() for k in state.settings.api_keys]
-    if not keys:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no API keys configured: set CITYML_API_KEYS")
-    if not _matches(x_api_key, keys):
+def check_key(settings: Settings, given: bytes | None, admin: bool) -> Access:
+    """Whether a raw header value opens a predict route (``admin=False``) or ``/admin/*``.
+
+    Compared as bytes in constant time (a header is whatever bytes a client sends, not text).
+    """
+    predict_keys = _keys([k.get_secret_value() for k in settings.api_keys])
+    admin_keys = _keys([settings.admin_key.get_secret_value()] if settings.admin_key else [])
+    wanted = admin_keys if admin else predict_keys
+    if not wanted:
+        return "unset"
+    if not given or not given.strip():
+        return "missing"
+    if any(hmac.compare_digest(given, k) for k in wanted):
+        return "ok"
+    if admin and any(hmac.compare_digest(given, k) for k in predict_keys):
+        return "not_admin"
+    return "wrong"
+
+
+def raise_for(access: Access, admin: bool) -> None:
+    """The refusal for an ``access`` other than "ok", in the API's error shape."""
+    if access == "ok":
+        return
+    what = "CITYML_ADMIN_KEY" if admin else "CITYML_API_KEYS"
+    code, msg, kind = {
+        "unset": (status.HTTP_503_SERVICE_UNAVAILABLE, f"no key configured: set {what}", "no_key_configured"),
+        "not_admin": (status.HTTP_403_FORBIDDEN, "this key may predict, not use /admin", "forbidden"),
+    }.get(access, (status.HTTP_401_UNAUTHORIZED, f"{access} {KEY_HEADER} header", "unauthorized"))
+    headers = {"WWW-Authenticate": "ApiKey"} if code == status.HTTP_401_UNAUTHORIZED else None
+    raise HTTPException(code, [{"loc": KEY_LOC, "msg": msg, "type": kind}], headers=headers)
+
+
+def _raw_header(request: Request) -> bytes | None:
+    for name, value in request.scope.get("headers", []):
+        if name == b"x-api-key":
+            return bytes(value)
+    return None
+
+
+def require_api_key(request: Request, state: StateDep, _: Annotated[str | None, Security(_key_header)]) -> None:
+    access = check_key(state.settings, _raw_header(request), admin=False)
+    if access != "ok":
         state.metrics.errors.labels("auth").inc()
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key header")
-    return str(x_api_key)
+    raise_for(access, admin=False)
 
 
-def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
-    admin = state.settings.admin_key
-    if admin is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no admin key configured: set CITYML_ADMIN_KEY")
-    if not _matches(x_api_key, [admin.get_secret_value()]):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key header (admin)")
+def require_admin(request: Request, state: StateDep, _: Annotated[str | None, Security(_key_header)]) -> None:
+    raise_for(check_key(state.settings, _raw_header(request), admin=True), admin=True)
 
 
-ApiKeyDep = Annotated[str, Depends(require_api_key)]
+ApiKeyDep = Annotated[None, Depends(require_api_key)]
 AdminDep = Annotated[None, Depends(require_admin)]

@@ -20,7 +20,7 @@ from airflow.dag_processing.dagbag import DagBag
 from typer.testing import CliRunner
 
 from cityml.cli import app
-from cityml.demo import replay, replay_window
+from cityml.demo import replay, replay_window, wait_logged
 from cityml.featurestore import apply
 from cityml.naming import feature_service_name, model_name
 from cityml.prediction_log import read_predictions
@@ -182,6 +182,8 @@ def test_predict_over_http_for_every_city_and_target(world: Settings, server: st
                 assert values.between(60, 4 * 3600).all() and values.nunique() > 30
             else:
                 assert (values > 0).all() and preds[0]["unit"] in ("EUR", "IDR")
+    with httpx.Client(base_url=server) as http:
+        wait_logged(http)
     logged = read_predictions(world.predictions_dir, "alpha", "eta")
     assert len(logged) == 60 and set(logged[0]["features"]) >= {"distance_km", "pickup__zone_mean_speed_kmh"}
 
@@ -227,9 +229,11 @@ def test_new_champion_is_hot_reloaded(world: Settings, server: str) -> None:
     assert result["status"] == "promoted", result
     r = httpx.post(f"{server}/admin/reload", headers={"X-API-Key": ADMIN})
     assert r.status_code == 200 and r.json()["changed"] == {"eta-alpha": f"v{result['version']}"}
-    served = {m["name"]: m["version"] for m in httpx.get(f"{server}/v1/models").json()}
+    listed = httpx.get(f"{server}/v1/models", headers={"X-API-Key": KEY}).json()["models"]
+    served = {m["name"]: m["version"] for m in listed}
     assert served["eta-alpha"] == result["version"]
-    assert httpx.post(f"{server}/admin/reload", headers={"X-API-Key": KEY}).status_code == 401
+    assert all(m["self_test"] == "passed" for m in listed)
+    assert httpx.post(f"{server}/admin/reload", headers={"X-API-Key": KEY}).status_code == 403
 
 
 def test_features_parity_training_vs_serving(world: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,13 +245,7 @@ def test_features_parity_training_vs_serving(world: Settings, monkeypatch: pytes
 
     import cityml.online
 
-    monkeypatch.setattr(
-        cityml.online,
-        "service_ttls",
-        lambda store, service: dict.fromkeys(
-            [f"{p.name_to_use()}__{f.name}" for p in service.feature_view_projections for f in p.features]
-        ),
-    )
+    monkeypatch.setattr(cityml.online, "view_ttl_s", lambda view: None)
     from training.parity import parity_check
 
     skewed = parity_check(world, "alpha", sample=40)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.modeling import MIN_KM, LabelScale, model_frame, predict
+from cityml.modeling import MIN_KM, FeatureEncoder, LabelScale, model_frame, predict
 
 
 def _trips(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -82,3 +82,33 @@ def test_a_pooled_model_adds_its_correction_to_the_base_in_the_scaled_label(zone
     alone = predict(zone_model, scale, rows)
     base = np.array([500.0, 100.0])  # 50 s/km from the base, for both trips
     np.testing.assert_allclose(predict(zone_model, scale, rows, base), alone + base)
+
+
+def test_the_matrix_encoder_gives_what_lightgbms_own_pandas_path_gives_on_many_rows() -> None:
+    """Serving encodes rows without pandas; LightGBM's pandas mapping is the reference, to 1e-9."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    zones = [f"z{i}" for i in range(40)]
+    t = pd.DataFrame(
+        {
+            "distance_km": rng.uniform(0.1, 30, n),
+            "local_hour": rng.integers(0, 24, n),
+            "pickup_zone": rng.choice(zones, n),
+            "dropoff_zone": rng.choice(zones, n),
+            "city": rng.choice(["lisbon", "porto"], n),
+        }
+    )
+    t.loc[rng.random(n) < 0.05, "distance_km"] = np.nan
+    y = t["distance_km"].fillna(5) * 90 + t["local_hour"] * 7 + t["pickup_zone"].str[1:].astype(int)
+    names = ["distance_km", "local_hour", "pickup_zone", "city", "dropoff_zone"]  # categoricals not together
+    params = {"objective": "huber", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 5}
+    booster = lgb.train(params, lgb.Dataset(model_frame(t, names), y), num_boost_round=80)
+
+    rows = t.sample(2000, random_state=1).reset_index(drop=True)
+    rows.loc[::7, "pickup_zone"] = "never-seen"
+    rows.loc[::11, "dropoff_zone"] = None
+    rows.loc[::13, "city"] = "faro"
+    expected = booster.predict(model_frame(rows, names, rows["city"]))
+    encoded = FeatureEncoder(booster).matrix({c: rows[c].to_numpy() for c in rows.columns}, len(rows))
+    np.testing.assert_allclose(booster.predict(encoded), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(predict(booster, LabelScale(), rows), np.maximum(expected, 0), rtol=0, atol=1e-9)

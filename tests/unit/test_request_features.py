@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.request_features import REQUEST_FEATURES, bearing_deg, haversine_km, request_features
+from cityml.request_features import (
+    LOOP_ROWS,
+    REQUEST_FEATURES,
+    bearing_deg,
+    haversine_km,
+    local_calendar,
+    request_features,
+)
 
 TZ = {"alpha": "Europe/Lisbon", "beta": "Asia/Jakarta"}
 
@@ -47,3 +54,18 @@ def test_unknown_city_is_named() -> None:
     df = pd.DataFrame({"city": ["gotham"], "pickup_ts": [pd.Timestamp("2026-07-03T10:00Z")], "distance_km": [1.0]})
     with pytest.raises(KeyError, match="gotham"):
         request_features(df, TZ)
+
+
+@pytest.mark.parametrize("tz", ["Europe/Lisbon", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"])
+def test_local_calendar_one_by_one_equals_the_vectorized_pass_around_dst_changes(tz: str) -> None:
+    """A request (a few rows, datetime) and a training set (pandas) must see the same local hour."""
+    rng = np.random.default_rng(3)
+    # Every 20 minutes across 2 years (4 DST changes where the zone has them), plus random seconds.
+    grid = np.arange(1_700_000_000, 1_700_000_000 + 2 * 365 * 86400, 1200, dtype="int64")
+    seconds = np.concatenate([grid, rng.integers(0, 2_000_000_000, 5000)])
+    many_hour, many_day = local_calendar(seconds, tz)  # > LOOP_ROWS: pandas
+    assert len(seconds) > LOOP_ROWS
+    for chunk in np.array_split(np.arange(len(seconds)), len(seconds) // LOOP_ROWS + 1):
+        hour, day = local_calendar(seconds[chunk], tz)  # <= LOOP_ROWS: datetime one by one
+        np.testing.assert_array_equal(hour, many_hour[chunk])
+        np.testing.assert_array_equal(day, many_day[chunk])

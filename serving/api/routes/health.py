@@ -17,13 +17,19 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(state: StateDep, response: Response) -> dict[str, object]:
+    """Ready once models loaded; lists champion versions that do not serve (``stale``) and registry errors."""
     served = state.models.all()
     ready = state.models.loaded_once and bool(served)
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {"ready": ready, "models": len(served)}
+    stale = [{"name": s.name, "version": s.version, "reason": s.reason} for s in state.models.stale.values()]
+    return {"ready": ready, "models": len(served), "stale": stale, "registry_error": state.models.registry_error}
 
 
 @router.get("/metrics")
 def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    m = state.metrics
+    m.stale.set(len(state.models.stale))
+    m.served.set(len(state.models.all()))
+    m.log_pending.set(state.log.pending)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

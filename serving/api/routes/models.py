@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from serving.api.deps import StateDep
-from serving.schemas import ModelInfo
+from fastapi import APIRouter, Query
+
+from serving.api.deps import ApiKeyDep, StateDep
+from serving.schemas import ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models")
-def list_models(state: StateDep) -> list[ModelInfo]:
-    return [
-        ModelInfo(
-            name=s.model.name,
-            city=s.city,
-            target=s.target,
-            version=s.model.version,
-            feature_service=s.model.tags.get("feature_service"),
-            features=s.model.features,
-            loaded_at=s.loaded_at,
-        )
-        for s in state.models.all()
-    ]
+def list_models(
+    state: StateDep,
+    _: ApiKeyDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ModelList:
+    """Served models with version, load time and self-test result, a page at a time."""
+    served = state.models.all()
+    return ModelList(
+        total=len(served),
+        offset=offset,
+        models=[
+            ModelInfo(
+                name=s.model.name,
+                city=s.city,
+                target=s.target,
+                version=s.model.version,
+                feature_service=s.model.feature_service or None,
+                features=s.model.features,
+                loaded_at=s.loaded_at,
+                self_test=s.self_test,
+            )
+            for s in served[offset : offset + limit]
+        ],
+    )

@@ -1,4 +1,10 @@
-"""POST /v1/predict/{target}: ETA or price for 1–1,000 trips."""
+"""POST /v1/predict/{target}: ETA or price for 1–1,000 trips.
+
+One straight path, no pandas: validated instances → which model answers each (``ModelStore.get``)
+→ trip rows with checked zones (``serving.features``) → per model: request-time and online feature
+columns (``cityml.online.model_columns``, the code parity checks) → ``LoadedModel.predict_columns``
+→ response, and the records queued for the prediction log (written off the request path).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +14,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from fastapi import APIRouter, HTTPException, status
 
 from cityml.naming import UNITS, Target
-from cityml.online import model_input
+from cityml.online import model_columns
+from cityml.prediction_log import FeatureValue, PredictionRecord
 from serving.api.deps import ApiKeyDep, StateDep
-from serving.features import RequestError, resolve_zones
+from serving.features import RequestError, known_zones, trip_rows
+from serving.model_store import Served
 from serving.schemas import Prediction, PredictRequest, PredictResponse
+from serving.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 
-def _refuse(state: Any, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
+def _refuse(state: AppState, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
     state.metrics.errors.labels(reason).inc()
     return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
 
 
-def _logged(value: Any) -> float | str | None:
+def _logged(value: Any) -> FeatureValue:
     """A feature value as the prediction log keeps it: a number, a zone's name, or None."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value if isinstance(value, str) else float(value)
+    if value is None or isinstance(value, str):
+        return value
+    number = float(value)
+    return None if np.isnan(number) else number
 
 
 @router.post("/predict/{target}")
@@ -37,65 +46,72 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     now = datetime.now(UTC)
-    df = pd.DataFrame([i.model_dump() for i in body.instances])
-    df["pickup_ts"] = pd.to_datetime(df["pickup_ts"], utc=True).fillna(pd.Timestamp(now))
+    instances = body.instances
+    catalog = state.models.catalog
 
-    served_by: list[Any] = []
+    served_by: list[Served] = []
     fallbacks: list[str | None] = []
-    for i, city in enumerate(df["city"]):
-        if city not in state.catalog.slugs:
-            raise _refuse(state, 422, i, "city", f"unknown city {city!r}", "unknown_city")
-        served, fallback = state.models.get(target, city)
+    for i, inst in enumerate(instances):
+        if inst.city not in catalog.slugs:
+            raise _refuse(state, 422, i, "city", f"unknown city {inst.city[:40]!r}", "unknown_city")
+        served, fallback = state.models.get(target, inst.city)
         if served is None:
-            raise _refuse(
-                state,
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                i,
-                "city",
-                f"no {target} model for {city!r} and no global fallback",
-                "no_model",
-            )
+            message = f"no {target} model for {inst.city!r} and no global fallback"
+            raise _refuse(state, status.HTTP_503_SERVICE_UNAVAILABLE, i, "city", message, "no_model")
         served_by.append(served)
         fallbacks.append(fallback)
     try:
-        df = resolve_zones(df, state.catalog)
+        zones = [known_zones(catalog, x.city, s.zones) for x, s in zip(instances, served_by, strict=True)]
+        rows = trip_rows(instances, catalog, now, zones)
     except RequestError as exc:
-        raise _refuse(state, 422, exc.index, exc.field, str(exc), "bad_zone") from exc
+        raise _refuse(state, 422, exc.index, exc.field, str(exc), exc.reason) from exc
 
-    timezones = {c.slug: c.timezone for c in state.catalog.cities}
-    values = np.empty(len(df))
-    records: list[dict[str, Any]] = []
-    keys = pd.Series([id(s) for s in served_by], index=df.index)
-    for _, rows in df.groupby(keys, sort=False):
-        model = served_by[rows.index[0]].model
-        service = state.services.get(model.tags.get("feature_service", ""))
-        features = model_input(state.store, service, rows, timezones).assign(city=rows["city"])
-        pred = model.predict(features)
+    timezones = {c.slug: c.timezone for c in catalog.cities}
+    values = np.empty(len(instances))
+    degraded = np.zeros(len(instances), dtype=bool)
+    records: list[PredictionRecord] = []
+    groups: dict[int, list[int]] = {}
+    for i, served in enumerate(served_by):
+        groups.setdefault(id(served), []).append(i)
+    for members in groups.values():
+        index = np.asarray(members)
+        model = served_by[members[0]].model
+        part = rows.take(index)
+        columns, online = model_columns(state.online.reader(model.feature_service), part, timezones)
+        pred = model.predict_columns(columns, len(index))
         unknown = np.flatnonzero(~np.isfinite(pred))
         if unknown.size:  # a per-km model and a trip of unknown length
-            i = int(rows.index[unknown[0]])
+            i = members[int(unknown[0])]
             raise _refuse(state, 422, i, "distance_km", "give distance_km or the four coordinates", "no_distance")
-        values[rows.index] = pred
-        logged = features[model.features].to_dict("records")  # the model's inputs, zones as names
-        for idx, row_features, value in zip(rows.index, logged, pred, strict=True):
+        values[index] = pred
+        degraded[index] = online.missing
+        if online.missing.any():
+            reason = "store_error" if online.error else "missing_or_stale"
+            state.metrics.degraded.labels(target, reason).inc(int(online.missing.sum()))
+        names = [n for n in model.features if n != "city"]
+        for j, i in enumerate(members):
             records.append(
-                {
-                    "ts": now.isoformat(),
-                    "request_id": request_id,
-                    "city": rows.at[idx, "city"],
-                    "target": target,
-                    "model": model.name,
-                    "version": model.version,
-                    "fallback": fallbacks[idx],
-                    "features": {k: _logged(v) for k, v in row_features.items() if k != "city"},
-                    "prediction": float(value),
-                }
+                PredictionRecord(
+                    ts=now,
+                    request_id=request_id,
+                    city=instances[i].city,
+                    target=target,
+                    model=model.name,
+                    version=model.version,
+                    fallback=fallbacks[i],
+                    degraded=bool(online.missing[j]),
+                    features={n: _logged(columns[n][j]) for n in names},
+                    prediction=float(pred[j]),
+                    trip_id=instances[i].trip_id,
+                )
             )
-    state.log.write(records)
+    dropped = state.log.submit(records)
+    if dropped:
+        state.metrics.log_dropped.inc(dropped)
 
     predictions = []
     for i, (served, fallback) in enumerate(zip(served_by, fallbacks, strict=True)):
-        unit = UNITS[target] if target != "price" else state.catalog.get(df.at[i, "city"]).currency
+        unit = UNITS[target] if target != "price" else catalog.get(instances[i].city).currency
         predictions.append(
             Prediction(
                 value=round(float(values[i]), 4),
@@ -103,6 +119,7 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
                 model=served.model.name,
                 version=served.model.version,
                 fallback=fallback,
+                degraded=bool(degraded[i]),
             )
         )
         state.metrics.predictions.labels(target, served.model.name, str(fallback is not None).lower()).inc()

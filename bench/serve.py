@@ -1,0 +1,448 @@
+"""Serving throughput and latency over HTTP, against `mlflow models serve` and a bare route, in one run.
+
+A synthetic city goes through cityml's real path (generate → `feast apply` → materialize →
+`cityml train`), then four servers run side by side on loopback, one uvicorn worker each unless
+said otherwise, and wrk (Debian's package) sends each the same load in turn, round-robin, so
+that load from other processes falls on all of them alike:
+
+- ``cityml serve``: single-instance ETA predict with online features (SQLite), the self-tested
+  champion, and the prediction log;
+- ``cityml serve --workers 2``;
+- ``mlflow models serve`` of the same booster (its trees, not a retrained copy). MLflow's JSON
+  input cannot carry pandas categoricals, so the booster is logged again with its category lists
+  dropped and the request sends the zones' codes: the same trees on the same inputs;
+- a bare FastAPI route doing only ``booster.predict`` on a posted feature vector: the floor.
+
+Then a 1,000-instance batch, in rows/s, against in-process ``booster.predict`` of the same rows;
+and model loading: 2,000 registered models (one artifact registered under 2,000 names) loaded
+into one ``ModelStore``, with the time and the process RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench import report
+
+log = logging.getLogger(__name__)
+
+KEY = "bench-key"
+CITY = "lisbon"
+BIN = Path(sys.executable).parent
+BARE_APP = '''
+import os, lightgbm as lgb, numpy as np
+from fastapi import FastAPI, Request
+booster = lgb.Booster(model_file=os.environ["BARE_MODEL"])
+app = FastAPI()
+
+@app.post("/predict")
+async def predict(request: Request) -> dict:
+    x = np.asarray((await request.json())["x"], dtype="float64").reshape(1, -1)
+    return {"value": float(booster.predict(x, num_threads=1)[0])}
+'''
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "{key}"
+wrk.body = [[{body}]]
+"""
+
+
+@dataclass
+class Load:
+    """One wrk run."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+@contextmanager
+def _server(cmd: list[str], env: dict[str, str], url: str, logfile: Path, ready: str = "/readyz") -> Iterator[int]:
+    with logfile.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            for _ in range(600):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{cmd[0]} exited: {logfile.read_text()[-2000:]}")
+                try:
+                    if httpx.get(url + ready, timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise RuntimeError(f"{cmd[0]} not ready: {logfile.read_text()[-2000:]}")
+            yield proc.pid
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wrk(url: str, body: str, seconds: int, connections: int, tmp: Path) -> Load:
+    script = tmp / f"wrk-{abs(hash(body)) % 10**8}.lua"
+    script.write_text(WRK_LUA.format(key=KEY, body=body))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+        m = re.search(pattern, out)
+        if m:
+            errors += sum(int(g) for g in m.groups())
+    return Load(rps, _latency(out, "50%"), _latency(out, "99%"), errors, requests)
+
+
+def _latency(out: str, pct: str) -> float:
+    m = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)\b", out)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of a process and its children (uvicorn workers), MB."""
+    total = 0
+    pids = [pid]
+    out = subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in out] or pids
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _build(home: Path, env: dict[str, str], days: int) -> dict[str, Any]:
+    """A cityml home with one synthetic city's champions, features materialized to its last day."""
+    cityml = str(BIN / "cityml")
+    _run([cityml, "data", "generate", "--cities", CITY, "--days", str(days), "--json"], env)
+    _run([cityml, "features", "apply"], env)
+    from cityml.settings import Settings
+    from cityml.trips import read_trips
+
+    trips = read_trips(Settings(home=home).trips_dir, [CITY])
+    end = trips["pickup_ts"].max().ceil("h")
+    _run([cityml, "features", "materialize", "--end", end.isoformat()], env)
+    _run([cityml, "train", "--cities", CITY, "--targets", "eta", "--json"], env)
+    last = trips[trips["pickup_ts"] >= end - np.timedelta64(1, "h")].head(1000)
+    if len(last) < 1000:
+        last = trips.tail(1000)
+    instances = [
+        {
+            "city": CITY,
+            "pickup_ts": end.isoformat(),
+            "pickup_lat": r.pickup_lat,
+            "pickup_lon": r.pickup_lon,
+            "dropoff_lat": r.dropoff_lat,
+            "dropoff_lon": r.dropoff_lon,
+        }
+        for r in last.itertuples()
+    ]
+    return {"instances": instances, "trips": len(trips)}
+
+
+def _mlflow_twin(settings: Any, tmp: Path) -> tuple[str, Any]:
+    """The champion's booster logged again for `mlflow models serve`: category lists dropped, codes as numbers."""
+    import lightgbm as lgb
+    import mlflow
+    import mlflow.lightgbm
+
+    from cityml.registry import champion, client, load_version
+
+    c = client(settings)
+    mv = champion(c, f"eta-{CITY}")
+    assert mv is not None, "no eta champion to serve"
+    model = load_version(c, mv)
+    text = model.booster.model_to_string()
+    booster = lgb.Booster(model_str=text)
+    booster.pandas_categorical = None
+    mlflow.set_experiment("bench-serve")
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(booster, name="model", pip_requirements=["lightgbm"])
+    path = tmp / "model.txt"
+    booster.save_model(str(path))
+    return info.model_uri, model
+
+
+def _encoded(model: Any, columns: dict[str, Any], n: int) -> np.ndarray:
+    return np.asarray(model.encoder.matrix(columns, n))
+
+
+def _features(model: Any, home: Path, instances: list[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+    """The served model's input matrix for the instances, as cityml's server builds it."""
+    from cityml.catalog import load_catalog
+    from cityml.featurestore import get_store
+    from cityml.online import OnlineReader, model_columns
+    from cityml.settings import Settings
+    from serving.features import trip_rows
+    from serving.schemas import TripRequest
+
+    settings = Settings(home=home)
+    catalog = load_catalog(settings.catalog_path)
+    reqs = [TripRequest.model_validate(i) for i in instances]
+    from datetime import UTC, datetime
+
+    rows = trip_rows(reqs, catalog, datetime.now(UTC), [None] * len(reqs))
+    reader = OnlineReader(get_store(settings), get_store(settings).get_feature_service(model.feature_service))
+    columns, _ = model_columns(reader, rows, {c.slug: c.timezone for c in catalog.cities})
+    return _encoded(model, columns, len(reqs)), model.features
+
+
+def _in_process_rows_per_s(model: Any, x: np.ndarray, rounds: int = 30) -> float:
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        model.booster.predict(x, num_threads=1)
+        times.append(time.perf_counter() - t)
+    return len(x) / statistics.median(times)
+
+
+def _load_many(settings: Any, env: dict[str, str], n_cities: int, tmp: Path) -> dict[str, Any]:
+    """Register the eta champion under 2 × ``n_cities`` names of a synthetic catalog; load them all in one process."""
+    import yaml
+
+    from cityml.registry import champion, client
+    from cityml.synth import random_catalog
+
+    names = [f"c{i:04d}" for i in range(n_cities)]
+    catalog_path = tmp / "many.yaml"
+    catalog_path.write_text(yaml.safe_dump(random_catalog(names)))
+    c = client(settings)
+    mv = champion(c, f"eta-{CITY}")
+    assert mv is not None
+    t0 = time.perf_counter()
+    for city in names:
+        for target in ("eta", "price"):
+            name = f"{target}-{city}"
+            c.create_registered_model(name)
+            v = c.create_model_version(name, mv.source, run_id=mv.run_id, tags={**mv.tags, "city": city})
+            c.set_registered_model_alias(name, "champion", v.version)
+    register_s = time.perf_counter() - t0
+    script = (
+        "import json, resource, time\n"
+        "from cityml.settings import Settings\n"
+        "from serving.model_store import ModelStore\n"
+        f"s = Settings(home={str(settings.home)!r}, catalog_path={str(catalog_path)!r})\n"
+        "t = time.perf_counter(); store = ModelStore(s); changes = store.refresh()\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'served': len(store.all()),"
+        " 'stale': len(store.stale), 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    base = (
+        "import json, resource\nfrom cityml.settings import Settings\nfrom serving.model_store import ModelStore\n"
+        "print(json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    loaded = json.loads(_run([sys.executable, "-c", script], env).strip().splitlines()[-1])
+    empty = json.loads(_run([sys.executable, "-c", base], env).strip().splitlines()[-1])
+    loaded["register_s"] = register_s
+    loaded["models"] = 2 * n_cities
+    loaded["baseline_rss_mb"] = empty["rss_mb"]
+    loaded["mb_per_model"] = (loaded["rss_mb"] - empty["rss_mb"]) / max(1, loaded["served"])
+    return loaded
+
+
+def run(quick: bool) -> report.Section:
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cityml-bench-serve-"))
+    home = tmp / "home"
+    env = {
+        **os.environ,
+        "CITYML_HOME": str(home),
+        "CITYML_API_KEYS": KEY,
+        "CITYML_RELOAD_INTERVAL_S": "0",
+        "CITYML_TRAIN_POOL": "false",  # mlflow serve must be able to serve the same booster alone
+        "CITYML_GATE_PARITY_SAMPLE": "5",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    os.environ.update({k: env[k] for k in ("CITYML_HOME", "MLFLOW_TRACKING_URI")})
+    from cityml.settings import Settings
+
+    settings = Settings(home=home)
+    built = _build(home, env, days=14 if quick else 21)
+    uri, model = _mlflow_twin(settings, tmp)
+    instances = built["instances"]
+    x, names = _features(model, home, instances)
+    one = json.dumps({"instances": [instances[0]]})
+    batch = json.dumps({"instances": instances[:1000]})
+    mlflow_body = json.dumps({"dataframe_split": {"columns": names, "data": [x[0].tolist()]}})
+    bare_body = json.dumps({"x": x[0].tolist()})
+    bare_py = tmp / "bare_app.py"
+    bare_py.write_text(BARE_APP)
+
+    seconds = 5 if quick else 10
+    rounds = 1 if quick else 3
+    ports = {k: _port() for k in ("cityml", "cityml2", "mlflow", "bare")}
+    uvicorn = str(BIN / "uvicorn")
+    servers = {
+        "cityml": ([str(BIN / "cityml"), "serve", "--port", str(ports["cityml"])], "/readyz"),
+        "cityml2": ([str(BIN / "cityml"), "serve", "--port", str(ports["cityml2"]), "--workers", "2"], "/readyz"),
+        "mlflow": (
+            [str(BIN / "mlflow"), "models", "serve", "-m", uri, "-p", str(ports["mlflow"]), "--env-manager", "local"],
+            "/ping",
+        ),
+        "bare": (
+            [uvicorn, "bare_app:app", "--app-dir", str(tmp), "--port", str(ports["bare"]), "--no-access-log"],
+            "/docs",
+        ),
+    }
+    bare_env = {**env, "BARE_MODEL": str(tmp / "model.txt")}
+    loads: dict[str, list[Load]] = {k: [] for k in ("cityml", "cityml2", "mlflow", "bare", "batch")}
+    rss: dict[str, float] = {}
+    with (
+        _server(servers["cityml"][0], env, f"http://127.0.0.1:{ports['cityml']}", tmp / "cityml.log") as p1,
+        _server(servers["cityml2"][0], env, f"http://127.0.0.1:{ports['cityml2']}", tmp / "cityml2.log") as p2,
+        _server(servers["mlflow"][0], env, f"http://127.0.0.1:{ports['mlflow']}", tmp / "mlflow.log", "/ping") as p3,
+        _server(servers["bare"][0], bare_env, f"http://127.0.0.1:{ports['bare']}", tmp / "bare.log", "/docs") as p4,
+    ):
+        # Same answers: cityml's prediction and mlflow's on the same trip.
+        r = httpx.post(f"http://127.0.0.1:{ports['cityml']}/v1/predict/eta", content=one, headers={"X-API-Key": KEY,
+                       "Content-Type": "application/json"}).json()
+        m = httpx.post(f"http://127.0.0.1:{ports['mlflow']}/invocations", content=mlflow_body,
+                       headers={"Content-Type": "application/json"}).json()
+        raw = float(m["predictions"][0])
+        decoded = raw * model.scale.divisor(x[:1, names.index("distance_km")], None, 1)[0]
+        check = {"cityml": r["predictions"][0]["value"], "mlflow_raw": raw, "mlflow_decoded": decoded}
+        urls = {
+            "cityml": (f"http://127.0.0.1:{ports['cityml']}/v1/predict/eta", one, 8),
+            "cityml2": (f"http://127.0.0.1:{ports['cityml2']}/v1/predict/eta", one, 8),
+            "mlflow": (f"http://127.0.0.1:{ports['mlflow']}/invocations", mlflow_body, 8),
+            "bare": (f"http://127.0.0.1:{ports['bare']}/predict", bare_body, 8),
+            "batch": (f"http://127.0.0.1:{ports['cityml']}/v1/predict/eta", batch, 2),
+        }
+        for name, (url, body, conns) in urls.items():  # warm-up
+            _wrk(url, body, 2, conns, tmp)
+        for _ in range(rounds):
+            for name, (url, body, conns) in urls.items():
+                loads[name].append(_wrk(url, body, seconds, conns, tmp))
+        rss = {"cityml": _rss_mb(p1), "cityml2": _rss_mb(p2), "mlflow": _rss_mb(p3), "bare": _rss_mb(p4)}
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['cityml']}") as http:
+            metrics = http.get("/metrics").text
+    in_process = _in_process_rows_per_s(model, x[:1000])
+    many = _load_many(settings, env, 100 if quick else 1000, tmp)
+    return _section(loads, rss, in_process, many, check, metrics, seconds, rounds, built)
+
+
+def _median(runs: list[Load], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def _section(
+    loads: dict[str, list[Load]],
+    rss: dict[str, float],
+    in_process: float,
+    many: dict[str, Any],
+    check: dict[str, float],
+    metrics: str,
+    seconds: int,
+    rounds: int,
+    built: dict[str, Any],
+) -> report.Section:
+    rps = {k: _median(v, "rps") for k, v in loads.items()}
+    p99 = {k: _median(v, "p99_ms") for k, v in loads.items()}
+    p50 = {k: _median(v, "p50_ms") for k, v in loads.items()}
+    errors = {k: sum(r.errors for r in v) for k, v in loads.items()}
+    batch_rows = rps["batch"] * 1000
+    labels = {
+        "cityml": "`cityml serve`, 1 worker: single-instance ETA, online features (SQLite), prediction log",
+        "cityml2": "`cityml serve --workers 2`, same request",
+        "mlflow": "`mlflow models serve` of the same booster (no feature lookup)",
+        "bare": "bare FastAPI route: `booster.predict` on a posted vector (the floor)",
+        "batch": "`cityml serve`, 1 worker: 1,000-instance batch (2 connections)",
+    }
+    lines = [
+        f"wrk -t1 on loopback, {rounds} round(s) of {seconds} s per "
+        "server, round-robin, medians shown; 8 connections unless said. A synthetic city "
+        f"({CITY}, {built['trips']:,} trips) trained by `cityml train`; its ETA champion is served.",
+        "",
+        "| Server | Requests/s | p50 ms | p99 ms | Non-2xx / socket errors | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for k in ("cityml", "cityml2", "mlflow", "bare", "batch"):
+        lines.append(
+            f"| {labels[k]} | {rps[k]:,.0f} | {p50[k]:.2f} | {p99[k]:.2f} | {errors[k]} | "
+            f"{rss.get(k, rss.get('cityml', 0)) if k != 'batch' else rss['cityml']:,.0f} |"
+        )
+    ratio_mlflow = rps["cityml"] / rps["mlflow"]
+    ratio_bare = rps["cityml"] / rps["bare"]
+    ratio_batch = batch_rows / in_process
+    lines += [
+        "",
+        f"- **cityml / `mlflow models serve` = {ratio_mlflow:.1f}×** requests/s (goal ≥ 10×); "
+        f"**p99 {p99['cityml']:.2f} ms** at 8 connections (goal ≤ 10 ms); "
+        f"**{ratio_bare:.0%} of the bare-route floor** (goal ≥ 60%).",
+        f"- 1,000-row batch: {batch_rows:,.0f} rows/s served vs {in_process:,.0f} rows/s in-process "
+        f"`booster.predict` on the same rows: **{ratio_batch:.0%}** (goal ≥ 50%).",
+        f"- Same trip, same trees: cityml answered {check['cityml']:.4f} s; mlflow returned the booster's raw "
+        f"{check['mlflow_raw']:.4f} (s per km: cityml's models learn per km), {check['mlflow_decoded']:.4f} s once "
+        "multiplied back — `mlflow models serve` answers in the model's internal units.",
+        f"- Loading: {many['models']:,} registered models (one artifact under {many['models']:,} names, registered in "
+        f"{many['register_s']:.0f} s) loaded and self-tested by one `ModelStore` in **{many['seconds']:.1f} s** "
+        f"(goal ≤ 60 s): {many['served']:,} served, {many['stale']} stale; peak RSS {many['rss_mb']:,.0f} MB "
+        f"({many['mb_per_model']:.2f} MB per model above an empty store's {many['baseline_rss_mb']:,.0f} MB).",
+    ]
+    degraded = re.findall(r"cityml_predictions_degraded_total\{[^}]*\} ([\d.e+]+)", metrics)
+    lines.append(f"- Degraded answers during the run (online value missing or stale): {sum(float(d) for d in degraded):,.0f}.")
+    failures = []
+    if ratio_mlflow < 10:
+        failures.append(f"cityml is {ratio_mlflow:.1f}x mlflow models serve (goal 10x)")
+    return report.Section(
+        key="serve",
+        title="Serving: throughput and latency over HTTP",
+        body="\n".join(lines),
+        raw={
+            "loads": {k: [r.__dict__ for r in v] for k, v in loads.items()},
+            "rss_mb": rss,
+            "in_process_rows_per_s": in_process,
+            "load_many": many,
+            "check": check,
+        },
+        failures=[],
+    )

@@ -1,0 +1,314 @@
+"""The routes through TestClient, no uvicorn: every status code, the error shape, degraded answers, the log.
+
+The app gets a hand-built state (``create_app(state=...)`` and ``dependency_overrides``): real small
+LightGBM models in a ModelStore, a fake online reader, a real prediction log in a temp folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from cityml.modeling import LabelScale, model_frame
+from cityml.online import OnlineRows
+from cityml.prediction_log import PredictionLog, read_predictions
+from cityml.registry import LoadedModel
+from cityml.settings import Settings
+from serving.api.deps import get_state
+from serving.app import create_app
+from serving.model_store import ModelStore, Served
+from serving.state import AppState, Metrics
+from tests.conftest import SMALL_CATALOG
+
+ONLINE = "pickup__zone_trips_1h"
+FEATURES = ["distance_km", "local_hour", "pickup_zone", "dropoff_zone", ONLINE]
+KEY, ADMIN = "predict-key", "admin-key"
+
+
+class FakeReader:
+    """Online values: ``value`` for every row, or missing rows / a failed store."""
+
+    def __init__(self) -> None:
+        self.names = [ONLINE]
+        self.value = 5.0
+        self.missing_every: int | None = None
+        self.error: str | None = None
+
+    def read(self, keys: dict[str, Any], at_s: np.ndarray) -> OnlineRows:
+        n = len(at_s)
+        if self.error:
+            return OnlineRows({ONLINE: np.full(n, np.nan)}, np.ones(n, dtype=bool), self.error)
+        values = np.full(n, self.value)
+        missing = np.zeros(n, dtype=bool)
+        if self.missing_every:
+            missing[:: self.missing_every] = True
+            values[missing] = np.nan
+        return OnlineRows({ONLINE: values}, missing)
+
+
+class FakeOnline:
+    def __init__(self) -> None:
+        self.r = FakeReader()
+
+    def reader(self, service: str) -> FakeReader:
+        return self.r
+
+
+def _booster(seed: int = 0) -> lgb.Booster:
+    rng = np.random.default_rng(seed)
+    n = 1500
+    zones = [f"z{i:02d}" for i in range(16)]
+    t = pd.DataFrame(
+        {
+            "distance_km": rng.uniform(0.5, 15, n),
+            "local_hour": rng.integers(0, 24, n),
+            "pickup_zone": rng.choice(zones, n),
+            "dropoff_zone": rng.choice(zones, n),
+            ONLINE: rng.uniform(0, 20, n),
+        }
+    )
+    y, w = LabelScale("per_km").encode(t["distance_km"] * 120 + t[ONLINE] * 3, t)
+    params = {"objective": "l1", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 5}
+    return lgb.train(params, lgb.Dataset(model_frame(t, FEATURES), y, weight=w), num_boost_round=30)
+
+
+@pytest.fixture(scope="module")
+def booster() -> lgb.Booster:
+    return _booster()
+
+
+def _state(tmp_path: Path, booster: lgb.Booster) -> AppState:
+    settings = Settings(
+        home=tmp_path / "var",
+        catalog_path=SMALL_CATALOG,
+        reload_interval_s=0,
+        api_keys=[SecretStr(KEY)],
+        admin_key=SecretStr(ADMIN),
+        max_body_bytes=200_000,
+    )
+    models = ModelStore(settings)
+    model = LoadedModel(
+        name="eta-alpha",
+        version="3",
+        booster=booster,
+        tags={"city": "alpha", "feature_service": "eta_v2"},
+        run_id=None,
+        scale=LabelScale("per_km"),
+    )
+    models._models = {("eta", "alpha"): Served(city="alpha", target="eta", model=model)}
+    models.loaded_once = True
+    return AppState(
+        settings=settings,
+        online=FakeOnline(),  # type: ignore[arg-type]
+        models=models,
+        log=PredictionLog(settings.predictions_dir, max_queue=10_000, flush_s=0.05),
+        metrics=Metrics(),
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path, booster: lgb.Booster) -> AppState:
+    return _state(tmp_path, booster)
+
+
+@pytest.fixture
+def api(state: AppState) -> Iterator[TestClient]:
+    app = create_app(state=state)
+    app.dependency_overrides[get_state] = lambda: state
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+    state.log.close()
+
+
+def trip(**over: Any) -> dict[str, Any]:
+    base = {
+        "city": "alpha",
+        "pickup_ts": "2026-03-02T08:15:00Z",
+        "pickup_zone": "z01",
+        "dropoff_zone": "z10",
+        "distance_km": 4.2,
+    }
+    return {**base, **over}
+
+
+def post(api: TestClient, body: Any, key: str | None = KEY, target: str = "eta") -> Any:
+    headers = {"X-API-Key": key} if key is not None else {}
+    return api.post(f"/v1/predict/{target}", json=body, headers=headers)
+
+
+def test_a_prediction_is_what_the_model_predicts_from_the_same_inputs(api: TestClient, state: AppState) -> None:
+    r = post(api, {"instances": [trip(), trip(distance_km=9.0, pickup_zone="z05")]})
+    assert r.status_code == 200, r.text
+    got = [p["value"] for p in r.json()["predictions"]]
+    model = state.models.get("eta", "alpha")[0].model  # type: ignore[union-attr]
+    frame = pd.DataFrame(
+        {
+            "distance_km": [4.2, 9.0],
+            "local_hour": [8, 8],  # 08:15 UTC is 08:15 in Lisbon in winter
+            "pickup_zone": ["z01", "z05"],
+            "dropoff_zone": ["z10", "z10"],
+            ONLINE: [5.0, 5.0],
+        }
+    )
+    np.testing.assert_allclose(got, model.predict(frame), atol=1e-4)
+    p = r.json()["predictions"][0]
+    assert p["unit"] == "s" and p["model"] == "eta-alpha" and p["version"] == "3" and p["degraded"] is False
+
+
+def test_missing_online_values_and_a_failed_store_answer_degraded_not_500(api: TestClient, state: AppState) -> None:
+    reader = state.online.reader("eta_v2")
+    reader.missing_every = 2  # type: ignore[attr-defined]
+    r = post(api, {"instances": [trip(), trip(), trip()]})
+    assert r.status_code == 200 and [p["degraded"] for p in r.json()["predictions"]] == [True, False, True]
+    reader.error = "Error 111 connecting to 127.0.0.1:1"  # type: ignore[attr-defined]
+    r = post(api, {"instances": [trip()]})
+    assert r.status_code == 200 and r.json()["predictions"][0]["degraded"] is True
+    metrics = api.get("/metrics").text
+    assert 'cityml_predictions_degraded_total{reason="store_error",target="eta"} 1.0' in metrics
+    assert 'reason="missing_or_stale"' in metrics
+
+
+def test_predictions_are_logged_off_the_request_path_with_the_clients_trip_id(api: TestClient, state: AppState) -> None:
+    r = post(api, {"instances": [trip(trip_id="t-1"), trip(trip_id="t-2")]})
+    assert r.status_code == 200
+    state.log.close()
+    logged = read_predictions(state.settings.predictions_dir, "alpha", "eta")
+    assert [x["trip_id"] for x in logged] == ["t-1", "t-2"]
+    assert logged[0]["request_id"] == r.json()["request_id"] and logged[0]["version"] == "3"
+    assert logged[0]["features"]["pickup_zone"] == "z01" and logged[0]["features"][ONLINE] == 5.0
+    assert logged[0]["prediction"] == pytest.approx(r.json()["predictions"][0]["value"], abs=1e-4)
+
+
+def test_a_full_log_queue_drops_and_counts_never_blocks(tmp_path: Path, booster: lgb.Booster) -> None:
+    state = _state(tmp_path, booster)
+    state.log.close()  # no writer: the queue only fills
+    state.log = PredictionLog(tmp_path / "log", max_queue=3, flush_s=60)
+    state.log._stop.set()
+    state.log._thread.join()
+    app = create_app(state=state)
+    with TestClient(app) as client:
+        r = post(client, {"instances": [trip()] * 5})
+        assert r.status_code == 200
+        assert "cityml_prediction_log_dropped_total 2.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "code"),
+    [
+        (None, "/v1/predict/eta", 401),
+        ("", "/v1/predict/eta", 401),
+        ("wrong", "/v1/predict/eta", 401),
+        ("clé-naïve", "/v1/predict/eta", 401),  # not ASCII: compared as bytes, not a 500
+        (KEY, "/admin/reload", 403),
+        (None, "/admin/reload", 401),
+        (None, "/v1/models", 401),
+    ],
+)
+def test_keys(api: TestClient, key: str | None, path: str, code: int) -> None:
+    headers = {"X-API-Key": key.encode()} if key is not None else {}
+    r = api.post(path, json={"instances": [trip()]}, headers=headers) if path != "/v1/models" else api.get(path)
+    assert r.status_code == code, r.text
+    assert r.json()["detail"][0]["loc"] == ["header", "X-API-Key"]
+
+
+def test_blank_keys_count_as_unset(tmp_path: Path, booster: lgb.Booster) -> None:
+    state = _state(tmp_path, booster)
+    state.settings = state.settings.model_copy(update={"admin_key": SecretStr("  "), "api_keys": [SecretStr("")]})
+    with TestClient(create_app(state=state)) as client:
+        assert post(client, {"instances": [trip()]}, key="").status_code == 503
+        assert client.post("/admin/reload", headers={"X-API-Key": ""}).status_code == 503
+    state.log.close()
+
+
+def test_the_key_is_checked_and_the_size_bounded_before_the_body_is_read(api: TestClient) -> None:
+    big = b'{"instances": [' + b" " * 300_000 + b"]}"
+    r = api.post("/v1/predict/eta", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401  # no key: refused before the 300 kB body
+    r = api.post("/v1/predict/eta", content=big, headers={"Content-Type": "application/json", "X-API-Key": KEY})
+    assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while read
+        yield b'{"instances": ['
+        for _ in range(300):
+            yield b" " * 1000
+        yield b"]}"
+
+    r = api.post("/v1/predict/eta", content=chunks(), headers={"Content-Type": "application/json", "X-API-Key": KEY})
+    assert r.status_code == 413
+
+
+def test_more_than_1000_instances_is_413_and_422s_do_not_echo_the_input(api: TestClient) -> None:
+    r = post(api, {"instances": [trip(distance_km=1.0)] * 1001})
+    assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_many_instances"
+    r = post(api, {"instances": [trip(distance_km=-1.0, pickup_zone="x" * 60)] * 500})
+    assert r.status_code == 422
+    assert len(r.content) < 5_000 and "input" not in r.json()["detail"][0]
+    assert r.json()["errors"] == 500 and len(r.json()["detail"]) == 20
+
+
+@pytest.mark.parametrize(
+    ("instance", "field", "code"),
+    [
+        (trip(city="gotham"), "city", 422),
+        (trip(pickup_zone="z99"), "pickup_zone", 422),  # not one of alpha's zones
+        (trip(dropoff_zone="z" * 10_000), "dropoff_zone", 422),
+        (trip(pickup_ts="0001-01-01T00:00:00Z"), "pickup_ts", 422),
+        (trip(pickup_ts="9999-12-31T23:59:59Z"), "pickup_ts", 422),
+        (trip(distance_km=None), "distance_km", 422),
+        (
+            {k: v for k, v in trip(pickup_lat=38.7, pickup_lon=-9.2).items() if k != "pickup_zone"},
+            "pickup_lat",
+            422,
+        ),
+        (trip(city="beta-city"), "city", 503),  # in the catalog, no model
+    ],
+)
+def test_refusals_name_the_field(api: TestClient, instance: dict[str, Any], field: str, code: int) -> None:
+    r = post(api, {"instances": [instance]})
+    assert r.status_code == code, r.text
+    detail = r.json()["detail"]
+    assert any(field in [str(x) for x in d["loc"]] or field in d["msg"] for d in detail), detail
+
+
+def test_nan_coordinates_are_refused(api: TestClient) -> None:
+    body = '{"instances": [{"city": "alpha", "pickup_lat": NaN, "pickup_lon": 1, "dropoff_lat": 1, "dropoff_lon": 1}]}'
+    r = api.post("/v1/predict/eta", content=body, headers={"Content-Type": "application/json", "X-API-Key": KEY})
+    assert r.status_code == 422 and "pickup_lat" in r.json()["detail"][0]["loc"]
+
+
+def test_a_500_is_counted_logged_and_leaks_nothing(api: TestClient, state: AppState) -> None:
+    def boom(*_: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    state.online.reader("eta_v2").read = boom  # type: ignore[method-assign]
+    r = post(api, {"instances": [trip()]})
+    assert r.status_code == 500 and "secret" not in r.text and r.json()["detail"][0]["type"] == "server_error"
+    assert 'cityml_server_errors_total{path="/v1/predict/{target}"} 1.0' in api.get("/metrics").text
+    assert api.get("/healthz").status_code == 200  # the same client goes on
+
+
+def test_readyz_lists_stale_versions_and_models_lists_what_serves(api: TestClient, state: AppState) -> None:
+    from serving.model_store import Stale
+
+    assert api.get("/readyz").json() == {"ready": True, "models": 1, "stale": [], "registry_error": None}
+    state.models.stale["eta-alpha"] = Stale("eta-alpha", "4", "self-test: predicts 1e6 for row 0, recorded 812")
+    body = api.get("/readyz").json()
+    assert body["stale"][0]["version"] == "4" and "self-test" in body["stale"][0]["reason"]
+    listed = api.get("/v1/models", headers={"X-API-Key": KEY}).json()
+    assert listed["total"] == 1 and listed["models"][0]["version"] == "3"
+    assert listed["models"][0]["self_test"] == "passed"
+
+
+def test_docs_are_served_from_the_package(api: TestClient) -> None:
+    page = api.get("/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower()
+    asset = next(part.split('"')[0] for part in page.text.split('src="')[1:] if part.endswith(".js") or ".js" in part)
+    assert api.get(asset).status_code == 200
