@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,7 +82,7 @@ class City(BaseModel):
         col = min(int((lon - min_lon) / (max_lon - min_lon) * n), n - 1)
         return grid_zone(row * n + col)
 
-    @property
+    @cached_property
     def grid_zones(self) -> frozenset[str] | None:
         """Every zone of the synthetic grid; None for a city without one (a real city's zones are its data's)."""
         if self.synthetic is None:
@@ -108,12 +108,19 @@ class Catalog(BaseModel):
             seen.add(city.slug)
         return self
 
+    @cached_property
+    def _by_slug(self) -> dict[str, City]:
+        return {c.slug: c for c in self.cities}
+
     def get(self, slug: str) -> City:
-        for city in self.cities:
-            if city.slug == slug:
-                return city
-        known = ", ".join(c.slug for c in self.cities)
-        raise KeyError(f"unknown city {slug!r} (catalog has: {known})")
+        city = self._by_slug.get(slug)
+        if city is None:
+            known = ", ".join(c.slug for c in self.cities[:20]) + (", ..." if len(self.cities) > 20 else "")
+            raise KeyError(f"unknown city {slug[:64]!r} (catalog has: {known})")
+        return city
+
+    def __contains__(self, slug: object) -> bool:
+        return slug in self._by_slug
 
     @property
     def slugs(self) -> list[str]:

@@ -327,12 +327,36 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     workers: Annotated[int, typer.Option(min=1)] = 1,
+    access_log: Annotated[
+        bool, typer.Option(help="One log line per request (the prediction log has them all).")
+    ] = False,
 ) -> None:
-    """Run the prediction API under uvicorn."""
+    """Run the prediction API under uvicorn (``--workers`` processes, metrics summed across them)."""
+    import os
+    import shutil
+    import tempfile
+
     import uvicorn
 
     _setup_logging()
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    metrics_dir = None
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker counts in its own process; a scrape of any worker must read them all.
+        metrics_dir = tempfile.mkdtemp(prefix="cityml-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "serving.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=access_log,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @drift_app.callback()

@@ -85,11 +85,46 @@ class Breaker:
             self._until = time.monotonic() + self.retry_s
 
 
-class OnlineReader:
-    """A FeatureService's online values, read from the online store with the training TTLs."""
+class RowCache:
+    """The online store's latest row per (view, key), kept at most ``seconds`` after it was read.
 
-    def __init__(self, store: FeatureStore, service: FeatureService, breaker: Breaker | None = None) -> None:
+    A row's event timestamp comes with it, so the TTL rule is applied to a cached row exactly as to
+    a fresh one; what the cache can delay is only a newer row materialized meanwhile, by at most
+    ``seconds`` (materialization runs hourly). Bounded to ``max_rows``: past it, it starts over.
+    """
+
+    def __init__(self, seconds: float, max_rows: int = 200_000) -> None:
+        self.seconds = seconds
+        self.max_rows = max_rows
+        self._rows: dict[tuple[str, str], tuple[float, tuple[float, dict[str, float]] | None]] = {}
+
+    def get(self, view: str, key: str) -> tuple[bool, tuple[float, dict[str, float]] | None]:
+        hit = self._rows.get((view, key))
+        if hit is None or time.monotonic() - hit[0] > self.seconds:
+            return False, None
+        return True, hit[1]
+
+    def put(self, view: str, key: str, row: tuple[float, dict[str, float]] | None) -> None:
+        if len(self._rows) >= self.max_rows:
+            self._rows = {}
+        self._rows[(view, key)] = (time.monotonic(), row)
+
+
+class OnlineReader:
+    """A FeatureService's online values, read from the online store with the training TTLs.
+
+    ``cache``: rows read recently (serving passes one; the parity check reads fresh, no cache).
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        service: FeatureService,
+        breaker: Breaker | None = None,
+        cache: RowCache | None = None,
+    ) -> None:
         self._store = store
+        self._cache = cache
         self._provider = store._get_provider()  # Feast's own online path, minus the per-call registry work
         self._breaker = breaker or Breaker()
         self.service = service.name
@@ -151,18 +186,28 @@ class OnlineReader:
 
         # The view once, for the keys of all its projections (pickup and dropoff read one zone view).
         wanted = list(dict.fromkeys(str(k) for p in projections for k in keys[p.entity]))
-        features = list(dict.fromkeys(f for p in projections for f in p.features))
-        join_key = projections[0].join_key
-        entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in wanted]
-        rows = self._provider.online_read(
-            config=self._store.config, table=self._views[view], entity_keys=entity_keys, requested_features=features
-        )
-        found: dict[str, tuple[float, dict[str, float]]] = {}
-        for key, (ts, values) in zip(wanted, rows, strict=True):
-            if ts is None or values is None:
-                continue
-            stamp = (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp()
-            found[key] = (float(int(stamp)), {name: _number(v) for name, v in values.items()})
+        found: dict[str, tuple[float, dict[str, float]] | None] = {}
+        if self._cache is not None:
+            for key in wanted:
+                cached, row = self._cache.get(view, key)
+                if cached:
+                    found[key] = row
+            wanted = [k for k in wanted if k not in found]
+        if wanted:
+            features = list(dict.fromkeys(f for p in projections for f in p.features))
+            join_key = projections[0].join_key
+            entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in wanted]
+            rows = self._provider.online_read(
+                config=self._store.config, table=self._views[view], entity_keys=entity_keys, requested_features=features
+            )
+            for key, (ts, values) in zip(wanted, rows, strict=True):
+                row = None
+                if ts is not None and values is not None:
+                    stamp = (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp()
+                    row = (float(int(stamp)), {name: _number(v) for name, v in values.items()})
+                found[key] = row
+                if self._cache is not None:
+                    self._cache.put(view, key, row)
         for p in projections:
             for i, key in enumerate(keys[p.entity]):
                 hit = found.get(str(key))
@@ -192,9 +237,10 @@ def _number(value: Any) -> float:
 class OnlineFeatures:
     """Readers by FeatureService name, built once each, sharing the store's :class:`Breaker`."""
 
-    def __init__(self, store: FeatureStore, retry_s: float = 5.0) -> None:
+    def __init__(self, store: FeatureStore, retry_s: float = 5.0, cache_s: float = 0.0) -> None:
         self.store = store
         self.breaker = Breaker(retry_s)
+        self.cache = RowCache(cache_s) if cache_s > 0 else None
         self._readers: dict[str, OnlineReader] = {}
         self._lock = threading.Lock()
         _fail_fast(store)
@@ -202,7 +248,8 @@ class OnlineFeatures:
     def reader(self, service: str) -> OnlineReader:
         with self._lock:
             if service not in self._readers:
-                self._readers[service] = OnlineReader(self.store, self.store.get_feature_service(service), self.breaker)
+                service_def = self.store.get_feature_service(service)
+                self._readers[service] = OnlineReader(self.store, service_def, self.breaker, self.cache)
             return self._readers[service]
 
 

@@ -18,8 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,12 +71,11 @@ def write_batch(folder: Path, records: list[PredictionRecord]) -> list[Path]:
     groups: dict[tuple[str, str], list[PredictionRecord]] = {}
     for r in records:
         groups.setdefault((r.city, r.ts.astimezone(UTC).date().isoformat()), []).append(r)
+    encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
     written = []
     for (city, day), rows in groups.items():
-        columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-        for r in rows:
-            for name, value in asdict(r).items():
-                columns[name].append(json.dumps(value, allow_nan=False) if name == "features" else value)
+        columns = {name: [getattr(r, name) for r in rows] for name in SCHEMA.names}
+        columns["features"] = [encode(f) for f in columns["features"]]
         path = folder / f"city={city}" / f"date={day}" / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -90,36 +88,35 @@ def write_batch(folder: Path, records: list[PredictionRecord]) -> list[Path]:
 class PredictionLog:
     """A bounded queue of records and a thread that flushes them in batches.
 
-    :meth:`submit` never blocks: when the queue is full the records are dropped and counted
-    (``dropped``). :meth:`close` flushes what is queued.
+    :meth:`submit` never blocks: past ``max_queue`` records waiting, the records that do not fit
+    are dropped and counted (``dropped``). :meth:`close` flushes what is queued.
     """
 
     def __init__(self, folder: Path, max_queue: int = 100_000, batch: int = 5_000, flush_s: float = 1.0) -> None:
         self.folder = folder
+        self.max_queue = max_queue
         self.batch = batch
         self.flush_s = flush_s
         self.dropped = 0
         self.written = 0
         self.failed = 0
-        self._queue: queue.Queue[PredictionRecord] = queue.Queue(max_queue)
+        self._queue: queue.SimpleQueue[list[PredictionRecord]] = queue.SimpleQueue()
         self._pending = 0  # queued or being written
         self._count = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def submit(self, records: Iterable[PredictionRecord]) -> int:
-        """Queue records; returns how many were dropped because the queue was full."""
-        dropped = queued = 0
-        for r in records:
-            try:
-                self._queue.put_nowait(r)
-                queued += 1
-            except queue.Full:
-                dropped += 1
+    def submit(self, records: list[PredictionRecord]) -> int:
+        """Queue a request's records (one queue item); returns how many were dropped for lack of room."""
         with self._count:
-            self._pending += queued
+            room = max(0, self.max_queue - self._pending)
+            kept = records[:room]
+            dropped = len(records) - len(kept)
+            self._pending += len(kept)
             self.dropped += dropped
+        if kept:
+            self._queue.put(kept)
         return dropped
 
     @property
@@ -148,12 +145,12 @@ class PredictionLog:
                 return
 
     def _take(self) -> list[PredictionRecord]:
-        """Up to ``batch`` records: waits at most ``flush_s`` for the first (less when closing)."""
+        """About ``batch`` records: waits at most ``flush_s`` for the first (less when closing)."""
         out: list[PredictionRecord] = []
         deadline = time.monotonic() + self.flush_s
         while len(out) < self.batch:
             try:
-                out.append(self._queue.get_nowait())
+                out.extend(self._queue.get_nowait())
                 continue
             except queue.Empty:
                 pass
@@ -161,7 +158,7 @@ class PredictionLog:
             if out or wait <= 0 or self._stop.is_set():
                 break
             try:
-                out.append(self._queue.get(timeout=min(wait, 0.1)))
+                out.extend(self._queue.get(timeout=min(wait, 0.1)))
             except queue.Empty:
                 continue
         return out

@@ -37,8 +37,19 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Comma-separated.")
     admin_key: SecretStr | None = None
     reload_interval_s: float = 30.0
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret of MLflow's registry webhook (POST /admin/registry-events)."
+    )
+    webhook_url: str = Field(
+        default="", description="Where MLflow should call this server (registers the webhook at startup); empty: none."
+    )
     online_retry_s: float = Field(
         default=5.0, gt=0, description="After an online-store failure, serve without it (degraded) this long."
+    )
+    online_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Serving reuses an online-store row this long after reading it (0: read every time).",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body served (413 past it).")
     prediction_log_queue: int = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from serving.api.errors import install as install_errors
 from serving.api.routes import admin, health, models, predict
 from serving.model_store import ModelStore
 from serving.state import AppState, Metrics
+from serving.webhook import ensure_webhook
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def build_state(settings: Settings) -> AppState:
     # A registry that is down should fail a refresh in seconds, not after MLflow's minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    online = OnlineFeatures(get_store(settings), retry_s=settings.online_retry_s)
+    online = OnlineFeatures(get_store(settings), retry_s=settings.online_retry_s, cache_s=settings.online_cache_s)
     return AppState(
         settings=settings,
         online=online,
@@ -66,10 +68,15 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             return
         s = settings or get_settings()
         built = await run_in_threadpool(build_state, s)
+        await run_in_threadpool(ensure_webhook, s)
         changes = await run_in_threadpool(built.models.refresh)
         built.metrics.reloads.inc(len(changes))
         log.info("serving %d models (%d stale)", len(built.models.all()), len(built.models.stale))
         app.state.cityml = built
+        # Everything loaded so far (Feast, MLflow, the models) lives as long as the server: keep it
+        # out of the cyclic garbage collector, whose full passes over it stalled requests.
+        gc.collect()
+        gc.freeze()
         watcher = asyncio.create_task(_watch(built)) if s.reload_interval_s > 0 else None
         try:
             yield

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from cityml.catalog import Catalog, load_catalog
@@ -42,7 +43,7 @@ class Served:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     self_test: str = "passed"
 
-    @property
+    @cached_property
     def zones(self) -> frozenset[str] | None:
         """The zones the model learned (None when it takes no zone)."""
         codes = self.model.encoder.codes

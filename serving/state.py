@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cityml.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
@@ -13,9 +14,14 @@ from serving.model_store import ModelStore
 
 
 class Metrics:
-    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+    """Prometheus metrics of one app (its own registry, so several apps can live in one process).
+
+    Under several uvicorn workers (``PROMETHEUS_MULTIPROC_DIR`` set, as ``cityml serve --workers``
+    does) every worker writes its values to that folder and a scrape of any worker sums them all.
+    """
 
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         self.predictions = Counter(
             "cityml_predictions_total", "Predictions served", ["target", "model", "fallback"], registry=self.registry
@@ -41,13 +47,33 @@ class Metrics:
         )
         self.reloads = Counter("cityml_model_reloads_total", "Champion versions loaded", registry=self.registry)
         self.stale = Gauge(
-            "cityml_models_stale", "Champion versions not served (failed load or self-test)", registry=self.registry
+            "cityml_models_stale",
+            "Champion versions not served (failed load or self-test)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
-        self.served = Gauge("cityml_models_served", "Models served", registry=self.registry)
-        self.log_pending = Gauge("cityml_prediction_log_pending", "Predictions not written yet", registry=self.registry)
+        self.served = Gauge(
+            "cityml_models_served", "Models served", registry=self.registry, multiprocess_mode="livemin"
+        )
+        self.log_pending = Gauge(
+            "cityml_prediction_log_pending",
+            "Predictions not written yet",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.log_dropped = Counter(
             "cityml_prediction_log_dropped_total", "Predictions not logged: the queue was full", registry=self.registry
         )
+
+    def scrape(self) -> bytes:
+        """The text exposition: this process's metrics, or every worker's when there are several."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        summed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(summed)
+        return generate_latest(summed)
 
 
 @dataclass

@@ -18,7 +18,7 @@ _key_header = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="A key
 Access = Literal["ok", "missing", "wrong", "not_admin", "unset"]
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.cityml
     return state
 
@@ -70,16 +70,18 @@ def _raw_header(request: Request) -> bytes | None:
     return None
 
 
-def require_api_key(request: Request, state: StateDep, _: Annotated[str | None, Security(_key_header)]) -> None:
+async def require_api_key(request: Request, state: StateDep, _: Annotated[str | None, Security(_key_header)]) -> None:
     access = check_key(state.settings, _raw_header(request), admin=False)
     if access != "ok":
         state.metrics.errors.labels("auth").inc()
     raise_for(access, admin=False)
 
 
-def require_admin(request: Request, state: StateDep, _: Annotated[str | None, Security(_key_header)]) -> None:
+async def require_admin(request: Request, state: StateDep, _: Annotated[str | None, Security(_key_header)]) -> None:
     raise_for(check_key(state.settings, _raw_header(request), admin=True), admin=True)
 
 
+# The dependencies are ``async``: they do no I/O, and FastAPI would send each sync one through the
+# thread pool, a thread hop per dependency per request (most of a single-row predict's time).
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
 AdminDep = Annotated[None, Depends(require_admin)]

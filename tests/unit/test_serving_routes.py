@@ -312,3 +312,38 @@ def test_docs_are_served_from_the_package(api: TestClient) -> None:
     assert page.status_code == 200 and "cdn" not in page.text.lower()
     asset = next(part.split('"')[0] for part in page.text.split('src="')[1:] if part.endswith(".js") or ".js" in part)
     assert api.get(asset).status_code == 200
+
+
+def test_a_signed_registry_event_reloads_just_that_model(api: TestClient, state: AppState) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json
+    import time
+
+    asked: list[Any] = []
+    state.models.refresh = lambda only=None: asked.append(only) or {"eta-alpha": "v4"}  # type: ignore[method-assign]
+    body = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "data": {"name": "eta-alpha", "alias": "champion", "version": "4"},
+        }
+    ).encode()
+
+    def signed(secret: str, stamp: str) -> dict[str, str]:
+        mac = hmac.new(secret.encode(), f"d1.{stamp}.".encode() + body, hashlib.sha256).digest()
+        return {
+            "X-MLflow-Signature": "v1," + base64.b64encode(mac).decode(),
+            "X-MLflow-Timestamp": stamp,
+            "X-MLflow-Delivery-Id": "d1",
+        }
+
+    now = str(int(time.time()))
+    assert api.post("/admin/registry-events", content=body, headers=signed("s", now)).status_code == 404  # off
+    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+    assert api.post("/admin/registry-events", content=body, headers=signed("wrong", now)).status_code == 401
+    old = str(int(time.time()) - 3600)
+    assert api.post("/admin/registry-events", content=body, headers=signed("s", old)).status_code == 401  # replay
+    r = api.post("/admin/registry-events", content=body, headers=signed("s", now))
+    assert r.status_code == 200 and r.json() == {"changed": {"eta-alpha": "v4"}} and asked == [{"eta-alpha"}]

@@ -1,18 +1,84 @@
-"""Operator endpoints (need CITYML_ADMIN_KEY)."""
+"""Operator endpoints: ``/admin/reload`` (admin key) and MLflow's registry webhook (HMAC-signed).
+
+When the registry is an MLflow tracking server with a SQL backend, the server registers a webhook
+for ``model_version_alias.created`` (``serving.webhook``) and MLflow calls
+``POST /admin/registry-events`` when an alias moves: the signature is checked and just that model
+is reloaded. Polling (``CITYML_RELOAD_INTERVAL_S``) stays as the fallback.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from cityml.naming import CHAMPION
 from serving.api.deps import AdminDep, StateDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+#: A signed event older (or newer) than this is refused: a captured delivery cannot be replayed later.
+MAX_SKEW_S = 300
 
 
 @router.post("/reload")
 async def reload(state: StateDep, _: AdminDep) -> dict[str, object]:
     """Load every champion whose alias moved since the last load."""
     changes = await run_in_threadpool(state.models.refresh)
-    state.metrics.reloads.inc(len(changes))
+    state.metrics.reloads.inc(sum(1 for v in changes.values() if v.startswith("v") and "not served" not in v))
     return {"changed": changes, "models": len(state.models.all())}
+
+
+def signature_ok(secret: str, delivery_id: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """MLflow's webhook signature: ``v1,`` + base64 HMAC-SHA256 of ``<delivery id>.<timestamp>.<body>``."""
+    version, _, given = signature.partition(",")
+    if version != "v1" or not given:
+        return False
+    signed = f"{delivery_id}.{timestamp}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
+    return hmac.compare_digest(expected, given.encode("latin-1"))
+
+
+def _refused(msg: str, code: int = status.HTTP_401_UNAUTHORIZED) -> HTTPException:
+    return HTTPException(code, [{"loc": ["header", "X-MLflow-Signature"], "msg": msg, "type": "bad_signature"}])
+
+
+@router.post("/registry-events")
+async def registry_event(
+    request: Request,
+    state: StateDep,
+    x_mlflow_signature: Annotated[str | None, Header()] = None,
+    x_mlflow_timestamp: Annotated[str | None, Header()] = None,
+    x_mlflow_delivery_id: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """An MLflow registry webhook delivery: a moved ``@champion`` reloads that model at once."""
+    secret = state.settings.webhook_secret.get_secret_value().strip() if state.settings.webhook_secret else ""
+    if not secret:
+        # Not enabled on this server: nothing is listening here.
+        raise _refused("registry webhook not enabled: set CITYML_WEBHOOK_SECRET", status.HTTP_404_NOT_FOUND)
+    if not (x_mlflow_signature and x_mlflow_timestamp and x_mlflow_delivery_id):
+        raise _refused("missing X-MLflow-Signature, X-MLflow-Timestamp or X-MLflow-Delivery-Id")
+    body = await request.body()
+    if not signature_ok(secret, x_mlflow_delivery_id, x_mlflow_timestamp, body, x_mlflow_signature):
+        raise _refused("signature does not match")
+    if not x_mlflow_timestamp.isdigit() or abs(time.time() - int(x_mlflow_timestamp)) > MAX_SKEW_S:
+        raise _refused(f"timestamp more than {MAX_SKEW_S} s away")
+    try:
+        event = json.loads(body)
+        entity, action, data = event["entity"], event["action"], event["data"]
+        name, alias = str(data["name"]), str(data.get("alias", ""))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HTTPException(
+            422, [{"loc": ["body"], "msg": f"not an MLflow event: {exc}", "type": "bad_event"}]
+        ) from exc
+    if entity != "model_version_alias" or alias != CHAMPION:
+        return {"ignored": f"{entity}.{action} {name}@{alias}"}
+    changes = await run_in_threadpool(state.models.refresh, {name})
+    state.metrics.reloads.inc(sum(1 for v in changes.values() if v.startswith("v") and "not served" not in v))
+    return {"changed": changes}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.api.deps import StateDep
 
@@ -32,4 +32,4 @@ def metrics(state: StateDep) -> Response:
     m.stale.set(len(state.models.stale))
     m.served.set(len(state.models.all()))
     m.log_pending.set(state.log.pending)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(m.scrape(), media_type=CONTENT_TYPE_LATEST)

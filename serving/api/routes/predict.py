@@ -27,22 +27,24 @@ from serving.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
+# The route is ``async`` and runs on the event loop, as a bare ``booster.predict`` route would: a
+# predict is CPU work of a millisecond or two (the online reads are local SQLite or one Redis round
+# trip each, bounded by a cache), and a hop to the thread pool and back cost more than that.
+
 
 def _refuse(state: AppState, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
     state.metrics.errors.labels(reason).inc()
     return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
 
 
-def _logged(value: Any) -> FeatureValue:
-    """A feature value as the prediction log keeps it: a number, a zone's name, or None."""
-    if value is None or isinstance(value, str):
-        return value
-    number = float(value)
-    return None if np.isnan(number) else number
+def _loggable(column: Any) -> list[FeatureValue]:
+    """A feature column as the prediction log keeps it: numbers, zone names, None where missing."""
+    values = column.tolist() if hasattr(column, "tolist") else list(column)
+    return [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
 
 
 @router.post("/predict/{target}")
-def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep) -> PredictResponse:
+async def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep) -> PredictResponse:
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     now = datetime.now(UTC)
@@ -52,7 +54,7 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
     served_by: list[Served] = []
     fallbacks: list[str | None] = []
     for i, inst in enumerate(instances):
-        if inst.city not in catalog.slugs:
+        if inst.city not in catalog:
             raise _refuse(state, 422, i, "city", f"unknown city {inst.city[:40]!r}", "unknown_city")
         served, fallback = state.models.get(target, inst.city)
         if served is None:
@@ -61,7 +63,10 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
         served_by.append(served)
         fallbacks.append(fallback)
     try:
-        zones = [known_zones(catalog, x.city, s.zones) for x, s in zip(instances, served_by, strict=True)]
+        known = {
+            (x.city, id(s)): known_zones(catalog, x.city, s.zones) for x, s in zip(instances, served_by, strict=True)
+        }
+        zones = [known[(x.city, id(s))] for x, s in zip(instances, served_by, strict=True)]
         rows = trip_rows(instances, catalog, now, zones)
     except RequestError as exc:
         raise _refuse(state, 422, exc.index, exc.field, str(exc), exc.reason) from exc
@@ -89,6 +94,7 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
             reason = "store_error" if online.error else "missing_or_stale"
             state.metrics.degraded.labels(target, reason).inc(int(online.missing.sum()))
         names = [n for n in model.features if n != "city"]
+        logged = {n: _loggable(columns[n]) for n in names}
         for j, i in enumerate(members):
             records.append(
                 PredictionRecord(
@@ -100,7 +106,7 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
                     version=model.version,
                     fallback=fallbacks[i],
                     degraded=bool(online.missing[j]),
-                    features={n: _logged(columns[n][j]) for n in names},
+                    features={n: logged[n][j] for n in names},
                     prediction=float(pred[j]),
                     trip_id=instances[i].trip_id,
                 )
@@ -110,18 +116,25 @@ def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep)
         state.metrics.log_dropped.inc(dropped)
 
     predictions = []
+    counts: dict[tuple[str, str], int] = {}
+    units: dict[str, str] = {}
     for i, (served, fallback) in enumerate(zip(served_by, fallbacks, strict=True)):
-        unit = UNITS[target] if target != "price" else catalog.get(instances[i].city).currency
+        city = instances[i].city
+        if city not in units:
+            units[city] = UNITS[target] if target != "price" else catalog.get(city).currency
         predictions.append(
             Prediction(
                 value=round(float(values[i]), 4),
-                unit=unit,
+                unit=units[city],
                 model=served.model.name,
                 version=served.model.version,
                 fallback=fallback,
                 degraded=bool(degraded[i]),
             )
         )
-        state.metrics.predictions.labels(target, served.model.name, str(fallback is not None).lower()).inc()
+        key = (served.model.name, str(fallback is not None).lower())
+        counts[key] = counts.get(key, 0) + 1
+    for (name, fell_back), count in counts.items():
+        state.metrics.predictions.labels(target, name, fell_back).inc(count)
     state.metrics.latency.labels(target).observe(time.perf_counter() - started)
     return PredictResponse(request_id=request_id, predictions=predictions)

@@ -1,0 +1,137 @@
+"""Hot swaps under load: ``@champion`` moved 10 times while requests are in flight, one move to a broken version.
+
+Versions are registered for real (``training.registry.log_version``: MLflow run, LightGBM text model,
+self-test artifact) in a SQLite registry; the app runs in-process (TestClient) with a fake online
+reader, so that the only thing tested is the swap.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from cityml.modeling import LabelScale
+from cityml.prediction_log import PredictionLog
+from cityml.registry import client, selftest_doc
+from cityml.settings import Settings
+from serving.app import create_app
+from serving.model_store import ModelStore
+from serving.state import AppState, Metrics
+from tests.unit.test_serving_routes import ADMIN, FEATURES, KEY, ONLINE, FakeOnline, _booster, trip
+from training.registry import experiment_id, log_version, set_champion
+
+pytestmark = pytest.mark.integration
+
+
+def _register(settings: Settings, booster: lgb.Booster, selftest_from: lgb.Booster | None = None) -> str:
+    """Register ``booster`` as a version of eta-alpha; ``selftest_from``: record another model's predictions."""
+    from cityml.modeling import predict
+
+    c = client(settings)
+    rng = np.random.default_rng(1)
+    example = pd.DataFrame(
+        {
+            "distance_km": rng.uniform(1, 10, 8),
+            "local_hour": rng.integers(0, 24, 8),
+            "pickup_zone": ["z01", "z02"] * 4,
+            "dropoff_zone": ["z03", "z04"] * 4,
+            ONLINE: rng.uniform(0, 10, 8),
+        }
+    )
+    scale = LabelScale("per_km")
+    expected = predict(selftest_from or booster, scale, example)
+    return log_version(
+        c,
+        experiment_id(c, settings),
+        "eta-alpha",
+        booster,
+        scale,
+        example,
+        FEATURES,
+        {"mae": 1.0},
+        {"city": "alpha", "target": "eta", "feature_service": "eta_v2"},
+        {"features": {}},
+        {},
+        selftest=selftest_doc({f: example[f].to_numpy() for f in FEATURES}, expected),
+    )
+
+
+def test_ten_moves_one_broken_while_requests_are_in_flight(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path / "var",
+        catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml",
+        reload_interval_s=0,
+        api_keys=[KEY],  # type: ignore[list-item]
+        admin_key=ADMIN,  # type: ignore[arg-type]
+    )
+    boosters = [_booster(seed) for seed in range(10)]
+    good = [_register(settings, b) for b in boosters]
+    broken = _register(settings, boosters[0], selftest_from=boosters[5])  # predicts other than it recorded
+    c = client(settings)
+    set_champion(c, "eta-alpha", good[0], "test")
+
+    online = FakeOnline()
+    state = AppState(
+        settings=settings,
+        online=online,  # type: ignore[arg-type]
+        models=ModelStore(settings, service_columns=lambda name: [ONLINE]),
+        log=PredictionLog(settings.predictions_dir, flush_s=0.05),
+        metrics=Metrics(),
+    )
+    state.models.refresh()
+    failures: list[str] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    with TestClient(create_app(state=state)) as api:
+
+        def traffic() -> None:
+            while not stop.is_set():
+                r = api.post("/v1/predict/eta", json={"instances": [trip()]}, headers={"X-API-Key": KEY})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    served.append(r.json()["predictions"][0]["version"])
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            moves = [*good[1:5], broken, *good[5:]]
+            assert len(moves) == 10
+            expected = good[0]
+            for version in moves:
+                before = len(served)
+                set_champion(c, "eta-alpha", version, "test")
+                r = api.post("/admin/reload", headers={"X-API-Key": ADMIN})
+                assert r.status_code == 200, r.text
+                ready = api.get("/readyz").json()
+                if version == broken:
+                    assert "self-test" in r.json()["changed"]["eta-alpha"]
+                    assert [s["version"] for s in ready["stale"]] == [broken]
+                else:
+                    expected = version
+                    assert r.json()["changed"] == {"eta-alpha": f"v{version}"}
+                    assert ready["stale"] == []
+                listed = api.get("/v1/models", headers={"X-API-Key": KEY}).json()["models"]
+                assert [m["version"] for m in listed] == [expected]
+                for _ in range(200):  # requests keep flowing between moves (a budget in polls, not seconds)
+                    if len(served) > before + 5:
+                        break
+                    stop.wait(0.01)
+                assert served[-1] == expected
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    state.log.close()
+    assert failures == []
+    assert len(served) > 50 and set(served) <= set(good) and broken not in served
+    metrics = state.metrics.scrape().decode()
+    assert "cityml_model_reloads_total" in metrics
