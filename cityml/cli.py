@@ -339,6 +339,17 @@ def serve(
     import uvicorn
 
     _setup_logging()
+    if workers > 1:
+        # Workers opening a registry that does not exist yet (a new SQLite file) would race to create
+        # its tables: one creates them here first. A registry that is down is the workers' to report.
+        from mlflow.exceptions import MlflowException
+
+        from cityml.registry import client
+
+        try:
+            client(get_settings()).search_registered_models(max_results=1)
+        except (MlflowException, OSError) as exc:
+            typer.echo(f"registry not reachable before starting workers: {exc}", err=True)
     metrics_dir = None
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts in its own process; a scrape of any worker must read them all.

@@ -56,6 +56,29 @@ def real_tlc_sample() -> Path:
     pytest.skip(f"{REAL_TLC_SAMPLE} not found (shared/data beside the repo; CI=true makes this a failure)")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, ok: tuple[int, ...] = (200,)) -> None:
+    """Poll ``url`` until it answers one of ``ok`` (a budget in polls); fail with the log if the process dies."""
+    import time
+
+    import httpx
+
+    for _ in range(240):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url, timeout=2).status_code in ok:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} never came up: {log.read_text()[-2000:]}")
+
+
 def bin_path(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 

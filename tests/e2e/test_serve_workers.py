@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import SMALL_CATALOG, bin_path
+from tests.conftest import SMALL_CATALOG, bin_path, free_port, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_workers_one_sum(tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     env = {
         **os.environ,
         "CITYML_HOME": str(tmp_path / "var"),
@@ -41,14 +33,7 @@ def test_two_workers_one_sum(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):  # no models: /readyz answers 503 once a worker is up
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 503:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_until_up(f"{url}/readyz", proc, tmp_path / "serve.log", ok=(503,))  # no models: up, not ready
         refused = 0
         for _ in range(40):  # new connections: spread over both workers
             r = httpx.post(f"{url}/v1/predict/eta", json={"instances": []}, headers={"X-API-Key": "wrong"})

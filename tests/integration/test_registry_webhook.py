@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from cityml.featurestore import apply
 from cityml.registry import client
 from cityml.settings import Settings
 from serving.api.routes.admin import signature_ok
-from tests.conftest import SMALL_CATALOG, bin_path
+from tests.conftest import SMALL_CATALOG, bin_path, free_port, wait_until_up
 from tests.integration.test_hot_swap import _register
 from tests.unit.test_serving_routes import KEY, _booster
 from training.registry import set_champion
@@ -33,27 +32,9 @@ pytestmark = pytest.mark.integration
 SECRET = "webhook-secret"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, ok: tuple[int, ...] = (200,)) -> None:
-    for _ in range(240):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url, timeout=2).status_code in ok:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} never came up: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    port = _port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",  # loopback in a test; a cluster-internal URL needs it too
@@ -80,7 +61,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait(f"http://127.0.0.1:{port}/health", proc, log)
+            wait_until_up(f"http://127.0.0.1:{port}/health", proc, log)
             yield f"http://127.0.0.1:{port}"
         finally:
             proc.terminate()
@@ -106,7 +87,7 @@ def test_an_alias_move_reaches_the_server_through_the_webhook(tmp_path: Path, ml
     c = client(settings)
     set_champion(c, "eta-alpha", first, "test")
 
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -122,7 +103,7 @@ def test_an_alias_move_reaches_the_server_through_the_webhook(tmp_path: Path, ml
     with log.open("w") as out:
         proc = subprocess.Popen([bin_path("cityml"), "serve", "--port", str(port)], env=env, stdout=out, stderr=out)
         try:
-            _wait(f"{url}/readyz", proc, log)
+            wait_until_up(f"{url}/readyz", proc, log)
 
             def served() -> str:
                 listed = httpx.get(f"{url}/v1/models", headers={"X-API-Key": KEY}).json()["models"]
