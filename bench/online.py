@@ -146,7 +146,9 @@ def _markdown(raw: dict[str, Any], quick: bool) -> str:
     mat = ", ".join(f"{k} {v.get('materialize_s')} s" for k, v in raw["stores"].items() if "materialize_s" in v)
     parts = [
         f"`store.get_online_features(features=eta_v1, entity_rows=..., full_feature_names=True)"
-        f".to_dict(include_event_timestamps=True)`, as `cityml.online` calls it, in one process, one call at a time: "
+        f".to_dict(include_event_timestamps=True)`, as serving called it before `cityml.online.OnlineReader` "
+        "(serving now reads through Feast's provider directly; see the serving section), "
+        "in one process, one call at a time: "
         f"{raw['calls']} calls per line after {raw['warmup']} warm-up calls, each with different rows: trips of the "
         f"fixture's last day whose zones have values in the store. Redis on 127.0.0.1, database {REDIS_DB}. "
         f"Materialized first with `cityml.featurestore.materialize(settings, end=<last feature hour>)` ({mat}).",

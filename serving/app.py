@@ -24,7 +24,7 @@ from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings, get_settings
 from serving.api.errors import install as install_errors
 from serving.api.routes import admin, health, models, predict
-from serving.model_store import ModelStore
+from serving.model_store import ModelStore, loads
 from serving.state import AppState, Metrics
 from serving.webhook import ensure_webhook
 
@@ -37,7 +37,7 @@ async def _watch(state: AppState) -> None:
         await asyncio.sleep(state.settings.reload_interval_s)
         try:
             changes = await run_in_threadpool(state.models.refresh)
-            state.metrics.reloads.inc(len(changes))
+            state.metrics.reloads.inc(loads(changes))
         except Exception:
             log.exception("background model refresh failed")
 
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         built = await run_in_threadpool(build_state, s)
         await run_in_threadpool(ensure_webhook, s)
         changes = await run_in_threadpool(built.models.refresh)
-        built.metrics.reloads.inc(len(changes))
+        built.metrics.reloads.inc(loads(changes))
         log.info("serving %d models (%d stale)", len(built.models.all()), len(built.models.stale))
         app.state.cityml = built
         # Everything loaded so far (Feast, MLflow, the models) lives as long as the server: keep it

@@ -61,6 +61,11 @@ class Stale:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+def loads(changes: dict[str, str]) -> int:
+    """How many versions a :meth:`ModelStore.refresh` put into service (not unloads, not refusals)."""
+    return sum(1 for v in changes.values() if v.startswith("v"))
+
+
 class ModelStore:
     """Champions keyed by (target, city), plus the fleet's global models when registered."""
 
@@ -135,7 +140,7 @@ class ModelStore:
             for (slug, kind, name, mv), (loaded, reason) in zip(wanted, results, strict=True):
                 if loaded is None:
                     self.stale[name] = Stale(name, str(mv.version), reason or "failed")
-                    changes[name] = f"v{mv.version} not served: {reason}"
+                    changes[name] = f"not served: v{mv.version}: {reason}"
                     continue
                 current[(kind, slug)] = Served(city=slug, target=kind, model=loaded)
                 self.stale.pop(name, None)

@@ -54,9 +54,14 @@ class Guard:
             return
         state = getattr(scope["app"].state, "cityml", None) if "app" in scope else None
         path: str = scope["path"]
-        # MLflow's webhook cannot send a key: its HMAC signature is checked by the route instead.
-        if state is not None and path.startswith(self.protected) and path != "/admin/registry-events":
-            refusal = self._refuse(state, scope, admin=path.startswith("/admin"))
+        # The one key check of the API. MLflow's webhook cannot send a key: its HMAC signature is
+        # checked by its route instead.
+        if path.startswith(self.protected) and path != "/admin/registry-events":
+            refusal = (
+                self._refuse(state, scope, admin=path.startswith("/admin"))
+                if state is not None
+                else _json(503, error_body("starting: models not loaded yet", "unavailable"))
+            )
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return

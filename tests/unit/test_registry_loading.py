@@ -36,3 +36,41 @@ def test_a_booster_loads_and_an_sklearn_pickle_is_refused(tmp_path: Path) -> Non
     pickled = _register(settings, "eta-pickled", lgb.LGBMRegressor(n_estimators=5, verbosity=-1).fit(x, y))
     with pytest.raises(UnsafeModelError, match=r"eta-pickled v1: lightgbm\.sklearn\.LGBMRegressor"):
         load_version(client(settings), pickled)  # type: ignore[arg-type]
+
+
+class _Payload:
+    """Unpickling this writes a file: the proof that something unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("model_class", ["lightgbm.sklearn.LGBMRegressor", "lightgbm.basic.Booster"])
+def test_a_registered_pickle_that_would_run_code_is_never_opened(tmp_path: Path, model_class: str) -> None:
+    """A version whose files are rewritten to a pickle payload (MLflow would unpickle it): never opened.
+
+    Whether its MLmodel names the sklearn flavor (refused) or claims a Booster (LightGBM's text parser
+    rejects the bytes), nothing unpickles the payload.
+    """
+    import pickle
+
+    import yaml
+
+    settings = Settings(home=tmp_path / "var")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(100, 3)), rng.normal(size=100)
+    mv = _register(settings, "eta-evil", lgb.LGBMRegressor(n_estimators=3, verbosity=-1).fit(x, y))
+    c = client(settings)
+    folder = Path(c.get_model_version_download_uri("eta-evil", "1").removeprefix("file://"))
+    marker = tmp_path / "unpickled"
+    (folder / "model.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    meta = yaml.safe_load((folder / "MLmodel").read_text())
+    meta["flavors"]["lightgbm"].update(data="model.pkl", serialization_format="pickle", model_class=model_class)
+    (folder / "MLmodel").write_text(yaml.safe_dump(meta))
+
+    with pytest.raises(Exception, match=r"eta-evil|model|Booster|parse|format"):
+        load_version(c, mv)  # type: ignore[arg-type]
+    assert not marker.exists()

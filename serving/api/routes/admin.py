@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cityml.naming import CHAMPION
 from serving.api.deps import AdminDep, StateDep
+from serving.model_store import loads
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -31,7 +32,7 @@ MAX_SKEW_S = 300
 async def reload(state: StateDep, _: AdminDep) -> dict[str, object]:
     """Load every champion whose alias moved since the last load."""
     changes = await run_in_threadpool(state.models.refresh)
-    state.metrics.reloads.inc(sum(1 for v in changes.values() if v.startswith("v") and "not served" not in v))
+    state.metrics.reloads.inc(loads(changes))
     return {"changed": changes, "models": len(state.models.all())}
 
 
@@ -80,5 +81,5 @@ async def registry_event(
     if entity != "model_version_alias" or alias != CHAMPION:
         return {"ignored": f"{entity}.{action} {name}@{alias}"}
     changes = await run_in_threadpool(state.models.refresh, {name})
-    state.metrics.reloads.inc(sum(1 for v in changes.values() if v.startswith("v") and "not served" not in v))
+    state.metrics.reloads.inc(loads(changes))
     return {"changed": changes}
