@@ -350,11 +350,15 @@ def serve(
             client(get_settings()).search_registered_models(max_results=1)
         except (MlflowException, OSError) as exc:
             typer.echo(f"registry not reachable before starting workers: {exc}", err=True)
+    from serving.state import MULTIPROCESS_ENV
+
     metrics_dir = None
-    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if workers > 1:
         # Each worker counts in its own process; a scrape of any worker must read them all.
-        metrics_dir = tempfile.mkdtemp(prefix="cityml-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            metrics_dir = tempfile.mkdtemp(prefix="cityml-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ[MULTIPROCESS_ENV] = "1"
     try:
         uvicorn.run(
             "serving.app:create_app",

@@ -12,16 +12,21 @@ from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
 from serving.model_store import ModelStore
 
+#: Set by ``cityml serve --workers N`` (N > 1): scrapes sum every worker's metrics.
+MULTIPROCESS_ENV = "CITYML_METRICS_MULTIPROCESS"
+
 
 class Metrics:
     """Prometheus metrics of one app (its own registry, so several apps can live in one process).
 
-    Under several uvicorn workers (``PROMETHEUS_MULTIPROC_DIR`` set, as ``cityml serve --workers``
-    does) every worker writes its values to that folder and a scrape of any worker sums them all.
+    Under several uvicorn workers (``cityml serve --workers`` sets :data:`MULTIPROCESS_ENV` and
+    ``PROMETHEUS_MULTIPROC_DIR``) every worker writes its values to that folder and a scrape of any
+    worker sums them all. ``PROMETHEUS_MULTIPROC_DIR`` alone does not say so: Feast sets it in any
+    process that imports ``feast.metrics`` (a materialization does).
     """
 
     def __init__(self) -> None:
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.multiprocess = os.environ.get(MULTIPROCESS_ENV) == "1"
         self.registry = CollectorRegistry()
         self.predictions = Counter(
             "cityml_predictions_total", "Predictions served", ["target", "model", "fallback"], registry=self.registry
