@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, FeatureEncoder, LabelScale, predict_matrix
+from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, FeatureEncoder, LabelScale, RawPredictor, predict_matrix
 from cityml.naming import CHAMPION
 from cityml.profile import PROFILE_FILE
 from cityml.settings import Settings
@@ -87,6 +87,11 @@ class LoadedModel:
         """How rows become the booster's input matrix (built on first use; ``load_version`` builds it)."""
         return FeatureEncoder(self.booster)
 
+    @cached_property
+    def raw(self) -> RawPredictor:
+        """The booster's raw predictions, its single-row path prepared once (``load_version`` builds it)."""
+        return RawPredictor(self.booster)
+
     @property
     def features(self) -> list[str]:
         return self.encoder.names
@@ -103,7 +108,7 @@ class LoadedModel:
             columns = {**columns, CITY_FEATURE: cities}
         base = self.base.predict_columns(columns, n) if self.base is not None else None
         x = self.encoder.matrix(columns, n)
-        return predict_matrix(self.booster, self.scale, x, columns.get("distance_km"), cities, base)
+        return predict_matrix(self.raw, self.scale, x, columns.get("distance_km"), cities, base)
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
@@ -148,6 +153,7 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
         name=mv.name, version=str(mv.version), booster=booster, tags=tags, run_id=mv.run_id, scale=scale, base=base
     )
     loaded.encoder  # noqa: B018 -- built now: a model whose categories do not add up fails to load, not to predict
+    loaded.raw  # noqa: B018 -- and its single-row predictor prepared before it serves
     return loaded
 
 

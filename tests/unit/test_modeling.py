@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.modeling import MIN_KM, FeatureEncoder, LabelScale, model_frame, predict
+from cityml.modeling import FAST_ROWS, MIN_KM, FeatureEncoder, LabelScale, RawPredictor, model_frame, predict
 
 
 def _trips(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -112,3 +112,16 @@ def test_the_matrix_encoder_gives_what_lightgbms_own_pandas_path_gives_on_many_r
     encoded = FeatureEncoder(booster).matrix({c: rows[c].to_numpy() for c in rows.columns}, len(rows))
     np.testing.assert_allclose(booster.predict(encoded), expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(predict(booster, LabelScale(), rows), np.maximum(expected, 0), rtol=0, atol=1e-9)
+
+    # Served models predict a few rows through LightGBM's single-row path: the same numbers.
+    raw = RawPredictor(booster)
+    one_by_one = np.concatenate([raw(encoded[i : i + 1]) for i in range(len(encoded))])
+    np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=1e-9)
+    few = encoded[: FAST_ROWS - 1]
+    np.testing.assert_allclose(raw(few), expected[: len(few)], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(raw(encoded[:40]), expected[:40], rtol=0, atol=1e-9)  # past FAST_ROWS: booster.predict
+    stopped = lgb.train(params, lgb.Dataset(model_frame(t, names), y), num_boost_round=80)
+    stopped.best_iteration = 30  # an early-stopped model predicts with its best iteration on both paths
+    np.testing.assert_allclose(
+        RawPredictor(stopped)(encoded[:5]), stopped.predict(encoded[:5], num_iteration=30), rtol=0, atol=1e-9
+    )
