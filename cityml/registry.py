@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cityml.modeling import BASE_TAG, CITY_FEATURE, SCALE_FILE, SCALE_TAG, FeatureEncoder, LabelScale, RawPredictor, predict_matrix
+from cityml.modeling import (
+    BASE_TAG,
+    CITY_FEATURE,
+    SCALE_FILE,
+    SCALE_TAG,
+    FeatureEncoder,
+    LabelScale,
+    RawPredictor,
+    predict_matrix,
+)
 from cityml.naming import CHAMPION
 from cityml.profile import PROFILE_FILE
 from cityml.settings import Settings
