@@ -235,7 +235,7 @@ class RawPredictor:
         handle = getattr(self, "_fast", None)
         if handle is not None and handle.value:
             self._lib.LGBM_FastConfigFree(handle)
-            self._fast = None
+            handle.value = None
 
 
 def predict_matrix(
