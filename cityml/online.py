@@ -147,30 +147,28 @@ class OnlineReader:
                 )
             )
         self.names = [c for p in self.projections for c in p.columns]
+        self._by_view: dict[str, list[Projection]] = {}
+        for p in self.projections:
+            self._by_view.setdefault(p.view, []).append(p)
 
     def read(self, keys: Mapping[str, Any], at_s: np.ndarray) -> OnlineRows:
         """Values for rows with entity keys ``keys`` (``city``, ``pickup_zone_key``...) at pickup times ``at_s``."""
         n = len(at_s)
-        columns = {name: np.full(n, np.nan) for name in self.names}
+        block = np.full((len(self.names), n), np.nan)  # one allocation; a column is a row of it
+        columns = dict(zip(self.names, block, strict=True))
         missing = np.zeros(n, dtype=bool)
         if n == 0:
             return OnlineRows(columns, missing)
         if self._breaker.open():
             return OnlineRows(columns, np.ones(n, dtype=bool), "online store skipped after a recent failure")
         try:
-            for view, projections in self._by_view().items():
+            for view, projections in self._by_view.items():
                 self._read_view(view, projections, keys, np.asarray(at_s, dtype="float64"), columns, missing)
         except STORE_ERRORS as exc:
             self._breaker.trip()
             log.warning("online store read failed (%s: %s); serving without online features", type(exc).__name__, exc)
             return OnlineRows({k: np.full(n, np.nan) for k in columns}, np.ones(n, dtype=bool), str(exc) or repr(exc))
         return OnlineRows(columns, missing)
-
-    def _by_view(self) -> dict[str, list[Projection]]:
-        out: dict[str, list[Projection]] = {}
-        for p in self.projections:
-            out.setdefault(p.view, []).append(p)
-        return out
 
     def _read_view(
         self,

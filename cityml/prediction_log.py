@@ -1,7 +1,9 @@
 """The prediction log: every served prediction with its model inputs. The format lives here.
 
-Serving writes it through :class:`PredictionLog` (a bounded queue and a background writer, never
-on the request path); the drift job reads it through :func:`read_predictions`.
+Serving hands each request's predictions to :class:`PredictionLog` as a :class:`PredictionBatch`
+(columns, as the request computed them); a background writer turns batches into
+:class:`PredictionRecord` rows and files, off the request path. The drift job reads them through
+:func:`read_predictions`.
 
 Files: ``<predictions_dir>/city=<slug>/date=<YYYY-MM-DD>/part-<time>-<id>.parquet``, one per
 flushed batch, each written to a temporary name and renamed, so a reader never sees half a file.
@@ -17,11 +19,13 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,6 +51,36 @@ class PredictionRecord:
     trip_id: str | None = None
 
 
+@dataclass(frozen=True)
+class PredictionBatch:
+    """One request's predictions by one model version, as the request path computed them: columns.
+
+    ``features`` holds the model's input columns by name (numbers with NaN where missing, zones as
+    text or None); the writer turns the batch into :class:`PredictionRecord` rows in its own thread.
+    """
+
+    ts: datetime
+    request_id: str
+    target: str
+    model: str
+    version: str
+    cities: Sequence[str]
+    fallbacks: Sequence[str | None]
+    degraded: np.ndarray
+    features: Mapping[str, np.ndarray]
+    predictions: np.ndarray
+    trip_ids: Sequence[str | None]
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+
+def _loggable(column: Any) -> list[FeatureValue]:
+    """A feature column as the log keeps it: Python numbers, zone names, None where missing."""
+    values = column.tolist() if hasattr(column, "tolist") else list(column)
+    return [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
+
+
 SCHEMA = pa.schema(
     [
         ("ts", pa.timestamp("us", tz="UTC")),
@@ -65,34 +99,80 @@ SCHEMA = pa.schema(
 assert [f.name for f in fields(PredictionRecord)] == SCHEMA.names  # one format, one place
 
 
-def write_batch(folder: Path, records: list[PredictionRecord]) -> list[Path]:
-    """Write records as one parquet file per (city, day); returns the files written."""
-    groups: dict[tuple[str, str], list[PredictionRecord]] = {}
-    for r in records:
-        groups.setdefault((r.city, r.ts.astimezone(UTC).date().isoformat()), []).append(r)
-    encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+def write_batches(folder: Path, batches: Sequence[PredictionBatch]) -> list[Path]:
+    """Write batches as :class:`PredictionRecord` rows, one parquet file per (city, day); returns the files.
+
+    Column by column, across all batches of one feature set at once: a batch is usually one
+    request of one row, and converting each on its own cost more than the request's predict.
+    Row values become plain numbers and strings, never record objects: thousands of objects alive
+    at once made the garbage collector run full passes in this thread, holding the GIL.
+    """
+    by_features: dict[tuple[str, ...], list[PredictionBatch]] = {}
+    for b in batches:
+        by_features.setdefault(tuple(b.features), []).append(b)
+    parts = [_table(names, group) for names, group in by_features.items()]
+    if not parts:
+        return []
+    table = pa.concat_tables(parts)
+    keys: dict[tuple[str, int], list[int]] = {}
+    days = (table.column("ts").cast(pa.int64()).to_numpy() // 86_400_000_000).tolist()  # UTC days
+    for i, key in enumerate(zip(table.column("city").to_pylist(), days, strict=True)):
+        keys.setdefault(key, []).append(i)
     written = []
-    for (city, day), rows in groups.items():
-        columns = {name: [getattr(r, name) for r in rows] for name in SCHEMA.names}
-        columns["features"] = [encode(f) for f in columns["features"]]
+    for (city, epoch_day), rows in keys.items():
+        day = date.fromordinal(EPOCH_ORDINAL + epoch_day).isoformat()
+        part = table if len(keys) == 1 else table.take(pa.array(rows, type=pa.int64()))
         path = folder / f"city={city}" / f"date={day}" / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        pq.write_table(pa.table(columns, schema=SCHEMA), tmp)
+        pq.write_table(part, tmp)
         os.replace(tmp, path)
         written.append(path)
     return written
 
 
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _table(names: tuple[str, ...], group: list[PredictionBatch]) -> pa.Table:
+    """The rows of batches that share a feature set, as a table of :data:`SCHEMA`."""
+    sizes = [len(b) for b in group]
+
+    def each(attr: str) -> list[Any]:
+        return [v for b, n in zip(group, sizes, strict=True) for v in [getattr(b, attr)] * n]
+
+    def joined(attr: str) -> list[Any]:
+        return [v for b in group for v in getattr(b, attr)]
+
+    features = [_loggable(np.concatenate([b.features[name] for b in group])) for name in names]
+    # As epoch microseconds: pyarrow converting aware datetimes held the GIL ~10 ms per 1,000 rows.
+    micros = np.repeat(np.array([round(b.ts.timestamp() * 1e6) for b in group], dtype="int64"), sizes)
+    columns = {
+        "ts": pa.array(micros).cast(SCHEMA.field("ts").type),
+        "request_id": each("request_id"),
+        "city": joined("cities"),
+        "target": each("target"),
+        "model": each("model"),
+        "version": each("version"),
+        "fallback": joined("fallbacks"),
+        "degraded": np.concatenate([b.degraded for b in group]).astype(bool),
+        "features": [_encode(dict(zip(names, row, strict=True))) for row in zip(*features, strict=True)],
+        "prediction": np.concatenate([b.predictions for b in group]).astype("float64"),
+        "trip_id": joined("trip_ids"),
+    }
+    return pa.table(columns, schema=SCHEMA)
+
+
 class PredictionLog:
-    """A bounded buffer of records and a thread that flushes it in batches.
+    """A bounded buffer of prediction batches and a thread that writes them.
 
     :meth:`submit` never blocks and never wakes the writer: it appends to a list under a lock held
     for a few instructions. The writer wakes every ``flush_s`` seconds, or as soon as ``batch``
-    records wait, and writes what it finds. (A queue woke the writer on every request; the two
-    threads then traded the GIL on every predict, which cost more than the predict.) Past
-    ``max_queue`` records waiting, the records that do not fit are dropped and counted
-    (``dropped``). :meth:`close` flushes what is buffered.
+    records wait, turns what it finds into records and writes them. (A queue woke the writer on
+    every request; the two threads then traded the GIL on every predict, which cost more than the
+    predict.) A batch that does not fit under ``max_queue`` waiting records is dropped whole and its
+    records counted (``dropped``). :meth:`close` flushes what is buffered.
     """
 
     def __init__(self, folder: Path, max_queue: int = 100_000, batch: int = 5_000, flush_s: float = 1.0) -> None:
@@ -103,7 +183,8 @@ class PredictionLog:
         self.dropped = 0
         self.written = 0
         self.failed = 0
-        self._buffer: list[PredictionRecord] = []
+        self._buffer: list[PredictionBatch] = []
+        self._buffered = 0  # records in ``_buffer``
         self._pending = 0  # buffered or being written
         self._lock = threading.Lock()
         self._wake = threading.Event()  # a full batch waits, or closing
@@ -111,16 +192,20 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def submit(self, records: list[PredictionRecord]) -> int:
-        """Buffer a request's records; returns how many were dropped for lack of room."""
+    def submit(self, batches: Sequence[PredictionBatch]) -> int:
+        """Buffer a request's batches; returns how many records were dropped for lack of room."""
+        dropped = 0
         with self._lock:
-            room = max(0, self.max_queue - self._pending)
-            kept = records if len(records) <= room else records[:room]
-            dropped = len(records) - len(kept)
-            self._pending += len(kept)
+            for b in batches:
+                n = len(b)
+                if self._pending + n > self.max_queue:
+                    dropped += n
+                    continue
+                self._pending += n
+                self._buffered += n
+                self._buffer.append(b)
             self.dropped += dropped
-            self._buffer.extend(kept)
-            full = len(self._buffer) >= self.batch
+            full = self._buffered >= self.batch
         if full:
             self._wake.set()
         return dropped
@@ -136,22 +221,25 @@ class PredictionLog:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        # Parquet's first write in a process spends a second or more setting up, much of it
+        # holding the GIL: pay it now, not in the middle of serving.
+        pq.write_table(pa.table({name: [] for name in SCHEMA.names}, schema=SCHEMA), pa.BufferOutputStream())
         while True:
             stopping = self._stop.is_set()
             if not stopping:
                 self._wake.wait(self.flush_s)
                 self._wake.clear()
             with self._lock:
-                batch, self._buffer = self._buffer, []
-            if batch:
+                batches, self._buffer, count, self._buffered = self._buffer, [], self._buffered, 0
+            if batches:
                 try:
-                    write_batch(self.folder, batch)
-                    self.written += len(batch)
+                    write_batches(self.folder, batches)
+                    self.written += count
                 except (OSError, pa.ArrowException, ValueError):
-                    self.failed += len(batch)
-                    log.exception("prediction log: %d records could not be written to %s", len(batch), self.folder)
+                    self.failed += count
+                    log.exception("prediction log: %d records could not be written to %s", count, self.folder)
                 with self._lock:
-                    self._pending -= len(batch)
+                    self._pending -= count
             if stopping:
                 return
 

@@ -12,7 +12,9 @@ import contextlib
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -29,6 +31,8 @@ from serving.state import AppState, Metrics
 from serving.webhook import ensure_webhook
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.00025
 
 
 async def _watch(state: AppState) -> None:
@@ -77,6 +81,11 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         # out of the cyclic garbage collector, whose full passes over it stalled requests.
         gc.collect()
         gc.freeze()
+        # The prediction log's writer thread converts a second of records at a time. With Python's
+        # default 5 ms switch interval a request waiting for the GIL waited for it: p99 at 8
+        # connections went from ~5 to ~30 ms. Handing the GIL back every 0.25 ms keeps requests
+        # ahead of the writer (in-process, 20,000 requests: max 36 ms -> 5 ms, same throughput).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         watcher = asyncio.create_task(_watch(built)) if s.reload_interval_s > 0 else None
         try:
             yield
@@ -92,4 +101,12 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     install_errors(app)
     for router in (predict.router, models.router, health.router, admin.router):
         app.include_router(router)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = predict.document(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

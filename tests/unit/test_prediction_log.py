@@ -1,31 +1,49 @@
 """The prediction log's writer: requests never wait for it, a full batch is written early, close flushes."""
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cityml.prediction_log import PredictionLog, PredictionRecord, read_predictions
+import numpy as np
+
+from cityml.prediction_log import PredictionBatch, PredictionLog, read_predictions
 
 
-def _record(i: int) -> PredictionRecord:
-    return PredictionRecord(
+def _batch(*ids: int) -> PredictionBatch:
+    n = len(ids)
+    return PredictionBatch(
         ts=datetime(2026, 1, 5, 8, tzinfo=UTC),
-        request_id=f"r{i}",
-        city="lisbon",
+        request_id=f"r{ids[0]}",
         target="eta",
         model="eta-lisbon",
         version="1",
-        fallback=None,
-        degraded=False,
-        features={"distance_km": 2.5, "pickup_zone": "z01"},
-        prediction=100.0 + i,
-        trip_id=f"t{i}",
+        cities=["lisbon"] * n,
+        fallbacks=[None] * n,
+        degraded=np.array([i % 2 == 1 for i in ids]),
+        features={
+            "distance_km": np.array([2.5 if i % 3 else np.nan for i in ids]),
+            "pickup_zone": np.array(["z01" if i % 4 else None for i in ids], dtype=object),
+        },
+        predictions=np.array([100.0 + i for i in ids]),
+        trip_ids=[f"t{i}" for i in ids],
     )
+
+
+def test_a_batch_becomes_one_record_per_prediction_missing_values_as_none(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, flush_s=3600)
+    log.submit([_batch(0, 1, 2, 3, 4)])
+    log.close()
+    rows = sorted(read_predictions(tmp_path, "lisbon"), key=lambda r: r["trip_id"])
+    assert [r["prediction"] for r in rows] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert [r["degraded"] for r in rows] == [False, True, False, True, False]
+    assert rows[0]["features"] == {"distance_km": None, "pickup_zone": None}
+    assert rows[1]["features"] == {"distance_km": 2.5, "pickup_zone": "z01"}
 
 
 def test_close_writes_what_is_buffered(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, flush_s=3600)  # the timer never fires in this test
-    assert log.submit([_record(i) for i in range(5)]) == 0
+    assert log.submit([_batch(0, 1, 2), _batch(3, 4)]) == 0
     assert log.pending == 5
     log.close()
     assert log.pending == 0 and log.written == 5
@@ -34,8 +52,8 @@ def test_close_writes_what_is_buffered(tmp_path: Path) -> None:
 
 def test_a_full_batch_is_written_without_waiting_for_the_timer(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, batch=4, flush_s=3600)
-    log.submit([_record(i) for i in range(3)])
-    log.submit([_record(3)])  # the fourth record fills a batch: the writer wakes
+    log.submit([_batch(0, 1, 2)])
+    log.submit([_batch(3)])  # the fourth record fills a batch: the writer wakes
     for _ in range(400):
         if log.written == 4:
             break
@@ -44,10 +62,23 @@ def test_a_full_batch_is_written_without_waiting_for_the_timer(tmp_path: Path) -
     log.close()
 
 
-def test_past_the_bound_records_are_dropped_and_counted(tmp_path: Path) -> None:
+def test_past_the_bound_a_batch_is_dropped_whole_and_counted(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, max_queue=3, flush_s=3600)
-    assert log.submit([_record(i) for i in range(2)]) == 0
-    assert log.submit([_record(i) for i in range(2, 5)]) == 2
+    assert log.submit([_batch(0, 1)]) == 0
+    assert log.submit([_batch(2, 3), _batch(4)]) == 2  # two do not fit, the third does
     assert log.dropped == 2 and log.pending == 3
     log.close()
-    assert len(read_predictions(tmp_path, "lisbon")) == 3
+    assert sorted(r["trip_id"] for r in read_predictions(tmp_path, "lisbon")) == ["t0", "t1", "t4"]
+
+
+def test_rows_go_to_their_city_and_utc_day(tmp_path: Path) -> None:
+    late = replace(_batch(0, 1), ts=datetime(2026, 1, 5, 23, 59, 59, tzinfo=UTC))
+    early = replace(_batch(2, 3), ts=datetime(2026, 1, 6, 0, 0, 1, tzinfo=UTC), cities=["porto"] * 2)
+    log = PredictionLog(tmp_path, flush_s=3600)
+    log.submit([late, early])
+    log.close()
+    assert sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")) == [
+        "city=lisbon/date=2026-01-05",
+        "city=porto/date=2026-01-06",
+    ]
+    assert [r["trip_id"] for r in read_predictions(tmp_path, "porto")] == ["t2", "t3"]

@@ -197,7 +197,7 @@ def test_a_full_log_queue_drops_and_counts_never_blocks(tmp_path: Path, booster:
     with TestClient(app) as client:
         r = post(client, {"instances": [trip()] * 5})
         assert r.status_code == 200
-        assert "cityml_prediction_log_dropped_total 2.0" in client.get("/metrics").text
+        assert "cityml_prediction_log_dropped_total 5.0" in client.get("/metrics").text  # the request's batch
 
 
 @pytest.mark.parametrize(

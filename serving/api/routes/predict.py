@@ -8,28 +8,73 @@ columns (``cityml.online.model_columns``, the code parity checks) → ``LoadedMo
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
-from cityml.naming import UNITS, Target
+from cityml.naming import TARGETS, UNITS, Target
 from cityml.online import model_columns
-from cityml.prediction_log import FeatureValue, PredictionRecord
-from serving.api.deps import ApiKeyDep, StateDep
+from cityml.prediction_log import PredictionBatch
 from serving.features import RequestError, known_zones, trip_rows
 from serving.model_store import Served
-from serving.schemas import Prediction, PredictRequest, PredictResponse
+from serving.schemas import PredictRequest, PredictResponse
 from serving.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 # The route is ``async`` and runs on the event loop, as a bare ``booster.predict`` route would: a
-# predict is CPU work of a millisecond or two (the online reads are local SQLite or one Redis round
-# trip each, bounded by a cache), and a hop to the thread pool and back cost more than that.
+# predict is CPU work of a fraction of a millisecond (the online reads are local SQLite or one Redis
+# round trip each, bounded by a cache), and a hop to the thread pool and back cost more than that.
+#
+# It reads the raw body and validates it with pydantic in one pass from JSON
+# (``PredictRequest.model_validate_json``), and answers with JSON it encodes itself: FastAPI's
+# generic body handling and response serialization cost as much as the predict. The schemas stay
+# the contract: the OpenAPI document shows them (``openapi_extra`` here, the components added by
+# :func:`document`), and a validation error is FastAPI's, in the API's one error shape.
+BODY_SCHEMA = {"$ref": "#/components/schemas/PredictRequest"}
+# The key is checked by ``serving.api.errors.Guard`` before the body is read; the document says so
+# here rather than through a dependency FastAPI would solve on every request.
+# So is the path's target, checked in the route: FastAPI's generic parameter solving cost more
+# than the online reads.
+_OPENAPI = {
+    "parameters": [
+        {"name": "target", "in": "path", "required": True, "schema": {"type": "string", "enum": list(TARGETS)}}
+    ],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}},
+    "security": [{"APIKeyHeader": []}],
+}
+
+
+def document(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Add the request body's schemas to an OpenAPI document (the route does not declare a body param)."""
+    template = "#/components/schemas/{model}"
+    schema = PredictRequest.model_json_schema(ref_template=template)
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schema.pop("$defs", {}))
+    components["PredictRequest"] = schema
+    return openapi
+
+
+def _target(value: str) -> Target:
+    if value not in TARGETS:
+        msg = f"Input should be {' or '.join(repr(t) for t in TARGETS)}"
+        raise RequestValidationError([{"loc": ("path", "target"), "msg": msg, "type": "literal_error"}])
+    return value  # type: ignore[return-value]
+
+
+def _body(raw: bytes) -> PredictRequest:
+    try:
+        return PredictRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+        raise RequestValidationError(errors) from None
 
 
 def _refuse(state: AppState, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
@@ -37,15 +82,12 @@ def _refuse(state: AppState, code: int, index: int, field: str, message: str, re
     return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
 
 
-def _loggable(column: Any) -> list[FeatureValue]:
-    """A feature column as the prediction log keeps it: numbers, zone names, None where missing."""
-    values = column.tolist() if hasattr(column, "tolist") else list(column)
-    return [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
-
-
-@router.post("/predict/{target}")
-async def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiKeyDep) -> PredictResponse:
+@router.post("/predict/{target}", response_model=PredictResponse, openapi_extra=_OPENAPI)
+async def predict(request: Request) -> Response:
     started = time.perf_counter()
+    state: AppState = request.app.state.cityml
+    target = _target(request.path_params["target"])
+    body = _body(await request.body())
     request_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     instances = body.instances
@@ -74,7 +116,7 @@ async def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiK
     timezones = {c.slug: c.timezone for c in catalog.cities}
     values = np.empty(len(instances))
     degraded = np.zeros(len(instances), dtype=bool)
-    records: list[PredictionRecord] = []
+    batches: list[PredictionBatch] = []
     groups: dict[int, list[int]] = {}
     for i, served in enumerate(served_by):
         groups.setdefault(id(served), []).append(i)
@@ -94,28 +136,26 @@ async def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiK
             reason = "store_error" if online.error else "missing_or_stale"
             state.metrics.degraded.labels(target, reason).inc(int(online.missing.sum()))
         names = [n for n in model.features if n != "city"]
-        logged = {n: _loggable(columns[n]) for n in names}
-        for j, i in enumerate(members):
-            records.append(
-                PredictionRecord(
-                    ts=now,
-                    request_id=request_id,
-                    city=instances[i].city,
-                    target=target,
-                    model=model.name,
-                    version=model.version,
-                    fallback=fallbacks[i],
-                    degraded=bool(online.missing[j]),
-                    features={n: logged[n][j] for n in names},
-                    prediction=float(pred[j]),
-                    trip_id=instances[i].trip_id,
-                )
+        batches.append(
+            PredictionBatch(
+                ts=now,
+                request_id=request_id,
+                target=target,
+                model=model.name,
+                version=model.version,
+                cities=[instances[i].city for i in members],
+                fallbacks=[fallbacks[i] for i in members],
+                degraded=online.missing,
+                features={n: columns[n] for n in names},
+                predictions=pred,
+                trip_ids=[instances[i].trip_id for i in members],
             )
-    dropped = state.log.submit(records)
+        )
+    dropped = state.log.submit(batches)
     if dropped:
         state.metrics.log_dropped.inc(dropped)
 
-    predictions = []
+    predictions: list[dict[str, Any]] = []
     counts: dict[tuple[str, str], int] = {}
     units: dict[str, str] = {}
     for i, (served, fallback) in enumerate(zip(served_by, fallbacks, strict=True)):
@@ -123,18 +163,22 @@ async def predict(target: Target, body: PredictRequest, state: StateDep, _: ApiK
         if city not in units:
             units[city] = UNITS[target] if target != "price" else catalog.get(city).currency
         predictions.append(
-            Prediction(
-                value=round(float(values[i]), 4),
-                unit=units[city],
-                model=served.model.name,
-                version=served.model.version,
-                fallback=fallback,
-                degraded=bool(degraded[i]),
-            )
+            {
+                "value": round(float(values[i]), 4),
+                "unit": units[city],
+                "model": served.model.name,
+                "version": served.model.version,
+                "fallback": fallback,
+                "degraded": bool(degraded[i]),
+            }
         )
         key = (served.model.name, str(fallback is not None).lower())
         counts[key] = counts.get(key, 0) + 1
     for (name, fell_back), count in counts.items():
         state.metrics.predictions.labels(target, name, fell_back).inc(count)
+    answer = _encode({"request_id": request_id, "predictions": predictions})
     state.metrics.latency.labels(target).observe(time.perf_counter() - started)
-    return PredictResponse(request_id=request_id, predictions=predictions)
+    return Response(answer, media_type="application/json")
+
+
+_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode  # keys of ``Prediction``
