@@ -148,8 +148,8 @@ class OnlineReader:
             )
         self.names = [c for p in self.projections for c in p.columns]
         self._by_view: dict[str, list[Projection]] = {}
-        for p in self.projections:
-            self._by_view.setdefault(p.view, []).append(p)
+        for projection in self.projections:
+            self._by_view.setdefault(projection.view, []).append(projection)
 
     def read(self, keys: Mapping[str, Any], at_s: np.ndarray) -> OnlineRows:
         """Values for rows with entity keys ``keys`` (``city``, ``pickup_zone_key``...) at pickup times ``at_s``."""
