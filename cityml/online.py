@@ -58,6 +58,7 @@ class Projection:
     features: tuple[str, ...]
     columns: tuple[str, ...]  # output names, ``<projection>__<feature>``
     ttl_s: float | None
+    positions: tuple[int, ...]  # where each feature sits in a row of the view (all its features, in order)
 
 
 @dataclass
@@ -96,15 +97,15 @@ class RowCache:
     def __init__(self, seconds: float, max_rows: int = 200_000) -> None:
         self.seconds = seconds
         self.max_rows = max_rows
-        self._rows: dict[tuple[str, str], tuple[float, tuple[float, dict[str, float]] | None]] = {}
+        self._rows: dict[tuple[str, str], tuple[float, tuple[float, tuple[float, ...]] | None]] = {}
 
-    def get(self, view: str, key: str) -> tuple[bool, tuple[float, dict[str, float]] | None]:
+    def get(self, view: str, key: str) -> tuple[bool, tuple[float, tuple[float, ...]] | None]:
         hit = self._rows.get((view, key))
         if hit is None or time.monotonic() - hit[0] > self.seconds:
             return False, None
         return True, hit[1]
 
-    def put(self, view: str, key: str, row: tuple[float, dict[str, float]] | None) -> None:
+    def put(self, view: str, key: str, row: tuple[float, tuple[float, ...]] | None) -> None:
         if len(self._rows) >= self.max_rows:
             self._rows = {}
         self._rows[(view, key)] = (time.monotonic(), row)
@@ -130,11 +131,15 @@ class OnlineReader:
         self.service = service.name
         self.projections: list[Projection] = []
         self._views: dict[str, FeatureView] = {}
+        # A view's row, read and cached, holds all its features in the view's order, so that
+        # readers of different services share cached rows and pick their columns by position.
+        self._row_features: dict[str, tuple[str, ...]] = {}
         for p in service.feature_view_projections:
             view = self._views.setdefault(p.name, store.get_feature_view(p.name))
             (join_key,) = view.join_keys  # every cityml view has one entity
             ttl = view_ttl_s(view)
             names = tuple(f.name for f in p.features)
+            row = self._row_features.setdefault(p.name, tuple(f.name for f in view.features))
             alias = p.name_to_use()
             self.projections.append(
                 Projection(
@@ -144,6 +149,7 @@ class OnlineReader:
                     features=names,
                     columns=tuple(f"{alias}__{n}" for n in names),
                     ttl_s=ttl,
+                    positions=tuple(row.index(n) for n in names),
                 )
             )
         self.names = [c for p in self.projections for c in p.columns]
@@ -183,8 +189,8 @@ class OnlineReader:
         from feast.protos.feast.types.Value_pb2 import Value
 
         # The view once, for the keys of all its projections (pickup and dropoff read one zone view).
-        wanted = list(dict.fromkeys(str(k) for p in projections for k in keys[p.entity]))
-        found: dict[str, tuple[float, dict[str, float]] | None] = {}
+        wanted = list(dict.fromkeys(k for p in projections for k in keys[p.entity]))
+        found: dict[str, tuple[float, tuple[float, ...]] | None] = {}
         if self._cache is not None:
             for key in wanted:
                 cached, row = self._cache.get(view, key)
@@ -192,7 +198,7 @@ class OnlineReader:
                     found[key] = row
             wanted = [k for k in wanted if k not in found]
         if wanted:
-            features = list(dict.fromkeys(f for p in projections for f in p.features))
+            features = list(self._row_features[view])
             join_key = projections[0].join_key
             entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in wanted]
             rows = self._provider.online_read(
@@ -202,18 +208,23 @@ class OnlineReader:
                 row = None
                 if ts is not None and values is not None:
                     stamp = (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp()
-                    row = (float(int(stamp)), {name: _number(v) for name, v in values.items()})
+                    row = (float(int(stamp)), tuple(_number(values.get(name)) for name in features))
                 found[key] = row
                 if self._cache is not None:
                     self._cache.put(view, key, row)
         for p in projections:
-            for i, key in enumerate(keys[p.entity]):
-                hit = found.get(str(key))
-                if hit is None or (p.ttl_s is not None and at_s[i] - hit[0] > p.ttl_s):
-                    missing[i] = True
-                    continue
-                for feature, column in zip(p.features, p.columns, strict=True):
-                    columns[column][i] = hit[1].get(feature, np.nan)
+            hits = [found.get(key) for key in keys[p.entity]]
+            stamps = np.array([np.nan if h is None else h[0] for h in hits], dtype="float64")
+            fresh = ~np.isnan(stamps)
+            if p.ttl_s is not None:
+                fresh[fresh] = at_s[fresh] - stamps[fresh] <= p.ttl_s
+            missing |= ~fresh
+            if not fresh.any():
+                continue
+            gone = (np.nan,) * len(self._row_features[view])
+            table = np.array([gone if h is None else h[1] for h in hits], dtype="float64")
+            for j, column in zip(p.positions, p.columns, strict=True):
+                columns[column][fresh] = table[fresh, j]
 
 
 def view_ttl_s(view: FeatureView) -> float | None:
@@ -222,7 +233,9 @@ def view_ttl_s(view: FeatureView) -> float | None:
 
 
 def _number(value: Any) -> float:
-    """A Feast ValueProto as a float; NaN when unset or null."""
+    """A Feast ValueProto as a float; NaN when absent, unset or null."""
+    if value is None:
+        return np.nan
     kind = value.WhichOneof("val")
     if kind is None or kind == "null_val":
         return np.nan

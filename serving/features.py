@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from cityml.catalog import Catalog
+from cityml.catalog import Catalog, City
 from cityml.request_features import TripRows
 from serving.schemas import TripRequest
 
@@ -22,10 +22,9 @@ class RequestError(ValueError):
         self.reason = reason
 
 
-def _zone(catalog: Catalog, i: int, inst: TripRequest, end: str, known: frozenset[str] | None) -> str:
+def _zone(city: City, i: int, inst: TripRequest, end: str, known: frozenset[str] | None) -> str:
     """The instance's zone at one end: as given (if the city has it), else placed from the coordinates."""
     given: str | None = getattr(inst, f"{end}_zone")
-    city = catalog.get(inst.city)
     if given is not None:
         if known is not None and given not in known:
             raise RequestError(i, f"{end}_zone", f"{city.slug} has no zone {given[:40]!r}", "unknown_zone")
@@ -50,12 +49,15 @@ def trip_rows(
     """Columns of the instances; ``zones[i]``: the zones instance ``i``'s city has (None: not known here)."""
     n = len(instances)
     pickup, dropoff = np.empty(n, dtype=object), np.empty(n, dtype=object)
+    cities = {slug: catalog.get(slug) for slug in {x.city for x in instances}}
     for i, inst in enumerate(instances):
-        pickup[i] = _zone(catalog, i, inst, "pickup", zones[i])
-        dropoff[i] = _zone(catalog, i, inst, "dropoff", zones[i])
+        city = cities[inst.city]
+        pickup[i] = _zone(city, i, inst, "pickup", zones[i])
+        dropoff[i] = _zone(city, i, inst, "dropoff", zones[i])
 
     def number(name: str) -> np.ndarray:
-        return np.array([getattr(x, name) if getattr(x, name) is not None else np.nan for x in instances], dtype=float)
+        values = [getattr(x, name) for x in instances]
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     # A time without a zone is UTC, as pandas (and so training) reads it.
     when = [x.pickup_ts or now for x in instances]

@@ -93,27 +93,30 @@ async def predict(request: Request) -> Response:
     instances = body.instances
     catalog = state.models.catalog
 
+    # Which model answers, and which zones exist, once per city of the request.
+    per_city: dict[str, tuple[Served, str | None, frozenset[str] | None]] = {}
     served_by: list[Served] = []
     fallbacks: list[str | None] = []
+    zones: list[frozenset[str] | None] = []
     for i, inst in enumerate(instances):
-        if inst.city not in catalog:
-            raise _refuse(state, 422, i, "city", f"unknown city {inst.city[:40]!r}", "unknown_city")
-        served, fallback = state.models.get(target, inst.city)
-        if served is None:
-            message = f"no {target} model for {inst.city!r} and no global fallback"
-            raise _refuse(state, status.HTTP_503_SERVICE_UNAVAILABLE, i, "city", message, "no_model")
-        served_by.append(served)
-        fallbacks.append(fallback)
+        hit = per_city.get(inst.city)
+        if hit is None:
+            if inst.city not in catalog:
+                raise _refuse(state, 422, i, "city", f"unknown city {inst.city[:40]!r}", "unknown_city")
+            served, fallback = state.models.get(target, inst.city)
+            if served is None:
+                message = f"no {target} model for {inst.city!r} and no global fallback"
+                raise _refuse(state, status.HTTP_503_SERVICE_UNAVAILABLE, i, "city", message, "no_model")
+            hit = per_city[inst.city] = (served, fallback, known_zones(catalog, inst.city, served.zones))
+        served_by.append(hit[0])
+        fallbacks.append(hit[1])
+        zones.append(hit[2])
     try:
-        known = {
-            (x.city, id(s)): known_zones(catalog, x.city, s.zones) for x, s in zip(instances, served_by, strict=True)
-        }
-        zones = [known[(x.city, id(s))] for x, s in zip(instances, served_by, strict=True)]
         rows = trip_rows(instances, catalog, now, zones)
     except RequestError as exc:
         raise _refuse(state, 422, exc.index, exc.field, str(exc), exc.reason) from exc
 
-    timezones = {c.slug: c.timezone for c in catalog.cities}
+    timezones = {city: catalog.get(city).timezone for city in per_city}
     values = np.empty(len(instances))
     degraded = np.zeros(len(instances), dtype=bool)
     batches: list[PredictionBatch] = []
