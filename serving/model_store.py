@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING
 from cityml.catalog import Catalog, load_catalog
 from cityml.modeling import CITY_FEATURE
 from cityml.naming import GLOBAL, TARGETS, model_name
-from cityml.registry import LoadedModel, RegistryError, champion, client, load_version, read_selftest, self_test
+from cityml.registry import (
+    LoadedModel,
+    RegistryError,
+    champion,
+    champions,
+    client,
+    load_version,
+    read_selftest,
+    self_test,
+)
 from cityml.request_features import REQUEST_FEATURES, ZONE_FEATURES
 from cityml.settings import Settings
 
@@ -69,7 +78,7 @@ def loads(changes: dict[str, str]) -> int:
 class ModelStore:
     """Champions keyed by (target, city), plus the fleet's global models when registered."""
 
-    def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None, workers: int = 8) -> None:
+    def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None, workers: int = 4) -> None:
         self._settings = settings
         self._service_columns = service_columns
         self._workers = workers
@@ -110,18 +119,28 @@ class ModelStore:
             self.catalog = load_catalog(self._settings.catalog_path)  # a new city serves without a restart
             current = dict(self._models)
             changes: dict[str, str] = {}
-            wanted: list[tuple[str, str, str, ModelVersion]] = []
+            wanted: list[tuple[str, str, str, ModelVersion | str]] = []
             errors = []
+            listed: dict[str, str] | None = None
+            if only is None:  # every model: one paginated search, then only the versions that changed
+                try:
+                    listed = champions(c)
+                except RegistryError as exc:  # keep what is held: a failing registry is not "no champion"
+                    errors.append(str(exc))
             for city in [*self.catalog.slugs, GLOBAL]:
                 for target in TARGETS:
                     name = model_name(target, city)
-                    if only is not None and name not in only:
+                    if (only is not None and name not in only) or (only is None and listed is None):
                         continue
-                    try:
-                        mv = champion(c, name)
-                    except RegistryError as exc:  # keep what is held: a failing registry is not "no champion"
-                        errors.append(str(exc))
-                        continue
+                    mv: ModelVersion | str | None
+                    if listed is not None:
+                        mv = listed.get(name)
+                    else:
+                        try:
+                            mv = champion(c, name)
+                        except RegistryError as exc:
+                            errors.append(str(exc))
+                            continue
                     held = current.get((target, city))
                     if mv is None:
                         if held is not None:
@@ -129,18 +148,23 @@ class ModelStore:
                             changes[name] = "unloaded (no champion)"
                         self.stale.pop(name, None)
                         continue
+                    version = mv if isinstance(mv, str) else str(mv.version)
                     failed = self.stale.get(name)
-                    if (held is not None and held.model.version == str(mv.version)) or (
-                        failed is not None and failed.version == str(mv.version)
+                    if (held is not None and held.model.version == version) or (
+                        failed is not None and failed.version == version
                     ):
                         continue
                     wanted.append((city, target, name, mv))
             with ThreadPoolExecutor(max_workers=max(1, min(self._workers, len(wanted)))) as pool:
-                results = list(pool.map(lambda w: self._load(c, w[3]), wanted))
-            for (slug, kind, name, mv), (loaded, reason) in zip(wanted, results, strict=True):
+                results = list(pool.map(lambda w: self._load(c, w[2], w[3]), wanted))
+            for (slug, kind, name, mv), (loaded, reason, transient) in zip(wanted, results, strict=True):
+                version = mv if isinstance(mv, str) else str(mv.version)
+                if transient:  # the registry failed mid-load: not the version's fault, try again next time
+                    errors.append(str(reason))
+                    continue
                 if loaded is None:
-                    self.stale[name] = Stale(name, str(mv.version), reason or "failed")
-                    changes[name] = f"not served: v{mv.version}: {reason}"
+                    self.stale[name] = Stale(name, version, reason or "failed")
+                    changes[name] = f"not served: v{version}: {reason}"
                     continue
                 current[(kind, slug)] = Served(city=slug, target=kind, model=loaded)
                 self.stale.pop(name, None)
@@ -154,18 +178,27 @@ class ModelStore:
                 log.info("model store: %s", changes)
             return changes
 
-    def _load(self, c: MlflowClient, mv: ModelVersion) -> tuple[LoadedModel | None, str | None]:
-        """Load one version and self-test it; (model, None) when it may serve, else (None, why)."""
+    def _load(self, c: MlflowClient, model: str, mv: ModelVersion | str) -> tuple[LoadedModel | None, str | None, bool]:
+        """Load one version (an entity, or a number to look up) and self-test it.
+
+        (model, None, False) when it may serve; (None, why, False) when it must not;
+        (None, why, True) when the registry failed before the version could be read.
+        """
+        if isinstance(mv, str):
+            try:
+                mv = c.get_model_version(model, mv)
+            except Exception as exc:  # noqa: BLE001 -- MLflow or the network: the registry, not the version
+                return None, f"registry failed on {model} v{mv}: {type(exc).__name__}: {str(exc)[:300]}", True
         name = f"{mv.name} v{mv.version}"
         try:
             loaded = load_version(c, mv, self._bases)
-            reason = self._check_features(loaded) or self_test(loaded, read_selftest(loaded.run_id))
+            reason = self._check_features(loaded) or self_test(loaded, read_selftest(loaded))
         except Exception as exc:  # noqa: BLE001 -- any failure to load keeps the old version serving
             reason = f"load failed: {type(exc).__name__}: {str(exc)[:300]}"
         if reason is not None:
             log.error("%s is champion but does not serve: %s", name, reason)
-            return None, reason
-        return loaded, None
+            return None, reason, False
+        return loaded, None, False
 
     def _check_features(self, model: LoadedModel) -> str | None:
         """Why the model's features cannot be served: its FeatureService lacks some, or it has none."""

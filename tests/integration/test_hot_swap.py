@@ -135,3 +135,38 @@ def test_ten_moves_one_broken_while_requests_are_in_flight(tmp_path: Path) -> No
     assert len(served) > 50 and set(served) <= set(good) and broken not in served
     # 9 good moves loaded; the broken one was not counted as a load.
     assert "cityml_model_reloads_total 9.0" in state.metrics.scrape().decode()
+
+
+def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing fails, or the registry fails between listing and reading a version: nothing held is unloaded,
+    nothing is marked stale, and the next refresh that can read the registry loads the new version."""
+    import mlflow
+
+    settings = Settings(
+        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
+    )
+    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
+    c = client(settings)
+    set_champion(c, "eta-alpha", first, "test")
+    store = ModelStore(settings)
+    store.refresh()
+    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
+    set_champion(c, "eta-alpha", second, "test")
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise mlflow.exceptions.MlflowException("connection refused", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_registered_models", down)
+    assert store.refresh() == {}
+    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
+    assert store.registry_error is not None and "listing champions" in store.registry_error
+    monkeypatch.undo()
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", down)  # listed, then the registry fails
+    assert store.refresh() == {}
+    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
+    assert store.stale == {} and "connection refused" in str(store.registry_error)
+    monkeypatch.undo()
+
+    assert store.refresh() == {"eta-alpha": f"v{second}"}
+    assert store.get("eta", "alpha")[0].model.version == second and store.registry_error is None  # type: ignore[union-attr]
