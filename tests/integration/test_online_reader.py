@@ -97,6 +97,14 @@ def test_the_reader_gives_what_feasts_online_api_gives(world: Settings, service:
     np.testing.assert_array_equal(got.missing, expected_missing)
     assert 0 < expected_missing.sum() < len(rows)  # the check saw both kinds of rows
 
+    # A request's few rows take the row-by-row fill: the same values, row for row.
+    for start in range(0, 400, 3):
+        part = slice(start, start + 3)
+        few = reader.read({k: v[part] for k, v in keys.items()}, at[part])
+        for name, values in expected.items():
+            np.testing.assert_allclose(few.columns[name], values[part], rtol=0, atol=1e-9, equal_nan=True)
+        np.testing.assert_array_equal(few.missing, expected_missing[part])
+
 
 def test_a_dead_redis_degrades_at_once_and_is_left_alone_for_a_while(tmp_path: pytest.TempPathFactory) -> None:
     from tests.conftest import SMALL_CATALOG
