@@ -350,15 +350,20 @@ def serve(
             client(get_settings()).search_registered_models(max_results=1)
         except (MlflowException, OSError) as exc:
             typer.echo(f"registry not reachable before starting workers: {exc}", err=True)
+    from serving.signals import SIGNALS_ENV
     from serving.state import MULTIPROCESS_ENV
 
-    metrics_dir = None
+    metrics_dir = signals_dir = None
     if workers > 1:
         # Each worker counts in its own process; a scrape of any worker must read them all.
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             metrics_dir = tempfile.mkdtemp(prefix="cityml-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[MULTIPROCESS_ENV] = "1"
+        # A reload (webhook, /admin/reload) reaches one worker; it tells the others through this folder.
+        if SIGNALS_ENV not in os.environ:
+            signals_dir = tempfile.mkdtemp(prefix="cityml-reloads-")
+            os.environ[SIGNALS_ENV] = signals_dir
     try:
         uvicorn.run(
             "serving.app:create_app",
@@ -370,8 +375,9 @@ def serve(
             access_log=access_log,
         )
     finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for folder in (metrics_dir, signals_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @drift_app.callback()

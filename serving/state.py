@@ -11,6 +11,7 @@ from cityml.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
 from serving.model_store import ModelStore
+from serving.signals import ReloadSignals
 
 #: Set by ``cityml serve --workers N`` (N > 1): scrapes sum every worker's metrics.
 MULTIPROCESS_ENV = "CITYML_METRICS_MULTIPROCESS"
@@ -88,3 +89,4 @@ class AppState:
     models: ModelStore
     log: PredictionLog
     metrics: Metrics
+    signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``

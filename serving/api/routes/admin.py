@@ -33,6 +33,8 @@ async def reload(state: StateDep, _: AdminDep) -> dict[str, object]:
     """Load every champion whose alias moved since the last load."""
     changes = await run_in_threadpool(state.models.refresh)
     state.metrics.reloads.inc(loads(changes))
+    if state.signals is not None:
+        state.signals.tell(None)  # the other workers
     return {"changed": changes, "models": len(state.models.all())}
 
 
@@ -82,4 +84,6 @@ async def registry_event(
         return {"ignored": f"{entity}.{action} {name}@{alias}"}
     changes = await run_in_threadpool(state.models.refresh, {name})
     state.metrics.reloads.inc(loads(changes))
+    if state.signals is not None:
+        state.signals.tell({name})  # MLflow called one worker; the others follow within a second
     return {"changed": changes}
