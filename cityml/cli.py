@@ -339,6 +339,9 @@ def serve(
     import uvicorn
 
     _setup_logging()
+    # A registry that is down should fail a call in seconds, not after MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if workers > 1:
         # Workers opening a registry that does not exist yet (a new SQLite file) would race to create
         # its tables: one creates them here first. A registry that is down is the workers' to report.
@@ -360,6 +363,14 @@ def serve(
             metrics_dir = tempfile.mkdtemp(prefix="cityml-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[MULTIPROCESS_ENV] = "1"
+        # One webhook, registered here, not by each worker (a registry not up yet: polling only).
+        from serving.webhook import ENSURED_ENV, ensure_webhook
+
+        try:
+            ensure_webhook(get_settings())
+        except Exception as exc:  # noqa: BLE001 -- whatever the registry's client raises, serving goes on
+            typer.echo(f"webhook not registered: {exc}", err=True)
+        os.environ[ENSURED_ENV] = "1"
         # A reload (webhook, /admin/reload) reaches one worker; it tells the others through this folder.
         if SIGNALS_ENV not in os.environ:
             signals_dir = tempfile.mkdtemp(prefix="cityml-reloads-")

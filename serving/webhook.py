@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from typing import Any
 
 from cityml.registry import client
@@ -19,6 +20,9 @@ from cityml.settings import Settings
 log = logging.getLogger(__name__)
 
 EVENTS: list[Any] = ["model_version_alias.created"]
+#: Set by ``cityml serve --workers N``, which registers the webhook once before starting workers
+#: (each worker creating it would race to make several).
+ENSURED_ENV = "CITYML_WEBHOOK_ENSURED"
 
 
 def ensure_webhook(settings: Settings) -> str | None:
@@ -26,7 +30,7 @@ def ensure_webhook(settings: Settings) -> str | None:
     from mlflow.exceptions import MlflowException
 
     secret = settings.webhook_secret.get_secret_value().strip() if settings.webhook_secret else ""
-    if not (settings.webhook_url and secret):
+    if not (settings.webhook_url and secret) or os.environ.get(ENSURED_ENV) == "1":
         return None
     if not settings.tracking_uri.startswith(("http://", "https://")):
         log.warning("webhook not registered: the registry (%s) is not an MLflow server", settings.tracking_uri)
