@@ -215,7 +215,10 @@ def _mlflow_twin(settings: Any, tmp: Path) -> tuple[str, Any]:
     text = model.booster.model_to_string()
     booster = lgb.Booster(model_str=text)
     booster.pandas_categorical = None
-    mlflow.set_experiment("bench-serve")
+    # Its artifacts in the bench's folder: a SQLite registry's default artifact root is ./mlruns, the
+    # working directory (it once put a model into the repository).
+    experiment = c.create_experiment("bench-serve", artifact_location=(tmp / "mlartifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
     with mlflow.start_run():
         info = mlflow.lightgbm.log_model(booster, name="model", pip_requirements=["lightgbm"])
     path = tmp / "model.txt"
