@@ -339,9 +339,9 @@ def serve(
     import uvicorn
 
     _setup_logging()
-    # A registry that is down should fail a call in seconds, not after MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from cityml.registry import fail_fast
+
+    fail_fast()
     if workers > 1:
         # Workers opening a registry that does not exist yet (a new SQLite file) would race to create
         # its tables: one creates them here first. A registry that is down is the workers' to report.

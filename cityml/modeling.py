@@ -185,6 +185,9 @@ class RawPredictor:
     configuration prepared once (``LGBM_BoosterPredictForMatSingleRowFast``): the same trees, the same
     C++ predictor, a tenth of the time. LightGBM serializes single-row calls on one booster with its
     own lock, so threads may share a predictor. Larger inputs go through ``booster.predict``.
+
+    The booster itself keeps the single-row predictor this prepares: every ``RawPredictor`` of one
+    booster must use the same iteration (the booster's best), as they all do here.
     """
 
     def __init__(self, booster: lgb.Booster) -> None:
@@ -213,7 +216,7 @@ class RawPredictor:
         self._fast = handle
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if len(x) > FAST_ROWS:
+        if len(x) > FAST_ROWS:  # one thread: a request's rows are few, LightGBM's pool costs more
             return np.asarray(self.booster.predict(x, num_iteration=self.iteration, num_threads=1), dtype="float64")
         ctypes, check = self._ctypes, self._check
         rows = np.ascontiguousarray(x, dtype="float64")
@@ -239,7 +242,7 @@ class RawPredictor:
 
 
 def predict_matrix(
-    booster: lgb.Booster | RawPredictor,
+    raw_predictor: RawPredictor,
     scale: LabelScale,
     x: np.ndarray,
     distance_km: np.ndarray | None,
@@ -254,11 +257,7 @@ def predict_matrix(
     Clipped at 0: a duration or a fare is never negative. NaN where the scale cannot convert back:
     a per-km model for a trip of unknown length, a fleet model for a city it has no rate for.
     """
-    # One thread: a request is a few rows, and LightGBM's thread pool costs more than it saves there.
-    if isinstance(booster, RawPredictor):
-        raw = booster(x)
-    else:
-        raw = np.asarray(booster.predict(x, num_iteration=booster.best_iteration or None, num_threads=1))
+    raw = raw_predictor(x)
     divisor = scale.divisor(distance_km, cities, len(x))
     if base is not None:
         raw = raw + np.asarray(base, dtype="float64") / divisor
@@ -273,4 +272,4 @@ def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame, base: 
     columns = {name: frame[name].to_numpy() for name in frame.columns}
     x = FeatureEncoder(booster).matrix(columns, len(frame))
     cities = columns.get(CITY_FEATURE)
-    return predict_matrix(booster, scale, x, columns.get("distance_km"), cities, base)
+    return predict_matrix(RawPredictor(booster), scale, x, columns.get("distance_km"), cities, base)

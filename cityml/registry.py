@@ -53,6 +53,15 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
+def fail_fast() -> None:
+    """A registry that is down fails a call in seconds, not after MLflow's minutes of HTTP retries.
+
+    For a server that must keep answering (``cityml serve``); a user's own environment wins.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 class RegistryError(RuntimeError):
     """The registry could not answer (down, timing out, failing): not the same as "no champion"."""
 
@@ -357,11 +366,10 @@ def _native_booster(folder: Path, name: str, version: str) -> lgb.Booster:
     return lgb.Booster(model_file=str(data))
 
 
-def read_profile(c: MlflowClient, run_id: str) -> dict[str, Any]:
+def read_profile(c: MlflowClient, mv: ModelVersion) -> dict[str, Any]:
     """The reference profile saved with a model version's training run."""
-    import mlflow.artifacts
-
-    del c  # the client set the process tracking URI this download uses
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PROFILE_FILE)
+    path = VersionFiles(c, mv).run_file(PROFILE_FILE)
+    if path is None:
+        raise FileNotFoundError(f"{mv.name} v{mv.version} has no {PROFILE_FILE} with its run")
     with open(path) as fh:
         return dict(json.load(fh))

@@ -100,7 +100,7 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime) -> 
         return {**base, "verdict": "no champion", "rows": 0, "drifted": [], "features": {}}
     records = [r for r in read_predictions(settings.predictions_dir, city, target, since) if r["model"] == serving]
     live = pd.DataFrame([r["features"] for r in records])
-    profile = read_profile(c, mv.run_id)
+    profile = read_profile(c, mv)
     if serving != name and f"city={city}" in profile.get("segments", {}):
         segment, reference = f"city={city}", profile["segments"][f"city={city}"]
     elif "is_weekend" in live:

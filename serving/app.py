@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,10 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from cityml.featurestore import get_store
 from cityml.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
+from cityml.registry import fail_fast
 from cityml.settings import Settings, get_settings
 from serving.api.errors import install as install_errors
 from serving.api.routes import admin, health, models, predict
-from serving.model_store import ModelStore, loads
+from serving.model_store import ModelStore
 from serving.signals import from_env as signals_from_env
 from serving.state import AppState, Metrics
 from serving.webhook import ensure_webhook
@@ -42,8 +42,7 @@ async def _watch(state: AppState) -> None:
     while True:
         await asyncio.sleep(state.settings.reload_interval_s)
         try:
-            changes = await run_in_threadpool(state.models.refresh)
-            state.metrics.reloads.inc(loads(changes))
+            await state.reload()
         except Exception:
             log.exception("background model refresh failed")
 
@@ -62,15 +61,12 @@ async def follow_once(state: AppState) -> None:
     if state.signals is None:
         return
     for names in state.signals.news():
-        changes = await run_in_threadpool(state.models.refresh, names)
-        state.metrics.reloads.inc(loads(changes))
+        await state.reload(names)
 
 
 def build_state(settings: Settings) -> AppState:
     """Everything a request needs, built once: online reader cache, champions, log writer, metrics."""
-    # A registry that is down should fail a refresh in seconds, not after MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast()
     online = OnlineFeatures(get_store(settings), retry_s=settings.online_retry_s, cache_s=settings.online_cache_s)
     return AppState(
         settings=settings,
@@ -94,18 +90,16 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         s = settings or get_settings()
         built = await run_in_threadpool(build_state, s)
         await run_in_threadpool(ensure_webhook, s)
-        changes = await run_in_threadpool(built.models.refresh)
-        built.metrics.reloads.inc(loads(changes))
+        await built.reload()
         log.info("serving %d models (%d stale)", len(built.models.all()), len(built.models.stale))
         app.state.cityml = built
         # Everything loaded so far (Feast, MLflow, the models) lives as long as the server: keep it
         # out of the cyclic garbage collector, whose full passes over it stalled requests.
         gc.collect()
         gc.freeze()
-        # The prediction log's writer thread converts a second of records at a time. With Python's
-        # default 5 ms switch interval a request waiting for the GIL waited for it: p99 at 8
-        # connections went from ~5 to ~30 ms. Handing the GIL back every 0.25 ms keeps requests
-        # ahead of the writer (in-process, 20,000 requests: max 36 ms -> 5 ms, same throughput).
+        # The prediction log's writer thread converts a second of records at a time; with Python's
+        # default 5 ms switch interval a request waiting for the GIL waited for it. Handing the GIL
+        # back every 0.25 ms: in-process, over 20,000 requests, the longest went 36 -> 5 ms.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         tasks = [asyncio.create_task(_watch(built))] if s.reload_interval_s > 0 else []
         if built.signals is not None:

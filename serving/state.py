@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from cityml.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
-from serving.model_store import ModelStore
+from serving.model_store import ModelStore, loads
 from serving.signals import ReloadSignals
 
 #: Set by ``cityml serve --workers N`` (N > 1): scrapes sum every worker's metrics.
@@ -90,3 +91,15 @@ class AppState:
     log: PredictionLog
     metrics: Metrics
     signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``
+
+    async def reload(self, names: set[str] | None = None, tell_others: bool = False) -> dict[str, str]:
+        """Load the champions that moved (``names`` only, or all), count the loads; the one way every
+        caller reloads (startup, polling, a webhook, ``/admin/reload``, another worker's note).
+
+        ``tell_others``: the request reached this worker only; the other workers follow.
+        """
+        changes = await run_in_threadpool(self.models.refresh, names)
+        self.metrics.reloads.inc(loads(changes))
+        if tell_others and self.signals is not None:
+            self.signals.tell(names)
+        return changes

@@ -25,6 +25,7 @@ from cityml.settings import Settings
 from serving.api.deps import get_state
 from serving.app import create_app
 from serving.model_store import ModelStore, Served
+from serving.schemas import Prediction, PredictResponse
 from serving.state import AppState, Metrics
 from tests.conftest import SMALL_CATALOG
 
@@ -161,6 +162,10 @@ def test_a_prediction_is_what_the_model_predicts_from_the_same_inputs(api: TestC
     np.testing.assert_allclose(got, model.predict(frame), atol=1e-4)
     p = r.json()["predictions"][0]
     assert p["unit"] == "s" and p["model"] == "eta-alpha" and p["version"] == "3" and p["degraded"] is False
+    # The route writes its JSON itself: the answer is exactly what the documented schema says.
+    assert r.headers["content-type"] == "application/json"
+    assert PredictResponse.model_validate_json(r.content).model_dump(mode="json") == r.json()
+    assert set(p) == set(Prediction.model_fields)
 
 
 def test_missing_online_values_and_a_failed_store_answer_degraded_not_500(api: TestClient, state: AppState) -> None:

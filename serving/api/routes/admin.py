@@ -16,11 +16,9 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
-from starlette.concurrency import run_in_threadpool
 
 from cityml.naming import CHAMPION
 from serving.api.deps import AdminDep, StateDep
-from serving.model_store import loads
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -31,10 +29,7 @@ MAX_SKEW_S = 300
 @router.post("/reload")
 async def reload(state: StateDep, _: AdminDep) -> dict[str, object]:
     """Load every champion whose alias moved since the last load."""
-    changes = await run_in_threadpool(state.models.refresh)
-    state.metrics.reloads.inc(loads(changes))
-    if state.signals is not None:
-        state.signals.tell(None)  # the other workers
+    changes = await state.reload(tell_others=True)
     return {"changed": changes, "models": len(state.models.all())}
 
 
@@ -82,8 +77,5 @@ async def registry_event(
         ) from exc
     if entity != "model_version_alias" or alias != CHAMPION:
         return {"ignored": f"{entity}.{action} {name}@{alias}"}
-    changes = await run_in_threadpool(state.models.refresh, {name})
-    state.metrics.reloads.inc(loads(changes))
-    if state.signals is not None:
-        state.signals.tell({name})  # MLflow called one worker; the others follow within a second
+    changes = await state.reload({name}, tell_others=True)  # MLflow called one worker; the others follow
     return {"changed": changes}

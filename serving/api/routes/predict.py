@@ -39,6 +39,9 @@ router = APIRouter(prefix="/v1", tags=["predict"])
 # the contract: the OpenAPI document shows them (``openapi_extra`` here, the components added by
 # :func:`document`), and a validation error is FastAPI's, in the API's one error shape.
 BODY_SCHEMA = {"$ref": "#/components/schemas/PredictRequest"}
+#: The answer's encoder; the route's dicts carry the fields of ``PredictResponse`` and ``Prediction``
+#: (a test validates answers against them).
+_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 # The key is checked by ``serving.api.errors.Guard`` before the body is read; the document says so
 # here rather than through a dependency FastAPI would solve on every request.
 # So is the path's target, checked in the route: FastAPI's generic parameter solving cost more
@@ -182,6 +185,3 @@ async def predict(request: Request) -> Response:
     answer = _encode({"request_id": request_id, "predictions": predictions})
     state.metrics.latency.labels(target).observe(time.perf_counter() - started)
     return Response(answer, media_type="application/json")
-
-
-_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode  # keys of ``Prediction``
