@@ -21,6 +21,30 @@ class Tariff(BaseModel):
     surge: float = Field(ge=0, description="Fare multiplier gained per unit of excess demand.")
 
 
+class FareRule(BaseModel):
+    """What a trip's fare may plausibly be, for the importer's sanity check.
+
+    The fare of a trip of ``km`` kilometres and ``minutes`` minutes is plausible when it lies within
+    ``band[0] * (base + per_km * km)`` and ``band[1] * (base + per_km * km + per_min * minutes)``: a meter
+    charges for distance, time or both, and surge, tolls, airport flat fares and negotiated fares move it within the
+    band. The default band (a quarter to five times the meter) keeps every fare a real tariff produces, 3.4x surge
+    included, and refuses a fare typed in the wrong unit (cents for euros: 100x) or multiplied by ten.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    base: float = Field(ge=0)
+    per_km: float = Field(gt=0)
+    per_min: float = Field(ge=0)
+    band: tuple[float, float] = (0.25, 5.0)
+
+    @model_validator(mode="after")
+    def _band(self) -> FareRule:
+        lo, hi = self.band
+        if not 0 < lo < 1 < hi:
+            raise ValueError(f"fare band {self.band} must be [low, high] with 0 < low < 1 < high")
+        return self
+
+
 class Synthetic(BaseModel):
     """Parameters of the trip generator for one city."""
 
@@ -41,6 +65,14 @@ class City(BaseModel):
     timezone: str
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     bbox: tuple[float, float, float, float]
+    fare: FareRule | None = Field(
+        default=None, description="The city's meter, for the importer's fare check; synthetic cities use their tariff."
+    )
+    zones: tuple[str, ...] | None = Field(
+        default=None,
+        description="The city's zone ids; in YAML a list or the path of a CSV zone table (first column, or one named "
+        "zone_id / LocationID), relative to the catalog file. Synthetic cities have their grid.",
+    )
     synthetic: Synthetic | None = None
 
     @field_validator("slug")
@@ -84,10 +116,20 @@ class City(BaseModel):
 
     @cached_property
     def grid_zones(self) -> frozenset[str] | None:
-        """Every zone of the synthetic grid; None for a city without one (a real city's zones are its data's)."""
-        if self.synthetic is None:
-            return None
-        return frozenset(grid_zone(i) for i in range(self.synthetic.grid**2))
+        """Every zone of the city: its synthetic grid, else its zone table; None when the catalog gives neither."""
+        if self.synthetic is not None:
+            return frozenset(grid_zone(i) for i in range(self.synthetic.grid**2))
+        return frozenset(self.zones) if self.zones is not None else None
+
+    @property
+    def fare_rule(self) -> FareRule | None:
+        """The meter a fare is checked against: the catalog's ``fare``, else the synthetic tariff."""
+        if self.fare is not None:
+            return self.fare
+        if self.synthetic is not None:
+            t = self.synthetic.tariff
+            return FareRule(base=t.base, per_km=max(t.per_km, 1e-9), per_min=t.per_min)
+        return None
 
 
 def grid_zone(index: int) -> str:
@@ -137,10 +179,50 @@ class CatalogError(ValueError):
     """The catalog file is missing or malformed; the message names the file and field."""
 
 
+ZONE_ID_COLUMNS = ("zone_id", "locationid")
+
+
+def read_zone_table(path: Path) -> tuple[str, ...]:
+    """Zone ids from a CSV zone table: the column ``zone_id`` (or TLC's ``LocationID``), else the first.
+
+    Raises:
+        CatalogError: The file is missing, empty, or holds a blank or repeated id; the message names the file.
+    """
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"zone table {path}: {exc}") from exc
+    if len(rows) < 2:
+        raise CatalogError(f"zone table {path}: needs a header line and at least one zone")
+    header = [h.strip().lower() for h in rows[0]]
+    col = next((header.index(c) for c in ZONE_ID_COLUMNS if c in header), 0)
+    ids = [row[col].strip() if col < len(row) else "" for row in rows[1:] if any(cell.strip() for cell in row)]
+    blank = next((i for i, z in enumerate(ids) if not z), None)
+    if blank is not None:
+        raise CatalogError(f"zone table {path}: line {blank + 2} has no zone id")
+    if len(set(ids)) != len(ids):
+        twice = sorted({z for z in ids if ids.count(z) > 1})[:5]
+        raise CatalogError(f"zone table {path}: zone ids listed twice: {', '.join(twice)}")
+    return tuple(ids)
+
+
+def _zone_tables(raw: object, folder: Path) -> object:
+    """The catalog document with each city's ``zones: <file.csv>`` replaced by the ids the file lists."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("cities"), list):
+        return raw
+    for city in raw["cities"]:
+        if isinstance(city, dict) and isinstance(city.get("zones"), str):
+            city["zones"] = read_zone_table(folder / city["zones"])
+    return raw
+
+
 @lru_cache(maxsize=8)
 def _load(path: Path, mtime: float) -> Catalog:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _zone_tables(yaml.safe_load(path.read_text()), path.parent)
     except FileNotFoundError as exc:
         raise CatalogError(f"city catalog {path} does not exist") from exc
     except yaml.YAMLError as exc:

@@ -1,14 +1,21 @@
 """The trip store: canonical trip rows as parquet, one file per city and UTC day.
 
-Layout: ``<trips_dir>/city=<slug>/date=<YYYY-MM-DD>/trips.parquet``. Files are written to a
-temporary name and renamed, so a reader never sees half a file and a failed write leaves the
-previous file in place.
+Layout: ``<trips_dir>/city=<slug>/date=<YYYY-MM-DD>/trips.parquet``, where ``city=<slug>`` is a symbolic link
+to one *version* of the city, ``<trips_dir>/.versions/city=<slug>/<version>/``. A write builds a whole new
+version (the days it changes written, the others hard-linked from the current version, so nothing is copied),
+then moves the link in one rename. A reader therefore sees a city's trips before a batch or after it, never half
+of it; a write killed at any point leaves the current version as it was, and its unfinished version is removed by
+the next write. Writers of one city take turns (a lock file), so two imports cannot lose each other's days.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterable
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -25,10 +32,6 @@ def utc(value: datetime | date | str) -> pd.Timestamp:
     return ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
 
 
-def day_path(trips_dir: Path, city: str, day: date) -> Path:
-    return trips_dir / f"city={city}" / f"date={day.isoformat()}" / "trips.parquet"
-
-
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write parquet to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,24 +43,99 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+VERSIONS = ".versions"
+
+
+def _city_link(trips_dir: Path, city: str) -> Path:
+    return trips_dir / f"city={city}"
+
+
+def _next_version(trips_dir: Path, city: str) -> Path:
+    root = trips_dir / VERSIONS / f"city={city}"
+    root.mkdir(parents=True, exist_ok=True)
+    return root / f"v{time.time_ns():020d}-{os.getpid()}"
+
+
+def _current(link: Path) -> Path | None:
+    """The folder a city's trips are read from now: its version, or a plain folder of an older store."""
+    return link.resolve() if link.exists() else None
+
+
+def _publish(link: Path, version: Path) -> None:
+    """Point ``link`` at ``version`` in one rename (a plain folder of an older store is moved aside first)."""
+    if link.exists() and not link.is_symlink():
+        os.rename(link, version.parent / f"v{0:020d}-legacy-{time.time_ns()}")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.lnk")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(version, link.parent))
+    os.replace(tmp, link)
+
+
+def _sweep(root: Path, keep: set[Path]) -> None:
+    """Remove a city's versions other than ``keep``: older ones, and those of writes that died."""
+    for old in root.iterdir():
+        if old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _city_lock(trips_dir: Path, city: str) -> Iterator[None]:
+    path = trips_dir / VERSIONS / f"city={city}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_city(trips_dir: Path, city: str, part: pd.DataFrame) -> list[Path]:
+    link = _city_link(trips_dir, city)
+    days = pd.to_datetime(part["pickup_ts"], utc=True).dt.date
+    with _city_lock(trips_dir, city):
+        current = _current(link)
+        version = _next_version(trips_dir, city)
+        version.mkdir()
+        changed = set()
+        for day, rows in part.groupby(days, sort=True):
+            path = version / f"date={day.isoformat()}" / "trips.parquet"
+            atomic_write_table(to_canonical(rows.sort_values("pickup_ts")), path)
+            changed.add(path.parent.name)
+        if current is not None:
+            for old in current.glob("date=*/trips.parquet"):
+                if old.parent.name not in changed:
+                    (version / old.parent.name).mkdir()
+                    os.link(old, version / old.parent.name / old.name)
+        _publish(link, version)
+        # The version just replaced stays one write longer: a reader may be in the middle of it.
+        _sweep(version.parent, {version.resolve(), *([current] if current is not None else [])})
+    return [link / name / "trips.parquet" for name in sorted(changed)]
+
+
 def write_trips(trips_dir: Path, df: pd.DataFrame) -> list[Path]:
-    """Store canonical trips, replacing the (city, day) files they cover. Returns the files."""
+    """Store canonical trips, replacing the (city, day) files they cover; each city's change at once.
+
+    Returns:
+        The day files written, as readers see them (through ``city=<slug>``).
+    """
     if df.empty:
         return []
-    days = pd.to_datetime(df["pickup_ts"], utc=True).dt.date
     written = []
-    for (city, day), part in df.groupby([df["city"], days], sort=True):
-        path = day_path(trips_dir, str(city), day)
-        atomic_write_table(to_canonical(part.sort_values("pickup_ts")), path)
-        written.append(path)
+    for city, part in df.groupby(df["city"], sort=True):
+        written += _write_city(trips_dir, str(city), part)
     return written
 
 
 def trip_files(trips_dir: Path, cities: Iterable[str] | None = None) -> list[Path]:
-    pattern_dirs = [trips_dir / f"city={c}" for c in cities] if cities is not None else sorted(trips_dir.glob("city=*"))
+    """The day files of the given cities (all by default), each city read from one version."""
+    links = [_city_link(trips_dir, c) for c in cities] if cities is not None else sorted(trips_dir.glob("city=*"))
     files: list[Path] = []
-    for d in pattern_dirs:
-        files.extend(sorted(d.glob("date=*/trips.parquet")))
+    for link in links:
+        # Resolved once: a write that publishes meanwhile does not mix two versions of a city into one read.
+        current = _current(link)
+        if current is not None:
+            files.extend(sorted(current.glob("date=*/trips.parquet")))
     return files
 
 

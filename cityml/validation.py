@@ -20,12 +20,17 @@ Reasons (the keys of :attr:`ValidationResult.counts`):
 ``dropoff_ts``              dropoff time missing
 ``dropoff_before_pickup``   dropoff not after pickup
 ``duration_s``              duration missing or outside 60 s – 4 h
-``distance_km``             distance given but not positive
-``speed``                   distance / duration outside 1–150 km/h (only where distance is positive)
-``fare``                    fare given but negative (a missing fare is allowed: some cities have none)
+``distance_km``             distance missing, not positive or not finite (the models need it)
+``speed``                   distance / duration outside 1–150 km/h
+``fare``                    fare given but negative or not finite (a missing fare is allowed: some cities
+                            have none)
+``fare_band``               fare outside the city's plausible band around its meter (``City.fare_rule``):
+                            a wrong unit, a typo, a poisoned file
 ``currency``                a fare in another currency than the city's
 ``outside_bbox``            a pickup or dropoff point outside the city's bounding box
+``unknown_zone``            a pickup or dropoff zone the city's zone table does not have
 ``no_location``             pickup or dropoff with neither a zone nor coordinates
+``malformed_line``          a CSV line that does not parse (wrong number of fields); kept with its line number
 ==========================  ===========================================================================
 """
 
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow
@@ -66,12 +72,22 @@ REASONS: tuple[str, ...] = (
     "distance_km",
     "speed",
     "fare",
+    "fare_band",
     "currency",
     "outside_bbox",
+    "unknown_zone",
     "no_location",
+    "malformed_line",
 )
-QUARANTINE_SCHEMA = TRIP_SCHEMA.append(pyarrow.field("source", pyarrow.string())).append(
-    pyarrow.field("reason", pyarrow.string())
+# ``line`` and ``raw`` are set for malformed lines only: where the line is in the file and what it said.
+QUARANTINE_SCHEMA = pyarrow.schema(
+    [
+        *TRIP_SCHEMA,
+        pyarrow.field("source", pyarrow.string()),
+        pyarrow.field("reason", pyarrow.string()),
+        pyarrow.field("line", pyarrow.int64()),
+        pyarrow.field("raw", pyarrow.string()),
+    ]
 )
 
 Period = tuple[datetime | pd.Timestamp | str, datetime | pd.Timestamp | str]
@@ -198,6 +214,24 @@ def _row_checks(city: City, period: tuple[pd.Timestamp, pd.Timestamp] | None, no
         lat, lon = d[f"{side}_lat"], d[f"{side}_lon"]
         return ~_point_present(lat, lon) | _inside(city, lat, lon)
 
+    zones = city.grid_zones
+
+    def known_zone(d: pd.DataFrame, side: str) -> pd.Series:
+        z = d[f"{side}_zone"]
+        return pd.Series(True, index=d.index) if zones is None else z.isna() | z.isin(zones)
+
+    rule = city.fare_rule
+
+    def fare_in_band(d: pd.DataFrame) -> pd.Series:
+        if rule is None:
+            return pd.Series(True, index=d.index)
+        km, minutes, fare = d["distance_km"], d["duration_s"] / 60.0, d["fare"]
+        low = rule.band[0] * (rule.base + rule.per_km * km)
+        high = rule.band[1] * (rule.base + rule.per_km * km + rule.per_min * minutes)
+        # Only judged where the meter can be computed; a bad fare, distance or duration fails its own check.
+        judged = (fare >= 0) & (km > 0) & (minutes > 0) & np.isfinite(fare) & np.isfinite(km) & np.isfinite(minutes)
+        return ~judged | fare.between(low, high)
+
     rules: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
         "city": lambda d: d["city"] == city.slug,
         "trip_id": lambda d: d["trip_id"].notna() & (d["trip_id"].astype("string").str.strip() != ""),
@@ -209,11 +243,13 @@ def _row_checks(city: City, period: tuple[pd.Timestamp, pd.Timestamp] | None, no
             d["pickup_ts"].isna() | d["dropoff_ts"].isna() | (d["dropoff_ts"] > d["pickup_ts"])
         ),
         "duration_s": lambda d: d["duration_s"].between(MIN_DURATION_S, MAX_DURATION_S),
-        "distance_km": lambda d: d["distance_km"].isna() | (d["distance_km"] > 0),
+        "distance_km": lambda d: (d["distance_km"] > 0) & np.isfinite(d["distance_km"]),
         "speed": speed_ok,
-        "fare": lambda d: d["fare"].isna() | (d["fare"] >= 0),
+        "fare": lambda d: d["fare"].isna() | ((d["fare"] >= 0) & np.isfinite(d["fare"])),
+        "fare_band": fare_in_band,
         "currency": lambda d: d["fare"].isna() | (d["currency"] == city.currency),
         "outside_bbox": lambda d: in_bbox(d, "pickup") & in_bbox(d, "dropoff"),
+        "unknown_zone": lambda d: known_zone(d, "pickup") & known_zone(d, "dropoff"),
         "no_location": lambda d: located(d, "pickup") & located(d, "dropoff"),
     }
     return [pa.Check(fn, name=reason, ignore_na=False) for reason, fn in rules.items()]
@@ -261,8 +297,8 @@ def validate_trips(
     reasons = pd.Series("", index=typed.index, dtype=object)
     counts: dict[str, int] = {}
     for reason in REASONS:  # fixed order, so a row's joined reasons read the same every time
-        mask = failed[reason]
-        if mask.any():
+        mask = failed.get(reason)
+        if mask is not None and mask.any():
             counts[reason] = int(mask.sum())
             reasons[mask] = reasons[mask] + ";" + reason
     bad = reasons != ""
@@ -271,6 +307,36 @@ def validate_trips(
     clean = typed[~bad].reset_index(drop=True)
     return ValidationResult(
         clean=clean, quarantine=quarantine, counts=counts, rows_read=len(typed), rows_kept=len(clean)
+    )
+
+
+def with_malformed_lines(
+    result: ValidationResult, source: str, lines: list[tuple[int | None, str]]
+) -> ValidationResult:
+    """``result`` with the lines its file could not parse added to the quarantine (reason ``malformed_line``).
+
+    Args:
+        result: The validation of the rows that did parse.
+        source: The file, as named in the quarantine.
+        lines: (line number in the file, or None if unknown; the line's text, cut to 1,000 characters).
+    """
+    if not lines:
+        return result
+    bad = pd.DataFrame(
+        {
+            "source": source,
+            "reason": "malformed_line",
+            "line": pd.array([n for n, _ in lines], dtype="Int64"),
+            "raw": [text[:1000] for _, text in lines],
+        }
+    )
+    counts = {**result.counts, "malformed_line": result.counts.get("malformed_line", 0) + len(lines)}
+    return ValidationResult(
+        clean=result.clean,
+        quarantine=pd.concat([result.quarantine, bad], ignore_index=True),
+        counts={r: counts[r] for r in REASONS if r in counts},
+        rows_read=result.rows_read + len(lines),
+        rows_kept=result.rows_kept,
     )
 
 
@@ -300,7 +366,7 @@ def write_quarantine(folder: Path, city: str, source_name: str, quarantine: pd.D
         path.unlink(missing_ok=True)
         return None
     table = pyarrow.Table.from_pandas(
-        quarantine[QUARANTINE_SCHEMA.names], schema=QUARANTINE_SCHEMA, preserve_index=False
+        quarantine.reindex(columns=QUARANTINE_SCHEMA.names), schema=QUARANTINE_SCHEMA, preserve_index=False
     )
     atomic_write_table(table, path)
     return path

@@ -1,7 +1,9 @@
 """Import a batch of real trip files: read and validate all of them, then store.
 
 Nothing is written until every file has been read, mapped and validated, so a refused file (unreadable, wrong
-columns) leaves the trip store exactly as it was.
+columns) leaves the trip store exactly as it was. The batch is then published at once (``cityml.trips``): a reader,
+or an import killed midway, never leaves half of it visible. Trip ids come from the trips' content, so importing
+the same trips again, from any file, stores them once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cityml.importers import chicago, nyc_tlc
 from cityml.importers.common import merge_with_stored, read_table
 from cityml.settings import Settings
 from cityml.trips import write_trips
-from cityml.validation import REASONS, ValidationResult, validate_trips, write_quarantine
+from cityml.validation import REASONS, ValidationResult, validate_trips, with_malformed_lines, write_quarantine
 
 Source = Literal["nyc-tlc", "chicago"]
 IMPORTERS: dict[str, ModuleType] = {nyc_tlc.SOURCE: nyc_tlc, chicago.SOURCE: chicago}
@@ -63,12 +65,12 @@ def _file_report(path: Path, variant: str, period: Any, result: ValidationResult
 
 
 def _check_names(files: list[Path]) -> None:
-    """Refuse two different files with the same name: trip ids and quarantine files are keyed on the name."""
+    """Refuse two different files with the same name: their quarantines are kept under the file's name."""
     by_name: dict[str, Path] = {}
     for path in files:
         other = by_name.setdefault(path.name, path)
         if other.resolve() != path.resolve():
-            raise ValueError(f"{other} and {path} share the name {path.name!r}; rename one (trip ids derive from it)")
+            raise ValueError(f"{other} and {path} share the name {path.name!r}; rename one (quarantines go by name)")
 
 
 def _check_timezone(city: City, source: ModuleType) -> None:
@@ -112,10 +114,11 @@ def import_files(settings: Settings, source: Source, files: list[Path], city: st
     seen: set[str] = set()
     checked: list[tuple[Path, ValidationResult, dict[str, Any]]] = []
     for path in files:
-        mapped = importer.to_trips(read_table(path), target, path.name)
+        raw = read_table(path)
+        mapped = importer.to_trips(raw.frame, target, path.name)
         period = importer.period_for(path)
         result = validate_trips(mapped.trips, target, str(path), period=period)
-        result = _drop_seen(result, seen, str(path))
+        result = with_malformed_lines(_drop_seen(result, seen, str(path)), str(path), raw.malformed)
         checked.append((path, result, _file_report(path, mapped.variant, period, result)))
         log.info("%s: %d rows read, %d kept", path, result.rows_read, result.rows_kept)
 

@@ -45,7 +45,6 @@ from cityml.importers.common import (
     match_variant,
     numbers,
     parse_times,
-    row_ids,
     zone_ids,
 )
 from cityml.request_features import haversine_km
@@ -128,8 +127,7 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     Args:
         raw: The file as read.
         city: The catalog city the trips are stored under (its slug and currency are used).
-        source_name: The file name; rows without a trip id get one derived from it and the row number (in the
-            subset layout, from the row's content instead).
+        source_name: The file name, named in errors. Rows without a trip id get one hashed from their content.
 
     Returns:
         The canonical rows (not yet validated) and the name of the layout found.
@@ -175,13 +173,11 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     zones = {z: zone_ids(column(z)) for z in ("pickup_zone", "dropoff_zone")}
     fare = numbers(column("fare"))
 
-    if variant is BIGQUERY_SUBSET:
-        # No trip id in this layout: hash what the row says, so the same row gets the same id from any file.
-        content = {"start": start, "seconds": seconds, "miles": miles, **zones, **coords, "fare": fare}
-        taxi = column("taxi_id").astype("string").str.strip()
-        fallback = content_ids("chi", {"city": pd.Series(city.slug, index=raw.index), **content, "taxi_id": taxi})
-    else:
-        fallback = row_ids("chi", source_name, len(raw))
+    # Where the source gives no trip id (the subset layout, or a blank id), what the row says makes one, so the
+    # same row gets the same id from any file.
+    content = {"start": start, "seconds": seconds, "miles": miles, **zones, **coords, "fare": fare}
+    taxi = column("taxi_id").astype("string").str.strip()
+    fallback = content_ids("chi", {"city": pd.Series(city.slug, index=raw.index), **content, "taxi_id": taxi})
     ids = column("trip_id").astype("string").str.strip()
     ids = ids.where(ids.fillna("") != "", pd.Series(fallback.to_numpy(), dtype="string"))
     trips = pd.DataFrame(

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cityml.schema import TRIP_COLUMNS
@@ -94,23 +95,74 @@ def match_variant(raw: pd.DataFrame, variants: list[Variant], source: str, what:
     raise TripSchemaError(f"{source}: columns match no {what} layout ({'; '.join(lacks)})")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV (optionally compressed) or parquet file as a frame.
+class RawFile(NamedTuple):
+    """A source file as read: its rows, and the CSV lines that did not parse.
+
+    Attributes:
+        frame: The rows, columns as named in the file.
+        malformed: (line number in the file, the line's text) of every line with a wrong number of fields; such a
+            line is quarantined on its own, the rest of the file is kept.
+    """
+
+    frame: pd.DataFrame
+    malformed: list[tuple[int | None, str]]
+
+
+#: A file where more than this share of the lines do not parse is not a CSV of any layout: refused whole.
+MAX_MALFORMED_SHARE = 0.5
+
+
+def _read_csv(path: Path) -> RawFile:
+    """A CSV (compressed or not) through Arrow's parser, single-threaded so that every bad line has its number."""
+    import pyarrow.csv as pcsv
+    from pandas.io.common import get_handle
+
+    malformed: list[tuple[int | None, str]] = []
+
+    def bad_line(row: pcsv.InvalidRow) -> str:
+        malformed.append((row.number, row.text))
+        return "skip"
+
+    options = {
+        "read_options": pcsv.ReadOptions(use_threads=False),
+        "parse_options": pcsv.ParseOptions(invalid_row_handler=bad_line, newlines_in_values=True),
+        # Empty fields are missing values, in text columns too, as pandas reads them.
+        "convert_options": pcsv.ConvertOptions(strings_can_be_null=True),
+    }
+    if path.suffix.lower() in (".zip", ".xz"):  # compressions Arrow does not read itself
+        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            table = pcsv.read_csv(pa.py_buffer(handle.handle.read()), **options)
+    else:  # plain, or gzip/bz2/zstd/lz4, which Arrow infers from the suffix
+        table = pcsv.read_csv(str(path), **options)
+    frame = table.to_pandas()
+    if malformed and len(malformed) > MAX_MALFORMED_SHARE * (len(frame) + len(malformed)):
+        first = malformed[0]
+        raise TripFileError(
+            f"{path}: {len(malformed)} of {len(frame) + len(malformed)} lines do not parse as CSV rows of its header "
+            f"(line {first[0]}: {first[1][:80]!r})"
+        )
+    return RawFile(frame, malformed)
+
+
+def read_table(path: Path) -> RawFile:
+    """A CSV (optionally compressed) or parquet file as a frame, with the CSV lines that did not parse.
 
     Raises:
-        TripFileError: The file is missing, empty or not a readable table.
+        TripFileError: The file is missing, empty or not a readable table, or most of its lines do not parse.
     """
     name = path.name.lower()
     try:
         if name.endswith((".parquet", ".pq")):
-            return pq.read_table(path).to_pandas()
-        # Everything else is taken as CSV; pandas infers gzip/zip/bz2/xz/zstd from the suffix.
-        return pd.read_csv(path, low_memory=False)
+            return RawFile(pq.read_table(path).to_pandas(), [])
+        # Everything else is taken as CSV; gzip/zip/bz2/xz/zstd are inferred from the suffix.
+        return _read_csv(path)
     except FileNotFoundError as exc:
         raise TripFileError(f"{path}: file not found") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise TripFileError(f"{path}: file is empty") from exc
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except TripFileError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError, pa.ArrowInvalid) as exc:
+        if "Empty CSV file" in str(exc):
+            raise TripFileError(f"{path}: file is empty") from exc
         raise TripFileError(f"{path}: cannot read as {'parquet' if 'parq' in name else 'CSV'}: {exc}") from exc
 
 
@@ -154,16 +206,6 @@ def local_to_utc(ts: pd.Series, tz: str) -> pd.Series:
     if isinstance(ts.dtype, pd.DatetimeTZDtype):
         return ts.dt.tz_convert("UTC")
     return ts.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward").dt.tz_convert("UTC")
-
-
-def row_ids(prefix: str, source_name: str, n: int) -> pd.Series:
-    """Deterministic trip ids ``<prefix>-<hash of file name>-<row>`` for sources without their own ids.
-
-    The file name (not its path) is hashed, so importing the same file again from elsewhere gives the same ids
-    and replaces the trips instead of doubling them.
-    """
-    digest = hashlib.blake2b(Path(source_name).name.encode(), digest_size=5).hexdigest()
-    return pd.Series([f"{prefix}-{digest}-{i}" for i in range(n)], dtype=object)
 
 
 def content_ids(prefix: str, parts: dict[str, pd.Series]) -> pd.Series:

@@ -23,12 +23,12 @@ from cityml.importers.common import (
     MILE_KM,
     Mapped,
     Variant,
+    content_ids,
     local_to_utc,
     match_variant,
     month_period,
     numbers,
     parse_times,
-    row_ids,
     zone_ids,
 )
 
@@ -74,7 +74,7 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     Args:
         raw: The file as read.
         city: The catalog city the trips are stored under (its slug and currency are used).
-        source_name: The file name; trip ids are derived from it and the row number.
+        source_name: The file name, named in errors.
 
     Returns:
         The canonical rows (not yet validated) and the name of the layout found.
@@ -86,19 +86,27 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     pickup = local_to_utc(parse_times(raw[col["pickup"]]), SOURCE_TZ)
     dropoff = local_to_utc(parse_times(raw[col["dropoff"]]), SOURCE_TZ)
     fare = numbers(raw[col["fare"]]) if "fare" in col else pd.Series(np.nan, index=raw.index)
+    zones = {z: zone_ids(raw[col[z]], UNKNOWN_ZONES) for z in ("pickup_zone", "dropoff_zone")}
+    km = numbers(raw[col["miles"]]) * MILE_KM
+    # TLC records carry no trip id: the trip's own values make one, so the same trip from any file, under any name
+    # or in either layout, is stored once.
+    ids = content_ids(
+        "tlc",
+        {"city": pd.Series(city.slug, index=raw.index), "pickup": pickup, "dropoff": dropoff, **zones, "km": km}
+        | {"fare": fare},
+    )
     trips = pd.DataFrame(
         {
             "city": city.slug,
-            "trip_id": row_ids("tlc", source_name, len(raw)).to_numpy(),
+            "trip_id": ids.to_numpy(),
             "pickup_ts": pickup,
             "dropoff_ts": dropoff,
-            "pickup_zone": zone_ids(raw[col["pickup_zone"]], UNKNOWN_ZONES),
-            "dropoff_zone": zone_ids(raw[col["dropoff_zone"]], UNKNOWN_ZONES),
+            **zones,
             "pickup_lat": np.nan,
             "pickup_lon": np.nan,
             "dropoff_lat": np.nan,
             "dropoff_lon": np.nan,
-            "distance_km": numbers(raw[col["miles"]]) * MILE_KM,
+            "distance_km": km,
             "duration_s": (dropoff - pickup).dt.total_seconds(),
             "fare": fare,
             "currency": city.currency,

@@ -82,7 +82,7 @@ def test_bounds_of_duration_speed_and_time() -> None:
         trip(3, distance_km=0.1, duration_s=600.0),  # 0.6 km/h
         trip(4, pickup_ts=pd.Timestamp("2008-12-31 23:59", tz="UTC"), dropoff_ts=pd.Timestamp("2009-01-01", tz="UTC")),
         trip(5, pickup_ts=NOW + pd.Timedelta(minutes=1), dropoff_ts=NOW + pd.Timedelta(minutes=11)),
-        trip(6, distance_km=np.nan),  # distance unknown: no speed check
+        trip(6, distance_km=np.nan),  # distance unknown: the models need it
         trip(7, trip_id="t0"),
     )
     result = validate_trips(df, CITY, "x.csv", now=NOW)
@@ -91,9 +91,10 @@ def test_bounds_of_duration_speed_and_time() -> None:
         "t3": "speed",
         "t4": "pickup_ts",
         "t5": "pickup_ts",
+        "t6": "distance_km",
         "t0": "duplicate_trip_id",
     }
-    assert result.clean["trip_id"].tolist() == ["t0", "t1", "t6"]
+    assert result.clean["trip_id"].tolist() == ["t0", "t1"]
 
 
 def test_a_row_failing_several_checks_is_one_row_with_joined_reasons() -> None:
