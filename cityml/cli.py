@@ -238,6 +238,9 @@ def train(
         float | None,
         typer.Option(min=0, help="Seconds of Optuna search per city model (default: settings, 0 = no search)."),
     ] = None,
+    tune_trials: Annotated[
+        int | None, typer.Option(min=1, help="At most this many Optuna trials per city model (default: settings).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, register and gate each city's models (and the global ones); print the gate report."""
@@ -248,6 +251,8 @@ def train(
     s = get_settings()
     if tune_budget is not None:
         s = s.model_copy(update={"tune_budget_s": tune_budget})
+    if tune_trials is not None:
+        s = s.model_copy(update={"tune_max_trials": tune_trials})
     label = "cli-force-promote" if force_promote else "cli"
     results = train_fleet(
         s,

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     tune_budget_s: float = Field(
         default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."
     )
+    tune_max_trials: int = Field(
+        default=100, ge=1, description="Optuna trials per city model at most, whatever the seconds left."
+    )
     # The promotion gate (training/gate.py).
     gate_margin: float = Field(default=0.0, ge=0, lt=1, description="Relative MAE gain needed over the champion.")
     gate_min_train_rows: int = Field(default=500, ge=0)
@@ -82,6 +85,17 @@ class Settings(BaseSettings):
     gate_parity_sample: int = Field(default=20, ge=0, description="Trips the gate's parity check samples; 0 disables.")
     gate_parity_hours: int = Field(
         default=4, ge=1, description="Pickup hours those trips come from (each hour is one materialization)."
+    )
+    gate_max_label_shift: float = Field(
+        default=0.5,
+        gt=0,
+        description="Largest move of the median label per km from the champion's training data (0.5: x1.5 or /1.5) "
+        "before promotion is blocked as a possible data fault.",
+    )
+    gate_clean_tolerance: float = Field(
+        default=0.10,
+        ge=0,
+        description="How much worse than the champion a challenger may be on the champion's own test window.",
     )
 
     @field_validator("api_keys", "train_label_scales", mode="before")

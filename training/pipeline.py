@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,15 +20,27 @@ import pandas as pd
 from cityml.catalog import load_catalog
 from cityml.modeling import BASE_TAG, CATEGORICAL_FEATURES, CITY_FEATURE, LabelScale
 from cityml.naming import GLOBAL, feature_service_name, model_name
-from cityml.profile import build_profile, day_segments
+from cityml.profile import PROFILE_FILE, build_profile, day_segments
 from cityml.registry import LoadedModel, champion, client, load_version, selftest_doc
 from cityml.request_features import ZONE_FEATURES
 from cityml.settings import Settings
 from training.datasets import TrainingSet, build_training_set, build_training_sets
 from training.evaluate import LinearOnDistance, Median, RatePerKm, mae, metrics
 from training.fit import DEFAULT_PARAMS, Fitted, Split, fit_model, time_split
-from training.gate import Decision, GateInputs, decide
+from training.gate import (
+    MIN_PER_KM_ROWS,
+    CleanWindow,
+    Decision,
+    GateInputs,
+    decide,
+    label_reference,
+    label_shifts,
+)
 from training.registry import experiment_id, feast_registry_version, git_sha, log_version, set_champion
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +86,35 @@ def _window(split: Split) -> dict[str, str]:
     }
 
 
-def _register(
-    settings: Settings,
+@dataclass
+class Registration:
+    """Everything a fitted model needs to become a registered version, and what the gate decided.
+
+    Built where the model was fitted (a pool worker, maybe) and published by :func:`publish` in the process that
+    runs the fleet, so that a worker left behind by a dead parent can never register or promote.
+    """
+
+    name: str
+    booster: lgb.Booster
+    scale: LabelScale
+    example: pd.DataFrame
+    features: list[str]
+    metrics: dict[str, float]
+    tags: dict[str, Any]
+    profile: dict[str, Any]
+    params: dict[str, Any]
+    gate_tags: dict[str, Any]
+    selftest: dict[str, Any]
+    promote: bool
+    why: str
+
+
+#: ``promotion`` tag of a version the gate passed, until ``@champion`` points at it. A run that dies in between
+#: leaves it so; the next run of the model reports and closes it (:func:`_close_abandoned`).
+PENDING = "pending"
+
+
+def _registration(
     name: str,
     fitted: Fitted,
     split: Split,
@@ -81,8 +124,8 @@ def _register(
     decision: Decision,
     forced: bool,
     params: dict[str, Any],
-) -> str:
-    c = client(settings)
+    label: str,
+) -> Registration:
     # Quantile bins need a sample, not every row: a fleet model's million rows would cost more
     # to predict than to fit.
     train = split.train
@@ -96,34 +139,98 @@ def _register(
     numeric = [f for f in features if f not in CATEGORICAL_FEATURES]
     profile = build_profile(train[numeric], train_pred, segments)
     profile["rows"], profile["profiled_rows"] = len(split.train), len(train)
+    # What the next challenger's labels are compared with (training/gate.py, check f).
+    profile["label"] = label_reference(split.train[label].to_numpy(), split.train["distance_km"].to_numpy())
+    promote = decision.promote or forced
     gate_tags = {"gate": "passed" if decision.promote else "failed", "gate_reasons": "; ".join(decision.reasons)[:4900]}
     if forced:
         gate_tags["force_promoted"] = "true"
-    if not (decision.promote or forced):
-        gate_tags["promotion"] = f"rejected: {decision.summary}"
+    gate_tags["promotion"] = PENDING if promote else f"rejected: {decision.summary}"
     # What the server must repeat before this version serves (cityml.registry.self_test).
     example = split.test.head(SELFTEST_ROWS)
     inputs = [f for f in dict.fromkeys([*features, "distance_km", CITY_FEATURE]) if f in example.columns]
     selftest = selftest_doc({f: example[f].to_numpy() for f in inputs}, fitted.predict(example))
+    return Registration(
+        name=name,
+        booster=fitted.booster,
+        scale=fitted.scale,
+        example=split.test.head(5),
+        features=features,
+        metrics=m,
+        tags=tags,
+        profile=profile,
+        params={**DEFAULT_PARAMS, **params},
+        gate_tags=gate_tags,
+        selftest=selftest,
+        promote=promote,
+        why=decision.summary if not forced else f"forced by ops (gate: {decision.summary})",
+    )
+
+
+def _close_abandoned(c: MlflowClient, name: str) -> list[str]:
+    """Versions of ``name`` a dead run left ``pending`` (registered, never made champion): tagged and listed."""
+    from cityml.naming import CHAMPION
+
+    try:
+        held = c.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - a model not registered yet has nothing abandoned
+        return []
+    champion_version = (held.aliases or {}).get(CHAMPION)
+    closed = []
+    for mv in c.search_model_versions(f"name='{name}'"):
+        if mv.tags.get("promotion") == PENDING and str(mv.version) != str(champion_version):
+            c.set_model_version_tag(
+                name, str(mv.version), "promotion", "abandoned: its run died before @champion moved"
+            )
+            closed.append(str(mv.version))
+    if closed:
+        log.warning("%s: versions %s were left pending by a run that died; tagged abandoned", name, closed)
+    return closed
+
+
+def publish(settings: Settings, reg: Registration) -> tuple[str, list[str]]:
+    """Register ``reg`` and, if the gate (or ops) said so, move ``@champion`` to it.
+
+    Returns:
+        The new version, and the versions an earlier run left pending and this one closed.
+    """
+    c = client(settings)
+    abandoned = _close_abandoned(c, reg.name)
     version = log_version(
         c,
         experiment_id(c, settings),
-        name,
-        fitted.booster,
-        fitted.scale,
-        split.test,
-        features,
-        m,
-        tags,
-        profile,
-        {**DEFAULT_PARAMS, **params},
-        gate_tags,
-        selftest,
+        reg.name,
+        reg.booster,
+        reg.scale,
+        reg.example,
+        reg.features,
+        reg.metrics,
+        reg.tags,
+        reg.profile,
+        reg.params,
+        reg.gate_tags,
+        reg.selftest,
     )
-    if decision.promote or forced:
-        why = decision.summary if not forced else f"forced by ops (gate: {decision.summary})"
-        set_champion(c, name, version, why)
-    return version
+    if reg.promote:
+        set_champion(c, reg.name, version, reg.why)
+    return version, abandoned
+
+
+def _published(settings: Settings, prepared: Prepared) -> dict[str, Any]:
+    """A prepared training's result with its version registered (or its failure to register)."""
+    result, reg = prepared
+    if reg is None:
+        return result
+    try:
+        version, abandoned = publish(settings, reg)
+    except Exception as exc:
+        log.exception("registering %s failed", reg.name)
+        return {**result, "status": "failed", "reason": f"registration: {type(exc).__name__}: {exc}"}
+    return {**result, "version": version, **({"abandoned_versions": abandoned} if abandoned else {})}
+
+
+#: A training's JSON-safe result and, when it produced a model, what registering it needs.
+Prepared = tuple[dict[str, Any], Registration | None]
 
 
 SELFTEST_ROWS = 20
@@ -146,7 +253,12 @@ def _result(name: str, city: str, target: str, status: str, reason: str, **extra
     return {"model": name, "city": city, "target": target, "status": status, "reason": reason, **extra}
 
 
-def train_city(
+def train_city(settings: Settings, city: str, target: str, **kwargs: Any) -> dict[str, Any]:
+    """Fit, evaluate, gate and register ``<target>-<city>``. Returns a JSON-safe summary (see :func:`prepare_city`)."""
+    return _published(settings, prepare_city(settings, city, target, **kwargs))
+
+
+def prepare_city(
     settings: Settings,
     city: str,
     target: str,
@@ -157,8 +269,8 @@ def train_city(
     training_set: TrainingSet | None = None,
     parity_cache: dict[Any, int] | None = None,
     global_mae: float | None = None,
-) -> dict[str, Any]:
-    """Fit, evaluate, register and gate ``<target>-<city>``. Returns a JSON-safe summary.
+) -> Prepared:
+    """Fit, evaluate and gate ``<target>-<city>``: its JSON-safe summary and its registration, not yet published.
 
     A fleet run passes what it already knows: the ``training_set`` it built (with the same
     ``until``), a ``parity_cache`` shared by the city's targets, so that the parity check runs
@@ -172,13 +284,8 @@ def train_city(
     ts = training_set if training_set is not None else build_training_set(settings, city, target, until=until)
     clock.lap("dataset")
     if ts.rows < MIN_FIT_ROWS:
-        return _result(
-            name,
-            city,
-            target,
-            "skipped",
-            f"too little data: {ts.rows} trips with a {ts.label}, fewer than {MIN_FIT_ROWS} to fit on",
-        )
+        reason = f"too little data: {ts.rows} trips with a {ts.label}, fewer than {MIN_FIT_ROWS} to fit on"
+        return _result(name, city, target, "skipped", reason), None
     split = time_split(ts.frame)
     tuning: dict[str, Any] | None = None
     fit_params: dict[str, Any] = {}
@@ -188,7 +295,15 @@ def train_city(
         from training.tune import tune
 
         scale = scales[0]
-        tuned = tune(split, ts.features, ts.label, settings.tune_budget_s, threads=settings.train_threads, scale=scale)
+        tuned = tune(
+            split,
+            ts.features,
+            ts.label,
+            settings.tune_budget_s,
+            threads=settings.train_threads,
+            max_trials=settings.tune_max_trials,
+            scale=scale,
+        )
         fitted = Fitted(tuned.booster, scale, tuned.booster.best_iteration, refit=False)
         fit_params, tuning = tuned.params, tuned.summary()
         clock.lap("tune")
@@ -202,21 +317,33 @@ def train_city(
             pooled_on = f"{fleet.name}/{fleet.version}"
         clock.lap("fit")
     y = split.test[ts.label].to_numpy()
-    m = metrics(y, fitted.predict(split.test))
+    test_pred = fitted.predict(split.test)
+    m = metrics(y, test_pred)
     rate = RatePerKm.fit(split.train, ts.label)
     m["baseline_mae"] = mae(y, rate.predict(split.test))
     m["linear_baseline_mae"] = mae(y, LinearOnDistance.fit(split.train, ts.label).predict(split.test))
     m["median_mae"] = mae(y, Median.fit(split.train, ts.label).predict(split.test))
     clock.lap("evaluate")
 
-    champion_mae = _score(_champion(settings, name), split.test, ts.label)
+    held = _champion(settings, name)
+    champion_mae = _score(held, split.test, ts.label)
+    shifts = label_shifts(
+        _label_reference(held),
+        {
+            "training labels": (split.train[ts.label].to_numpy(), split.train["distance_km"].to_numpy()),
+            "test labels": (y, split.test["distance_km"].to_numpy()),
+            "test predictions": (test_pred, split.test["distance_km"].to_numpy()),
+        },
+    )
+    clean = _clean_window(held, ts.frame, fitted, ts.label)
     if global_mae is None:
         global_mae = _score(_champion(settings, model_name(target, GLOBAL)), split.test.assign(city=city), ts.label)
     clock.lap("gate_models")
     parity = _gate_parity(settings, city, target, parity_cache)
     clock.lap("parity")
     decision = decide(
-        GateInputs(m["mae"], m["median_mae"], len(split.train), champion_mae, global_mae, parity), settings
+        GateInputs(m["mae"], m["median_mae"], len(split.train), champion_mae, global_mae, parity, shifts, clean),
+        settings,
     )
     for key, value in (("champion_mae", champion_mae), ("global_mae", global_mae)):
         if value is not None:
@@ -244,8 +371,7 @@ def train_city(
             f"{tuning['trials']} trials in {tuning['seconds']} s, "
             f"valid MAE {tuning['valid_mae']:.4g} (defaults {tuning['default_valid_mae']:.4g})"
         )
-    version = _register(
-        settings,
+    reg = _registration(
         name,
         fitted,
         split,
@@ -255,17 +381,17 @@ def train_city(
         decision,
         force_promote,
         {**fit_params, "baseline_rate_per_km": rate.rate},
+        ts.label,
     )
     clock.lap("register")
     promoted = decision.promote or force_promote
-    log.info("%s v%s: mae %.4g baseline %.4g -> %s", name, version, m["mae"], m["baseline_mae"], decision.summary)
-    return _result(
+    log.info("%s: mae %.4g baseline %.4g -> %s", name, m["mae"], m["baseline_mae"], decision.summary)
+    result = _result(
         name,
         city,
         target,
         "promoted" if promoted else "rejected",
         decision.summary,
-        version=version,
         forced=force_promote and not decision.promote,
         pooled=fitted.pooled,
         checks=decision.reasons,
@@ -275,6 +401,32 @@ def train_city(
         timings=clock.laps,
         **({"tuning": tuning} if tuning is not None else {}),
     )
+    return result, reg
+
+
+def _label_reference(held: LoadedModel | None) -> dict[str, Any] | None:
+    """The champion's training labels as its reference profile recorded them (None for versions before that)."""
+    if held is None or held.files is None:
+        return None
+    path = held.files.run_file(PROFILE_FILE)
+    if path is None:
+        return None
+    with open(path) as fh:
+        reference = json.load(fh).get("label")
+    return reference if isinstance(reference, dict) else None
+
+
+def _clean_window(held: LoadedModel | None, frame: pd.DataFrame, fitted: Fitted, label: str) -> CleanWindow | None:
+    """Challenger and champion on the champion's own test window, re-read from today's training set."""
+    start, end = (held.tags.get("test_start"), held.tags.get("test_end")) if held is not None else (None, None)
+    if held is None or not start or not end:
+        return None
+    at = frame["event_timestamp"]
+    rows = frame[(at >= pd.Timestamp(start)) & (at <= pd.Timestamp(end))]
+    champion_mae = _score(held, rows, label) if len(rows) >= MIN_PER_KM_ROWS else None
+    if champion_mae is None:
+        return None
+    return CleanWindow(start, end, len(rows), mae(rows[label].to_numpy(), fitted.predict(rows)), champion_mae)
 
 
 def _pool_base(settings: Settings, city: str, target: str, features: list[str]) -> LoadedModel | None:
@@ -400,7 +552,8 @@ def train_global(
         "dag_run_id": run_label,
         **_window(split),
     }
-    version = _register(settings, name, fitted, split, features, m, tags, decision, False, {})
+    reg = _registration(name, fitted, split, features, m, tags, decision, False, {}, label)
+    version, abandoned = publish(settings, reg)
     return _result(
         name,
         GLOBAL,
@@ -408,6 +561,7 @@ def train_global(
         "promoted" if decision.promote else "rejected",
         decision.summary,
         version=version,
+        **({"abandoned_versions": abandoned} if abandoned else {}),
         checks=decision.reasons,
         per_city_mae=per_city,  # unrounded: the city models' gate compares with these
         metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
@@ -426,32 +580,54 @@ def isolated(fn: Any, name: str, city: str, target: str, *args: Any, **kwargs: A
         return _result(name, city, target, "failed", f"{type(exc).__name__}: {exc}")
 
 
-def train_city_targets(
+def prepare_city_targets(
     settings: Settings,
     city: str,
     sets: dict[str, TrainingSet],
     global_maes: dict[str, float] | None = None,
     **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Every target of one city, in turn, sharing the parity check; one unit of a fleet run's pool."""
+) -> list[Prepared]:
+    """Every target of one city, in turn, sharing the parity check; one unit of a fleet run's pool.
+
+    Nothing is registered here: the caller publishes each result (:func:`publish`). A failure is reported with its
+    reason and leaves the champion alone.
+    """
     cache: dict[Any, int] = {}
     known = global_maes or {}
-    return [
-        isolated(
-            train_city,
-            model_name(target, city),
-            city,
-            target,
-            settings,
-            city,
-            target,
-            training_set=ts,
-            parity_cache=cache,
-            global_mae=known.get(target),
-            **kwargs,
-        )
-        for target, ts in sets.items()
-    ]
+    out: list[Prepared] = []
+    for target, ts in sets.items():
+        name = model_name(target, city)
+        try:
+            out.append(
+                prepare_city(
+                    settings,
+                    city,
+                    target,
+                    training_set=ts,
+                    parity_cache=cache,
+                    global_mae=known.get(target),
+                    **kwargs,
+                )
+            )
+        except Exception as exc:
+            log.exception("training %s failed", name)
+            out.append((_result(name, city, target, "failed", f"{type(exc).__name__}: {exc}"), None))
+    return out
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker start-up: the kernel kills this process when the fleet run's process dies (``kill -9``
+    included), so no worker goes on fitting, holding memory, or waiting for work that will never come."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the pool's broken-pipe handling is all there is
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
 
 
 def _all_sets(
@@ -476,21 +652,27 @@ def _in_pool(
     known: dict[str, dict[str, float]],
     kwargs: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """:func:`train_city_targets` for every city, ``workers`` cities at once in fresh processes.
+    """:func:`prepare_city_targets` for every city, ``workers`` cities at once in fresh processes.
 
     Spawned, not forked: no MLflow or Feast connections are inherited. The cores are shared out
-    between the workers so LightGBM threads do not fight over them.
+    between the workers so LightGBM threads do not fight over them. Workers only fit and gate;
+    this process registers and promotes what they return, and they die with it.
     """
     share = settings.model_copy(update={"train_threads": max(1, settings.train_threads // workers)})
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = {
-            city: pool.submit(train_city_targets, share, city, sets, known[city], **kwargs)
+            city: pool.submit(prepare_city_targets, share, city, sets, known[city], **kwargs)
             for city, sets in per_city.items()
         }
         for city, future in futures.items():
             try:
-                results += future.result()
+                results += [_published(settings, prepared) for prepared in future.result()]
             except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
                 log.exception("training %s failed in its worker", city)
                 results += [
@@ -552,7 +734,8 @@ def train_fleet(
     kwargs = {"until": until, "run_label": run_label, "force_promote": force_promote}
     if workers <= 1 or len(cities) <= 1:
         for city in cities:
-            results += train_city_targets(settings, city, per_city[city], known[city], **kwargs)
+            prepared = prepare_city_targets(settings, city, per_city[city], known[city], **kwargs)
+            results += [_published(settings, p) for p in prepared]
     else:
         results += _in_pool(settings, workers, per_city, known, kwargs)
     clock.lap("cities")

@@ -1,3 +1,6 @@
+import numpy as np
+import pytest
+
 from cityml.settings import Settings
 from training.gate import GateInputs, decide
 from training.report import markdown
@@ -13,7 +16,7 @@ def test_a_good_challenger_passes_every_check() -> None:
         S,
     )
     assert d.promote and d.failed == [] and d.summary == "all checks passed"
-    assert len(d.reasons) == 5
+    assert len(d.reasons) == 7  # the five checks, and no label reference or champion window to compare with
 
 
 def test_each_check_fails_on_its_own_with_its_reason() -> None:
@@ -61,3 +64,34 @@ def test_report_table_names_decision_and_reason() -> None:
     )
     assert "| a | eta | 3 | 1.5 | 2 | 1.8 | 4 | promoted | all checks passed |" in table
     assert "| b | eta | — | — | — | — | — | failed | ValueError: boom |" in table
+
+
+def test_a_label_shift_blocks_promotion_with_a_readable_reason() -> None:
+    from training.gate import CleanWindow, label_reference, label_shifts
+
+    rng = np.random.default_rng(0)
+    km = rng.uniform(1, 20, 1000)
+    fares = 3 + 1.5 * km * rng.lognormal(0, 0.1, 1000)
+    reference = label_reference(fares, km)
+    assert reference["median_per_km"] == pytest.approx(1.5 * 1.2, rel=0.25)
+    ok = label_shifts(reference, {"training labels": (fares * 1.1, km)})  # a 10% tariff rise
+    poisoned = label_shifts(reference, {"training labels": (fares * 10, km), "test predictions": (fares * 9, km)})
+    tiny = label_shifts(reference, {"test labels": (fares[:10] * 10, km[:10])})  # too few trips to judge
+    assert [s.what for s in poisoned] == ["training labels", "test predictions"] and tiny == []
+
+    base = {"challenger_mae": 90.0, "median_mae": 200.0, "train_rows": 5000, "champion_mae": 100.0}
+    assert decide(GateInputs(**base, label_shifts=ok), S).promote
+    d = decide(GateInputs(**base, label_shifts=poisoned), S)
+    assert not d.promote and len(d.failed) == 2
+    assert "data shift: training labels median per km" in d.failed[0] and "x10.00 the champion's" in d.failed[0]
+    assert "force the promotion if it is real" in d.failed[0]
+    halved = label_shifts(reference, {"training labels": (fares / 10, km)})
+    assert not decide(GateInputs(**base, label_shifts=halved), S).promote  # divided counts as much as multiplied
+
+    window = CleanWindow("2024-01-01T00:00:00+00:00", "2024-01-07T23:00:00+00:00", 900, 500.0, 100.0)
+    d = decide(GateInputs(**base, clean_window=window), S)
+    assert not d.promote and d.failed == [
+        "worse on the champion's test window 2024-01-01..2024-01-07 (900 trips): MAE 500 > 110 "
+        "(champion 100, tolerance 10%)"
+    ]
+    assert decide(GateInputs(**base, clean_window=CleanWindow("a", "b", 900, 105.0, 100.0)), S).promote

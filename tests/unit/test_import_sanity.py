@@ -66,7 +66,9 @@ def test_nonsense_values_are_quarantined_with_their_reason(settings: Settings, t
     junk.loc[5, "PULocationID"] = 999  # no such TLC zone
     junk.loc[6, "DOLocationID"] = 0
     junk["tpep_pickup_datetime"] = [f"2024-01-10 08:0{i}:00" for i in range(7)]  # seven different trips
-    junk["tpep_dropoff_datetime"] = [f"2024-01-10 08:1{5 + i % 5}:00" if i < 5 else f"2024-01-10 08:2{i}:00" for i in range(7)]
+    junk["tpep_dropoff_datetime"] = [
+        f"2024-01-10 08:1{5 + i % 5}:00" if i < 5 else f"2024-01-10 08:2{i}:00" for i in range(7)
+    ]
     path = tmp_path / "junk_2024-01.csv"
     junk.to_csv(path, index=False)
     report = import_files(settings, "nyc-tlc", [path], "nyc")
@@ -168,9 +170,7 @@ def test_zone_tables(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match=r"z\.csv: zone ids listed twice: 1"):
         read_zone_table(table)
     catalog = tmp_path / "cities.yaml"
-    catalog.write_text(
-        "cities:\n  - {slug: x, timezone: UTC, currency: EUR, bbox: [0, 0, 1, 1], zones: nowhere.csv}\n"
-    )
+    catalog.write_text("cities:\n  - {slug: x, timezone: UTC, currency: EUR, bbox: [0, 0, 1, 1], zones: nowhere.csv}\n")
     with pytest.raises(CatalogError, match=r"nowhere\.csv"):
         load_catalog(catalog)
 
