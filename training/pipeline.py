@@ -703,6 +703,9 @@ def train_fleet(
     """
     results = []
     clock = Stopwatch()
+    # The registry's schema and the experiment are created here, once: pool workers opening a new SQLite store
+    # at the same moment would each try to migrate it.
+    experiment_id(client(settings), settings)
     sets, failed = _all_sets(settings, cities, targets, until)
     clock.lap("datasets")
     for target, reason in failed.items():
