@@ -261,7 +261,16 @@ def test_train_with_a_tune_budget_records_the_search(world: Settings) -> None:
 
     # Counted in trials, not seconds: an hour's budget that three trials end, however busy the machine is.
     report = _cli(
-        "train", "--cities", "beta-city", "--targets", "eta", "--no-global", "--tune-budget", "3600", "--tune-trials", "3"
+        "train",
+        "--cities",
+        "beta-city",
+        "--targets",
+        "eta",
+        "--no-global",
+        "--tune-budget",
+        "3600",
+        "--tune-trials",
+        "3",
     )
     (model,) = report["models"]
     assert model["status"] in ("promoted", "rejected"), model

@@ -1,4 +1,4 @@
-"""What an import lets in: plausible fares and zones, one copy of each trip, malformed lines set aside, whole batches."""
+"""What an import lets in: plausible fares and zones, each trip once, malformed lines set aside, whole batches."""
 
 from __future__ import annotations
 
