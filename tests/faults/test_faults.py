@@ -222,3 +222,67 @@ def test_kill_9_of_an_import_leaves_the_batch_all_in_or_all_out(tmp_path: Path) 
     _cli(env, "data", "import", "nyc-tlc", str(sample), "--city", "nyc")
     assert _trip_ids(trips_dir) == after
     assert len(list(versions.iterdir())) <= 2  # dead writes' versions were swept
+
+
+def _instance(settings: Settings, city: str) -> dict[str, Any]:
+    t = read_trips(settings.trips_dir, [city]).iloc[-1]
+    return {
+        "city": city,
+        **{k: float(t[k]) for k in ("pickup_lat", "pickup_lon", "dropoff_lat", "dropoff_lon")},
+        "pickup_ts": t["pickup_ts"].isoformat(),
+    }
+
+
+def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([bin_path("cityml"), "serve", "--port", str(port)], env=env, stdout=out, stderr=out)
+
+
+def test_kill_9_of_the_server_loses_no_written_prediction_and_it_comes_back(
+    world: tuple[Settings, dict[str, str]], tmp_path: Path
+) -> None:
+    """Killed mid-traffic: every prediction-log file that exists reads whole, and a restart serves again."""
+    import httpx
+
+    from cityml.prediction_log import read_predictions
+    from tests.conftest import free_port, wait_until_up
+
+    settings, env = world
+    env = {**env, "CITYML_API_KEYS": "k", "CITYML_RELOAD_INTERVAL_S": "0"}
+    body = {"instances": [_instance(settings, "alpha")] * 10}
+    port, log = free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(env, port, log)
+    try:
+        wait_until_up(f"{url}/readyz", proc, log)
+        sent = 0
+        with httpx.Client(base_url=url, headers={"X-API-Key": "k"}) as http:
+            # Traffic until the log has written some batches, then more requests and the kill between two of them.
+            for _ in range(20_000):
+                assert http.post("/v1/predict/price", json=body).status_code == 200
+                sent += 10
+                if list(settings.predictions_dir.glob("city=alpha/date=*/part-*.parquet")) and sent % 200 == 0:
+                    break
+            for _ in range(50):
+                assert http.post("/v1/predict/price", json=body).status_code == 200
+                sent += 10
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logged = read_predictions(settings.predictions_dir, "alpha", "price")  # every file reads whole
+    assert 0 < len(logged) <= sent
+    assert all(r["model"] == "price-alpha" and r["prediction"] > 0 for r in logged)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(env, port, log)
+    try:
+        wait_until_up(f"{url}/readyz", proc, log)
+        r = httpx.post(f"{url}/v1/predict/price", json=body, headers={"X-API-Key": "k"})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 10
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert len(read_predictions(settings.predictions_dir, "alpha", "price")) == len(logged) + 10  # flushed at exit
