@@ -413,29 +413,49 @@ def drift(
     report = run_drift(get_settings(), _cities(cities), _targets(targets), window=timedelta(hours=hours))
     lines = []
     for m in report["models"]:
-        worst = sorted(m["features"].items(), key=lambda kv: -kv[1]["psi"])[:3]
+        worst = _worst_first(m["features"])[:3]
         lines.append(
             f"{m['model']:<22} {m['verdict']:<18} rows={m['rows']:<6} "
-            + " ".join(f"{n}={v['psi']:.3f}" for n, v in worst)
+            + " ".join(f"{n}={v['verdict']}" for n, v in worst)
         )
     lines.append(f"retrain: {', '.join(report['retrain']) or 'none'}   report: {report['report_path']}")
     _emit(report, as_json, "\n".join(lines))
+
+
+_VERDICT_ORDER = {"drift": 0, "watch": 1, "stable": 2}
+
+
+def _worst_first(features: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Drifted features first, then watched, then stable; unjudged ones (calendar, history, no reference) last."""
+    return sorted(features.items(), key=lambda kv: (_VERDICT_ORDER.get(kv[1]["verdict"], 3), kv[0]))
 
 
 @drift_app.command("compare")
 def drift_compare(
     reference: Annotated[Path, typer.Argument(help="Reference parquet table.")],
     current: Annotated[Path, typer.Argument(help="Current parquet table.")],
+    method: Annotated[
+        str, typer.Option(help="auto (as Evidently's preset), psi, ks, wasserstein, js or chi2.")
+    ] = "auto",
+    threshold: Annotated[
+        float | None, typer.Option(help="Drift at or above this score (p-value methods: below); default per method.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ad-hoc drift between two parquet tables: PSI and verdict per shared numeric column."""
+    """Ad-hoc drift between two parquet tables: statistics and a verdict per shared column, numeric or not."""
     from monitoring.drift import compare_files
+    from monitoring.stats import METHODS
 
+    if method not in METHODS:
+        raise _fail(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     try:
-        doc = compare_files(reference, current, min_rows=get_settings().drift_min_rows)
+        doc = compare_files(reference, current, get_settings().drift_min_rows, method, threshold)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    lines = [f"{n:<28} psi={v['psi']:<8.4f} {v['verdict']}" for n, v in doc["features"].items()]
+    lines = [
+        f"{n:<28} {v['verdict']:<12} {v['method'] or '-'}={v['score'] if v['score'] is not None else '-'}"
+        for n, v in _worst_first(doc["features"])
+    ]
     lines.append(f"verdict: {doc['verdict']}")
     _emit(doc, as_json, "\n".join(lines))
 

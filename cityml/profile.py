@@ -1,9 +1,11 @@
 """Reference profiles: what a model's training data looked like, in a form drift checks can read.
 
-A profile is saved with each model version. It holds, per feature, the quantile bin edges of the
-training values and the share of rows in each bin (plus the missing share), the row count and the
-distribution of the model's test predictions. Training builds it; monitoring compares live values
-against it with the same binning, so neither needs the training data again.
+A profile is saved with each model version. It holds, per numeric feature, a quantile sketch (the 0th to
+100th percentiles of the training values), their 10-bin shares, missing share, mean, standard deviation and
+count; per categorical feature (zones, the fleet model's city) the share of each category, the rarest beyond
+``MAX_CATEGORIES`` pooled as ``__other__``; the same for the model's predictions; and the row count. Training
+builds it; monitoring (``monitoring.stats``) compares live values against it, so neither needs the training
+data again. Profiles saved before the sketches (10 bins only) still read: they allow PSI alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import numpy as np
 import pandas as pd
 
 N_BINS = 10
+N_QUANTILES = 101  # the 0th..100th percentiles: the reference CDF to within 1%
+MAX_CATEGORIES = 100
+OTHER = "__other__"
 MIN_SEGMENT_ROWS = 200
 PROFILE_FILE = "reference_profile.json"
 
@@ -36,20 +41,49 @@ def _edges(values: np.ndarray) -> list[float]:
 
 
 def feature_profile(values: pd.Series) -> dict[str, Any]:
+    """A numeric feature's reference: 10 bins, a 101-quantile sketch and its moments."""
     v = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    v[np.isinf(v)] = np.nan
     edges = _edges(v)
+    present = v[~np.isnan(v)]
     return {
         "edges": edges,
         "shares": bin_shares(v, edges),
         "missing_share": float(np.isnan(v).mean()) if v.size else 0.0,
-        "mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
+        "mean": float(present.mean()) if present.size else None,
+        "quantiles": np.quantile(present, np.linspace(0, 1, N_QUANTILES)).tolist() if present.size else [],
+        "std": float(present.std()) if present.size else 0.0,
+        "count": int(present.size),
     }
+
+
+def category_profile(values: pd.Series) -> dict[str, Any]:
+    """A categorical feature's reference: the share of each category among the non-missing values."""
+    present = values.dropna().astype(str)
+    counts = present.value_counts()
+    top = counts.iloc[:MAX_CATEGORIES]
+    shares = {str(k): float(n / max(len(present), 1)) for k, n in top.items()}
+    shares[OTHER] = float(counts.iloc[MAX_CATEGORIES:].sum() / max(len(present), 1))
+    return {
+        "kind": "categorical",
+        "shares": shares,
+        "missing_share": float(values.isna().mean()) if len(values) else 0.0,
+        "count": len(present),
+    }
+
+
+def is_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def column_profile(values: pd.Series) -> dict[str, Any]:
+    return feature_profile(values) if is_numeric(values) else category_profile(values)
 
 
 def _section(features: pd.DataFrame, predictions: np.ndarray) -> dict[str, Any]:
     return {
         "rows": len(features),
-        "features": {name: feature_profile(features[name]) for name in features.columns},
+        "features": {name: column_profile(features[name]) for name in features.columns},
         "prediction": feature_profile(pd.Series(predictions)),
     }
 

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Predictions waiting to be written; past it they are dropped and counted."
     )
     drift_min_rows: int = 50
+    drift_method: Literal["auto", "psi", "ks", "wasserstein", "js", "chi2"] = Field(
+        default="wasserstein",
+        description="The statistic the drift job's verdicts are made with (monitoring/stats.py); auto: KS or "
+        "chi-square up to 1,000 live values, Wasserstein or Jensen-Shannon past that, as Evidently's preset.",
+    )
+    drift_threshold: float | None = Field(
+        default=0.2,
+        gt=0,
+        description="Drift at or above this value of drift_method (a p-value: below it); empty: the method's "
+        "default (PSI 0.25, Wasserstein 0.1 sd, JS 0.1, KS and chi-square p 0.05).",
+    )
     # Measured on 2 cores (bench/RESULTS.md): 2 processes of 1 LightGBM thread beat 1 process of 2.
     train_workers: int = Field(default=2, ge=1, description="Cities fitted at once by `cityml train`.")
     train_threads: int = Field(default=2, ge=1, description="LightGBM threads per fit.")

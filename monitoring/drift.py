@@ -21,51 +21,57 @@ import pandas as pd
 from cityml.featurestore import is_history_feature
 from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
-from cityml.profile import bin_shares, build_profile, pick_segment
+from cityml.profile import build_profile, pick_segment
 from cityml.registry import champion, client, read_profile
 from cityml.request_features import CALENDAR_FEATURES
 from cityml.settings import Settings
+from monitoring.stats import categorical_score, judge, numeric_score
 
 log = logging.getLogger(__name__)
 
-WATCH = 0.1
-DRIFT = 0.25
-EPS = 1e-4
 MISSING_RISE = 0.2
 
 
-def psi(expected: list[float], actual: list[float]) -> float:
-    """Population stability index between two share vectors over the same bins."""
-    e = np.clip(np.asarray(expected, dtype="float64"), EPS, None)
-    a = np.clip(np.asarray(actual, dtype="float64"), EPS, None)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
 def verdict(score: float) -> str:
-    return "drift" if score >= DRIFT else "watch" if score >= WATCH else "stable"
+    """The PSI reading: below 0.1 stable, 0.1-0.25 watch, 0.25 and above drift."""
+    return judge("psi", score)
 
 
-def feature_scores(reference: dict[str, Any], current: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """PSI and verdict per feature of ``reference['features']`` found in ``current``.
+def feature_scores(
+    reference: dict[str, Any], current: pd.DataFrame, method: str = "auto", threshold: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Drift statistics and a verdict per feature of ``reference['features']`` found in ``current``.
 
-    PSI is computed over the non-missing values. Missing values are judged on their own: a live
-    missing share more than ``MISSING_RISE`` above the reference's is drift (fewer missing values
-    than in training, e.g. after a warm-up period, is not).
+    Numeric features get PSI, KS (statistic, p-value and both sample sizes), Wasserstein in reference standard
+    deviations and Jensen-Shannon; categorical ones PSI, chi-square and Jensen-Shannon (``monitoring.stats``).
+    ``method`` picks the statistic that decides (``auto``: as Evidently's preset) and ``threshold``, if given,
+    replaces that statistic's default threshold. They are computed over the
+    non-missing values; missing values are judged on their own: a live missing share more than ``MISSING_RISE``
+    above the reference's is drift (fewer missing values than in training, e.g. after a warm-up, is not).
     """
     out: dict[str, dict[str, Any]] = {}
     for name, ref in reference["features"].items():
         if name not in current.columns:
             continue
-        values = pd.to_numeric(current[name], errors="coerce").to_numpy(dtype="float64")
-        missing = float(np.isnan(values).mean()) if values.size else 0.0
-        score = psi(ref["shares"], bin_shares(values, ref["edges"])) if missing < 1 else 0.0
-        judged = verdict(score)
+        column = current[name]
+        if ref.get("kind") == "categorical":
+            present = column.dropna()
+            missing = 1 - len(present) / len(column) if len(column) else 0.0
+            score = categorical_score(ref, present.to_numpy(), method, threshold) if len(present) else None
+        else:
+            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64")
+            ok = np.isfinite(values)
+            missing = float(1 - ok.mean()) if values.size else 0.0
+            score = numeric_score(ref, values[ok], method, threshold) if ok.any() else None
+        judged = score.verdict if score is not None else "stable"
         if missing - ref["missing_share"] > MISSING_RISE:
             judged = "drift"
         if ref["missing_share"] >= 0.99:
             judged = "no reference"  # training never saw a value: nothing to compare with
         out[name] = {
-            "psi": round(score, 4),
+            "method": score.method if score is not None else None,
+            "score": score.value if score is not None else None,
+            **(score.stats if score is not None else {"psi": 0.0}),
             "missing_share": round(missing, 4),
             "reference_missing_share": round(ref["missing_share"], 4),
             "verdict": "calendar" if name in CALENDAR_FEATURES else "history" if is_history_feature(name) else judged,
@@ -107,11 +113,12 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime) -> 
         segment, reference = pick_segment(profile, live["is_weekend"])
     else:
         segment, reference = "all", profile
-    scores = feature_scores(reference, live) if len(live) else {}
+    method, threshold = settings.drift_method, settings.drift_threshold
+    scores = feature_scores(reference, live, method, threshold) if len(live) else {}
     if len(live):
         pred = pd.Series([r["prediction"] for r in records])
         scores["prediction"] = feature_scores(
-            {"features": {"prediction": reference["prediction"]}}, pd.DataFrame({"prediction": pred})
+            {"features": {"prediction": reference["prediction"]}}, pd.DataFrame({"prediction": pred}), method, threshold
         )["prediction"]
     return {
         **base,
@@ -146,19 +153,23 @@ def run_drift(
     return report
 
 
-def compare_files(reference: Path, current: Path, min_rows: int = 50) -> dict[str, Any]:
-    """Ad-hoc drift between two parquet tables, over the numeric columns they share."""
+def compare_files(
+    reference: Path, current: Path, min_rows: int = 50, method: str = "auto", threshold: float | None = None
+) -> dict[str, Any]:
+    """Ad-hoc drift between two parquet tables, over the columns they share: numbers, and categories
+    (object, string, category or boolean columns)."""
     ref = _read_table(reference)
     cur = _read_table(current)
-    numeric = [c for c in ref.columns if c in cur.columns and pd.api.types.is_numeric_dtype(ref[c])]
-    if not numeric:
-        raise ValueError(f"{reference} and {current} share no numeric column")
-    profile = build_profile(ref[numeric], np.zeros(len(ref)))
-    scores = feature_scores(profile, cur[numeric])
+    shared = [c for c in ref.columns if c in cur.columns]
+    if not shared:
+        raise ValueError(f"{reference} and {current} share no column")
+    profile = build_profile(ref[shared], np.zeros(len(ref)))
+    scores = feature_scores(profile, cur[shared], method, threshold)
     return {
         "reference": str(reference),
         "current": str(current),
         "reference_rows": len(ref),
+        "method": method,
         **_summary(scores, len(cur), min_rows),
     }
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import load_catalog
-from cityml.modeling import BASE_TAG, CATEGORICAL_FEATURES, CITY_FEATURE, LabelScale
+from cityml.modeling import BASE_TAG, CITY_FEATURE, LabelScale
 from cityml.naming import GLOBAL, feature_service_name, model_name
 from cityml.profile import PROFILE_FILE, build_profile, day_segments
 from cityml.registry import LoadedModel, champion, client, load_version, selftest_doc
@@ -135,9 +135,8 @@ def _registration(
     segments = day_segments(train["is_weekend"])
     if CITY_FEATURE in features:  # the fleet model: one reference per city, for cities it serves
         segments.update({f"city={c}": (train[CITY_FEATURE] == c).to_numpy() for c in train[CITY_FEATURE].unique()})
-    # Categorical inputs (city, zones) are not profiled yet: their codes are names, not quantities.
-    numeric = [f for f in features if f not in CATEGORICAL_FEATURES]
-    profile = build_profile(train[numeric], train_pred, segments)
+    # Numbers get a quantile sketch, categories (zones, the fleet model's city) their shares.
+    profile = build_profile(train[features], train_pred, segments)
     profile["rows"], profile["profiled_rows"] = len(split.train), len(train)
     # What the next challenger's labels are compared with (training/gate.py, check f).
     profile["label"] = label_reference(split.train[label].to_numpy(), split.train["distance_km"].to_numpy())

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from cityml.profile import bin_shares, build_profile, day_segments, pick_segment
-from monitoring.drift import compare_files, feature_scores, psi, verdict
+from monitoring.drift import compare_files, feature_scores, verdict
+from monitoring.stats import psi
 
 
 def test_bin_shares_sum_to_one_and_cover_the_tails() -> None:

@@ -1,0 +1,222 @@
+"""Drift statistics of live values against a reference profile, without the reference's rows.
+
+A numeric reference is a quantile sketch (101 quantiles, ``cityml.profile``) plus its 10-bin shares, its standard
+deviation and its count; a categorical one is category shares with an "other" bucket. From those:
+
+=================  ===========================================================================================
+``psi``            population stability index over the reference's 10 quantile bins (or its categories)
+``ks``             Kolmogorov-Smirnov: the largest gap between the two CDFs; the reference's CDF is read off
+                   its sketch, so the statistic is within 0.01 of the exact two-sample one on continuous data.
+                   The p-value is the asymptotic two-sample one for the stated sizes (``n_reference``,
+                   ``n_current``)
+``wasserstein``    Wasserstein-1 distance (the mean gap between the two quantile functions) divided by the
+                   reference's standard deviation: 0.5 is a shift by half a standard deviation
+``js``             Jensen-Shannon distance (natural log) over the sketch's 100 bins (or the categories)
+``chi2``           Pearson's chi-square of the live category counts against the reference shares, with its
+                   p-value (categories - 1 degrees of freedom)
+=================  ===========================================================================================
+
+Which one decides a verdict, and at what threshold, is a choice. ``auto`` follows what Evidently's
+``DataDriftPreset`` does, so that the two agree (``cityml drift compare`` uses it by default): up to 1,000 live
+values a test (KS for numbers, chi-square for categories, drift when p < 0.05); past that, where any p-value is
+tiny for a negligible change, a distance (Wasserstein >= 0.1 reference standard deviations for numbers,
+Jensen-Shannon >= 0.1 for categories). The per-city drift job, whose verdict asks for a retrain, uses
+Wasserstein at 0.2 standard deviations by default (``CITYML_DRIFT_METHOD``, ``CITYML_DRIFT_THRESHOLD``): a
+distance does not grow with the sample, and live rolling features (a zone's mean speed over the last hours)
+move by about 0.1 sd from one week to the next with nothing changed, which a KS test on 800 values already
+calls significant (measured in the end-to-end loop). A distance judge says "watch" past half its threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Method = Literal["auto", "psi", "ks", "wasserstein", "js", "chi2"]
+METHODS: tuple[str, ...] = ("auto", "psi", "ks", "wasserstein", "js", "chi2")
+EPS = 1e-4
+#: Score at or above which a feature drifts, per method (p-value methods: below which).
+THRESHOLDS = {"psi": 0.25, "ks": 0.05, "wasserstein": 0.1, "js": 0.1, "chi2": 0.05}
+P_VALUE_METHODS = ("ks", "chi2")
+SMALL_SAMPLE = 1000  # ``auto`` tests up to this many live values, measures distance past it
+GRID = (np.arange(1000) + 0.5) / 1000  # probabilities the quantile functions are compared at
+
+
+def psi(expected: list[float] | np.ndarray, actual: list[float] | np.ndarray) -> float:
+    """Population stability index between two share vectors over the same bins."""
+    e = np.clip(np.asarray(expected, dtype="float64"), EPS, None)
+    a = np.clip(np.asarray(actual, dtype="float64"), EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (natural log) between two share vectors; ``scipy.spatial.distance.jensenshannon``."""
+    p = np.asarray(p, dtype="float64") / max(float(np.sum(p)), 1e-300)
+    q = np.asarray(q, dtype="float64") / max(float(np.sum(q)), 1e-300)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        ok = a > 0
+        return float(np.sum(a[ok] * np.log(a[ok] / m[ok])))
+
+    return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))
+
+
+def _sketch_cdf(quantiles: np.ndarray, x: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
+    """The reference CDF at ``x`` read off its quantiles (linear between them; ties give a step)."""
+    probs = np.linspace(0, 1, len(quantiles))
+    values, first = np.unique(quantiles, return_index=True)
+    last = len(quantiles) - 1 - np.unique(quantiles[::-1], return_index=True)[1]
+    at = probs[last] if side == "right" else probs[first]
+    out = np.interp(x, values, at, left=0.0, right=1.0)
+    # At the ends the step is whole: everything is at or below the largest quantile, nothing below the smallest.
+    return np.where(x >= values[-1], 1.0, out) if side == "right" else np.where(x <= values[0], 0.0, out)
+
+
+def ks(quantiles: np.ndarray, n_reference: int, current: np.ndarray) -> tuple[float, float]:
+    """KS statistic of sorted ``current`` against the sketched reference, and its asymptotic p-value."""
+    from scipy.stats import kstwo
+
+    n = len(current)
+    points = np.concatenate([current, quantiles])
+    gaps = [
+        np.abs(np.searchsorted(current, points, side=side) / n - _sketch_cdf(quantiles, points, side))
+        for side in ("left", "right")
+    ]
+    statistic = float(max(gaps[0].max(), gaps[1].max()))
+    effective = max(1, round(n * n_reference / (n + n_reference)))
+    return statistic, float(kstwo.sf(statistic, effective))
+
+
+def wasserstein(quantiles: np.ndarray, std: float, current: np.ndarray) -> float:
+    """Wasserstein-1 between the sketched reference and sorted ``current``, in reference standard deviations."""
+    ref = np.interp(GRID, np.linspace(0, 1, len(quantiles)), quantiles)
+    cur = np.quantile(current, GRID, method="linear")
+    return float(np.mean(np.abs(ref - cur)) / (std if std > 0 else 1.0))
+
+
+def sketch_shares(quantiles: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference and current shares over the bins the sketch's distinct quantiles make (plus both tails)."""
+    edges = np.unique(quantiles)
+    probs = np.linspace(0, 1, len(quantiles))
+    last = len(quantiles) - 1 - np.unique(quantiles[::-1], return_index=True)[1]
+    # (-inf, e0], (e0, e1], ..., (e_last, inf): the reference mass of (e_i-1, e_i] is p(last of e_i) - p(last of
+    # e_i-1); a value repeated across quantiles (a tie) carries the mass of all of them.
+    ref = np.diff(np.concatenate([[0.0], probs[last], [1.0]]))
+    cur = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return np.clip(ref, 0, None), cur / max(len(values), 1)
+
+
+def chi2(shares: dict[str, float], counts: dict[str, int]) -> tuple[float, float]:
+    """Pearson's chi-square of live ``counts`` against reference ``shares`` (same keys), with its p-value."""
+    from scipy.stats import chi2 as chi2_dist
+
+    n = sum(counts.values())
+    keys = list(shares)
+    expected = np.array([max(shares[k], EPS) for k in keys]) * n
+    observed = np.array([counts.get(k, 0) for k in keys], dtype="float64")
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return statistic, float(chi2_dist.sf(statistic, max(len(keys) - 1, 1)))
+
+
+@dataclass(frozen=True)
+class Score:
+    """One feature's drift numbers and the verdict of the chosen method."""
+
+    method: str
+    value: float
+    verdict: str
+    stats: dict[str, Any]
+
+
+def pick(method: str, kind: Literal["numeric", "categorical"], n: int) -> str:
+    """The statistic a verdict is made with: ``auto`` as Evidently does (see the module doc)."""
+    if method != "auto":
+        if kind == "categorical" and method in ("ks", "wasserstein"):
+            return "chi2" if method == "ks" else "js"  # the categorical counterpart
+        if kind == "numeric" and method == "chi2":
+            return "ks"
+        return method
+    if kind == "numeric":
+        return "ks" if n <= SMALL_SAMPLE else "wasserstein"
+    return "chi2" if n <= SMALL_SAMPLE else "js"
+
+
+def judge(method: str, value: float, threshold: float | None = None) -> str:
+    """``drift``, ``watch`` (a distance past half its threshold) or ``stable``; a p-value drifts below it."""
+    threshold = THRESHOLDS[method] if threshold is None else threshold
+    if method in P_VALUE_METHODS:
+        return "drift" if value < threshold else "stable"
+    if value >= threshold:
+        return "drift"
+    return "watch" if value >= threshold / 2 else "stable"
+
+
+def numeric_score(reference: dict[str, Any], values: np.ndarray, method: str, threshold: float | None = None) -> Score:
+    """Every statistic a numeric reference allows, and the verdict of ``method``.
+
+    ``values`` are the live non-missing values. ``threshold`` replaces the method's default (``THRESHOLDS``)
+    where ``method`` is the one that decides. A reference saved before sketches existed (10 bins only) has only
+    PSI, whatever the method.
+    """
+    from cityml.profile import bin_shares
+
+    stats: dict[str, Any] = {"psi": round(psi(reference["shares"], bin_shares(values, reference["edges"])), 4)}
+    quantiles = reference.get("quantiles")
+    if not quantiles or len(values) == 0:
+        return Score("psi", stats["psi"], judge("psi", stats["psi"], threshold if method == "psi" else None), stats)
+    q = np.asarray(quantiles, dtype="float64")
+    current = np.sort(values)
+    n_ref = int(reference.get("count") or 0)
+    statistic, p = ks(q, n_ref, current)
+    ref_shares, cur_shares = sketch_shares(q, current)
+    stats.update(
+        ks=round(statistic, 4),
+        ks_p_value=float(f"{p:.4g}"),
+        n_reference=n_ref,
+        n_current=len(current),
+        wasserstein=round(wasserstein(q, float(reference.get("std") or 0.0), current), 4),
+        js=round(js_distance(ref_shares, cur_shares), 4),
+    )
+    chosen = pick(method, "numeric", len(current))
+    value = stats["ks_p_value"] if chosen == "ks" else stats[chosen]
+    return Score(chosen, value, judge(chosen, value, threshold if chosen == method else None), stats)
+
+
+def category_counts(reference: dict[str, Any], values: np.ndarray) -> dict[str, int]:
+    """Live counts over the reference's categories; any other value counts as ``other``."""
+    import pandas as pd
+
+    known = reference["shares"]
+    counts = pd.Series(values, dtype="object").astype(str).value_counts()
+    out = {k: int(counts.get(k, 0)) for k in known if k != OTHER}
+    out[OTHER] = int(counts.sum()) - sum(out.values())
+    return out
+
+
+OTHER = "__other__"
+
+
+def categorical_score(
+    reference: dict[str, Any], values: np.ndarray, method: str, threshold: float | None = None
+) -> Score:
+    """PSI, chi-square and Jensen-Shannon of live categories (non-missing) against the reference's shares."""
+    counts = category_counts(reference, values)
+    n = max(sum(counts.values()), 1)
+    keys = list(counts)
+    ref = np.array([reference["shares"].get(k, 0.0) for k in keys])
+    cur = np.array([counts[k] / n for k in keys])
+    statistic, p = chi2({k: reference["shares"].get(k, 0.0) for k in keys}, counts)
+    stats: dict[str, Any] = {
+        "psi": round(psi(ref, cur), 4),
+        "chi2": round(statistic, 4),
+        "chi2_p_value": float(f"{p:.4g}"),
+        "js": round(js_distance(ref, cur), 4),
+        "n_reference": int(reference.get("count") or 0),
+        "n_current": int(sum(counts.values())),
+    }
+    chosen = pick(method, "categorical", stats["n_current"])
+    value = stats["chi2_p_value"] if chosen == "chi2" else stats[chosen]
+    return Score(chosen, value, judge(chosen, value, threshold if chosen == method else None), stats)
