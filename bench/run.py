@@ -82,6 +82,12 @@ def _serve(ctx: Context) -> report.Section:
     return serve.run(ctx.args.quick)
 
 
+def _drift(ctx: Context) -> report.Section:
+    from bench import drift
+
+    return drift.run(ctx.args.quick, ctx.tmp)
+
+
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
 BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "pit": _pit,
@@ -89,6 +95,7 @@ BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "throughput": _throughput,
     "quality": _quality,
     "serve": _serve,
+    "drift": _drift,
 }
 
 
