@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         description="The statistic the drift job's verdicts are made with (monitoring/stats.py); auto: KS or "
         "chi-square up to 1,000 live values, Wasserstein or Jensen-Shannon past that, as Evidently's preset.",
     )
+    drift_cooldown_h: float = Field(
+        default=24.0, ge=0, description="A drifting city retrained less than this many hours ago is not asked again."
+    )
     drift_threshold: float | None = Field(
         default=0.2,
         gt=0,

@@ -2,9 +2,11 @@
 ### monitor_drift
 
 Every day: compare, per city and target, the features the API logged in the last 7 days with the
-reference profile saved with that city's champion (PSI per feature). Cities with a drifting model
-get a `retrain_city_models` run for just those cities; the JSON report is written under
-`var/reports/drift/`.
+reference profile saved with that city's champion (Wasserstein distance per feature by default; see
+`monitoring/stats.py`). Cities with a drifting model get a `retrain_city_models` run for just those
+cities, at most once per `CITYML_DRIFT_COOLDOWN_H` hours each (24): a city whose retrain did not
+fix it is listed under `cooling_down` in the report, with its newest version's outcome, instead of
+being retrained in a loop. The JSON report is written under `var/reports/drift/`.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def monitor_drift() -> None:
         from monitoring.drift import run_drift
 
         s = get_settings()
-        report = run_drift(s, load_catalog(s.catalog_path).slugs, list(TARGETS))
+        report = run_drift(s, load_catalog(s.catalog_path).slugs, list(TARGETS), request=True)
         return {
             "retrain": report["retrain"],
+            "cooling_down": sorted(report["cooling_down"]),
             "report_path": report["report_path"],
             "verdicts": {f"{m['target']}-{m['city']}": m["verdict"] for m in report["models"]},
         }

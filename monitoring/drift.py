@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,23 +129,111 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime) -> 
     }
 
 
+@dataclass(frozen=True)
+class Retrained:
+    """A city's newest registered version: when, which, and what the gate said of it."""
+
+    at: datetime
+    model: str
+    version: str
+    outcome: str
+
+
+def last_retrain(c: Any, city: str, targets: list[str]) -> Retrained | None:
+    """The newest version of any of the city's models (None: never trained)."""
+    newest: Retrained | None = None
+    for target in targets:
+        name = model_name(target, city)
+        for mv in c.search_model_versions(f"name='{name}'", max_results=1, order_by=["creation_timestamp DESC"]):
+            at = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
+            if newest is None or at > newest.at:
+                outcome = mv.tags.get("promotion") or mv.tags.get("gate") or "unknown"
+                newest = Retrained(at, name, str(mv.version), outcome)
+    return newest
+
+
+def cooldown(
+    drifted: list[str], requested: dict[str, datetime], now: datetime, hours: float
+) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Which drifting cities to retrain now, and which wait: those whose retrain the drift job asked for less
+    than ``hours`` ago.
+
+    A city whose retrain did not fix its drift (the gate refused the new version, or the new one drifts too) is
+    asked for again once its cooldown is over, never in a loop.
+    """
+    retrain, waiting = [], {}
+    for city in drifted:
+        asked = requested.get(city)
+        if asked is not None and now - asked < timedelta(hours=hours):
+            until = asked + timedelta(hours=hours)
+            waiting[city] = {
+                "requested_at": asked.isoformat(timespec="seconds"),
+                "until": until.isoformat(timespec="seconds"),
+            }
+        else:
+            retrain.append(city)
+    return retrain, waiting
+
+
+REQUESTS_FILE = "retrain_requests.json"
+
+
+def _requested(settings: Settings) -> dict[str, datetime]:
+    """When the drift job last asked for each city's retrain."""
+    path = settings.reports_dir / "drift" / REQUESTS_FILE
+    if not path.exists():
+        return {}
+    return {city: datetime.fromisoformat(at) for city, at in json.loads(path.read_text()).items()}
+
+
+def _record_requests(settings: Settings, cities: list[str], now: datetime) -> None:
+    path = settings.reports_dir / "drift" / REQUESTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {city: at.isoformat() for city, at in _requested(settings).items()}
+    done.update({city: now.isoformat() for city in cities})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
 def run_drift(
-    settings: Settings, cities: list[str], targets: list[str], window: timedelta = timedelta(days=7)
+    settings: Settings,
+    cities: list[str],
+    targets: list[str],
+    window: timedelta = timedelta(days=7),
+    *,
+    request: bool = False,
 ) -> dict[str, Any]:
     """Drift for every (city, target) over the last ``window`` of predictions; writes a JSON report.
 
     The default window is a week: it covers the weekly cycle, so a quiet Sunday or one rainy day
     does not read as drift. Shorter windows compare with the matching weekday/weekend reference.
 
-    Returns the report, whose ``retrain`` lists the cities with a drifting model.
+    Returns the report. Its ``retrain`` lists the drifting cities whose retrain the job did not ask for within
+    ``settings.drift_cooldown_h``; the others are in ``cooling_down`` with the outcome of their newest version
+    (a retrain the gate refused shows here). With ``request`` (the ``monitor_drift`` DAG, which then triggers the
+    retrain) the request is recorded and starts the city's cooldown.
     """
     now = datetime.now(UTC)
     results = [drift_model(settings, city, t, now - window) for city in cities for t in targets]
+    drifted = sorted({r["city"] for r in results if r["verdict"] == "drift"})
+    retrain, waiting = cooldown(drifted, _requested(settings), now, settings.drift_cooldown_h)
+    c = client(settings)
+    for city, entry in waiting.items():
+        newest = last_retrain(c, city, targets)
+        if newest is not None:
+            entry.update(last_version=f"{newest.model} v{newest.version}", last_outcome=newest.outcome[:200])
+    if request and retrain:
+        _record_requests(settings, retrain, now)
     report = {
         "generated_at": now.isoformat(),
         "window_start": (now - window).isoformat(),
+        "method": settings.drift_method,
+        "threshold": settings.drift_threshold,
         "models": results,
-        "retrain": sorted({r["city"] for r in results if r["verdict"] == "drift"}),
+        "drifted": drifted,
+        "retrain": retrain,
+        "cooling_down": waiting,
     }
     path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

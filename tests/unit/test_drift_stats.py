@@ -110,3 +110,31 @@ def test_compare_files_reads_categorical_columns(tmp_path: Path) -> None:
     doc = compare_files(ref, cur)
     assert doc["drifted"] == ["zone"] and doc["features"]["a"]["verdict"] == "stable"
     assert doc["features"]["zone"]["method"] == "js"
+
+
+def test_a_city_asked_for_within_its_cooldown_waits() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from monitoring.drift import cooldown
+
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    asked = {"lisbon": now - timedelta(hours=3), "porto": now - timedelta(hours=30)}
+    retrain, waiting = cooldown(["faro", "lisbon", "porto"], asked, now, hours=24)
+    assert retrain == ["faro", "porto"]  # faro never asked for, porto's cooldown is over
+    assert waiting == {"lisbon": {"requested_at": "2026-11-26T09:00:00+00:00", "until": "2026-11-27T09:00:00+00:00"}}
+    assert cooldown(["lisbon"], asked, now, hours=0)[0] == ["lisbon"]  # 0: no brake
+
+
+def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
+    small_settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import monitoring.drift as drift
+
+    settings = small_settings
+    monkeypatch.setattr(drift, "drift_model", lambda s, city, t, since: {"city": city, "target": t, "verdict": "drift"})
+    monkeypatch.setattr(drift, "client", lambda s: None)
+    monkeypatch.setattr(drift, "last_retrain", lambda c, city, targets: None)
+    first = drift.run_drift(settings, ["alpha", "beta-city"], ["eta"], request=True)  # type: ignore[arg-type]
+    assert first["retrain"] == ["alpha", "beta-city"] and first["cooling_down"] == {}
+    looked = drift.run_drift(settings, ["alpha"], ["eta"])  # type: ignore[arg-type]  # a person's `cityml drift`
+    assert looked["retrain"] == [] and set(looked["cooling_down"]) == {"alpha"}
