@@ -418,7 +418,9 @@ def drift(
             f"{m['model']:<22} {m['verdict']:<18} rows={m['rows']:<6} "
             + " ".join(f"{n}={v['verdict']}" for n, v in worst)
         )
-    lines.append(f"retrain: {', '.join(report['retrain']) or 'none'}   report: {report['report_path']}")
+    waiting = ", ".join(report["cooling_down"]) or "none"
+    lines.append(f"retrain: {', '.join(report['retrain']) or 'none'}   cooling down: {waiting}")
+    lines.append(f"report: {report['html_path']} (JSON: {report['report_path']})")
     _emit(report, as_json, "\n".join(lines))
 
 

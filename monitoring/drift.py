@@ -26,7 +26,7 @@ from cityml.profile import build_profile, pick_segment
 from cityml.registry import champion, client, read_profile
 from cityml.request_features import CALENDAR_FEATURES
 from cityml.settings import Settings
-from monitoring.stats import categorical_score, judge, numeric_score
+from monitoring.stats import categorical_score, category_counts, judge, numeric_score
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def feature_scores(
             judged = "drift"
         if ref["missing_share"] >= 0.99:
             judged = "no reference"  # training never saw a value: nothing to compare with
+        shown = judged in ("drift", "watch") and score is not None
         out[name] = {
+            **({"distribution": _distribution(ref, column)} if shown else {}),
             "method": score.method if score is not None else None,
             "score": score.value if score is not None else None,
             **(score.stats if score is not None else {"psi": 0.0}),
@@ -78,6 +80,22 @@ def feature_scores(
             "verdict": "calendar" if name in CALENDAR_FEATURES else "history" if is_history_feature(name) else judged,
         }
     return out
+
+
+def _distribution(reference: dict[str, Any], column: pd.Series) -> dict[str, Any]:
+    """Reference and live distributions of a feature worth a look, for the report's plots."""
+    if reference.get("kind") == "categorical":
+        live = category_counts(reference, column.dropna().to_numpy())
+        n = max(sum(live.values()), 1)
+        return {"kind": "categorical", "reference": reference["shares"], "live": {k: v / n for k, v in live.items()}}
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64")
+    values = values[np.isfinite(values)]
+    grid = np.linspace(0, 1, len(reference.get("quantiles") or []) or 101)
+    return {
+        "kind": "numeric",
+        "reference": reference.get("quantiles") or [],
+        "live": np.quantile(values, grid).round(6).tolist() if values.size else [],
+    }
 
 
 def _summary(scores: dict[str, dict[str, Any]], rows: int, min_rows: int) -> dict[str, Any]:
@@ -235,10 +253,13 @@ def run_drift(
         "retrain": retrain,
         "cooling_down": waiting,
     }
+    from monitoring.report import write_html
+
     path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    html_path = write_html(report, path.parent, path.stem)
     path.write_text(json.dumps(report, indent=2))
-    report["report_path"] = str(path)
+    report["report_path"], report["html_path"] = str(path), str(html_path)
     return report
 
 

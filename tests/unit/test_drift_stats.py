@@ -131,10 +131,15 @@ def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
     import monitoring.drift as drift
 
     settings = small_settings
-    monkeypatch.setattr(drift, "drift_model", lambda s, city, t, since: {"city": city, "target": t, "verdict": "drift"})
+
+    def drifting(s: object, city: str, target: str, since: object) -> dict[str, object]:
+        return {"city": city, "target": target, "model": f"{target}-{city}", "verdict": "drift", "features": {}}
+
+    monkeypatch.setattr(drift, "drift_model", drifting)
     monkeypatch.setattr(drift, "client", lambda s: None)
     monkeypatch.setattr(drift, "last_retrain", lambda c, city, targets: None)
     first = drift.run_drift(settings, ["alpha", "beta-city"], ["eta"], request=True)  # type: ignore[arg-type]
     assert first["retrain"] == ["alpha", "beta-city"] and first["cooling_down"] == {}
     looked = drift.run_drift(settings, ["alpha"], ["eta"])  # type: ignore[arg-type]  # a person's `cityml drift`
     assert looked["retrain"] == [] and set(looked["cooling_down"]) == {"alpha"}
+    assert Path(looked["html_path"]).read_text().count('<div class="plot">') == 2  # heatmap and history
