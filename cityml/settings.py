@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parent / "cities.yaml", description="City catalog YAML."
     )
     mlflow_tracking_uri: str = Field(default="", description="Empty: a SQLite file under home.")
+    metadata_url: str = Field(
+        default="", description="SQLAlchemy URL of cityml's tables (drift history); empty: a SQLite file under home."
+    )
     mlflow_artifact_root: str = Field(default="", description="Empty: a folder under home.")
     mlflow_experiment: str = "cityml"
     feast_repo_path: Path = PROJECT_ROOT / "feature_repo"
@@ -152,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def metadata_db(self) -> str:
+        return self.metadata_url or f"sqlite:///{self.home / 'cityml.db'}"
 
     @property
     def artifact_root(self) -> str | None:

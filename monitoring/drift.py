@@ -253,8 +253,10 @@ def run_drift(
         "retrain": retrain,
         "cooling_down": waiting,
     }
+    from monitoring import history
     from monitoring.report import write_html
 
+    report["history_rows"] = history.record(settings.metadata_db, report)
     path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     html_path = write_html(report, path.parent, path.stem)

@@ -143,3 +143,52 @@ def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
     looked = drift.run_drift(settings, ["alpha"], ["eta"])  # type: ignore[arg-type]  # a person's `cityml drift`
     assert looked["retrain"] == [] and set(looked["cooling_down"]) == {"alpha"}
     assert Path(looked["html_path"]).read_text().count('<div class="plot">') == 2  # heatmap and history
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_drift_history_is_a_table_of_the_metadata_database(backend: str, tmp_path: Path) -> None:
+    from monitoring import history
+
+    if backend == "postgres":
+        import uuid
+
+        import sqlalchemy as sa
+
+        from tests.conftest import require_service
+
+        require_service("postgres", "127.0.0.1", 5432)
+        schema = f"t{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    else:
+        url = f"sqlite:///{tmp_path / 'cityml.db'}"
+    feature = {"method": "wasserstein", "score": 0.31, "verdict": "drift"}
+    report = {
+        "generated_at": "2026-11-26T12:00:00+00:00",
+        "models": [
+            {
+                "city": "porto",
+                "target": "eta",
+                "model": "eta-porto",
+                "version": "3",
+                "rows": 900,
+                "features": {"distance_km": feature, "hour": {**feature, "verdict": "calendar"}},
+            },
+            {"city": "faro", "target": "eta", "model": "eta-faro", "features": {}},
+        ],
+    }
+    try:
+        assert history.record(url, report) == 2
+        assert history.record(url, {**report, "generated_at": "2026-11-27T12:00:00+00:00"}) == 2
+        rows = history.read(url, "porto")
+        assert [(r["feature"], r["verdict"], r["score"]) for r in rows[:2]] == [
+            ("distance_km", "drift", 0.31),
+            ("hour", "calendar", 0.31),
+        ]
+        assert len(rows) == 4 and rows[-1]["run_at"].day == 27
+    finally:
+        if backend == "postgres":
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
