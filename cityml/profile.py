@@ -1,7 +1,7 @@
 """Reference profiles: what a model's training data looked like, in a form drift checks can read.
 
-A profile is saved with each model version. It holds, per numeric feature, a quantile sketch (the 0th to
-100th percentiles of the training values), their 10-bin shares, missing share, mean, standard deviation and
+A profile is saved with each model version. It holds, per numeric feature, a quantile sketch (every percentile
+of the training values, finer in the tails), their 10-bin shares, missing share, mean, standard deviation and
 count; per categorical feature (zones, the fleet model's city) the share of each category, the rarest beyond
 ``MAX_CATEGORIES`` pooled as ``__other__``; the same for the model's predictions; and the row count. Training
 builds it; monitoring (``monitoring.stats``) compares live values against it, so neither needs the training
@@ -16,7 +16,11 @@ import numpy as np
 import pandas as pd
 
 N_BINS = 10
-N_QUANTILES = 101  # the 0th..100th percentiles: the reference CDF to within 1%
+# The sketch's probabilities: every percentile, and finer in both tails, where skewed features (durations, fares)
+# stretch out and a coarse sketch would misplace the mass of the last percent.
+QUANTILE_PROBS: list[float] = sorted(
+    {0.0, 0.001, 0.002, 0.005, *(i / 100 for i in range(1, 100)), 0.995, 0.998, 0.999, 1.0}
+)
 MAX_CATEGORIES = 100
 OTHER = "__other__"
 MIN_SEGMENT_ROWS = 200
@@ -32,26 +36,32 @@ def bin_shares(values: np.ndarray, edges: list[float]) -> list[float]:
     return (counts / total).tolist() if total else [0.0] * (len(edges) + 1)
 
 
-def _edges(values: np.ndarray) -> list[float]:
-    v = values[~np.isnan(values)]
-    if v.size == 0:
-        return []
-    qs = np.quantile(v, np.linspace(0, 1, N_BINS + 1)[1:-1])
-    return sorted(set(float(q) for q in qs))
+def sorted_quantiles(present: np.ndarray, probs: np.ndarray | list[float]) -> np.ndarray:
+    """Quantiles of an already sorted array, as ``np.quantile`` (linear) gives them, without sorting again."""
+    position = np.asarray(probs, dtype="float64") * (len(present) - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, len(present) - 1)
+    return present[below] + (present[above] - present[below]) * (position - below)
 
 
 def feature_profile(values: pd.Series) -> dict[str, Any]:
-    """A numeric feature's reference: 10 bins, a 101-quantile sketch and its moments."""
+    """A numeric feature's reference: 10 bins, a quantile sketch (``QUANTILE_PROBS``) and its moments."""
     v = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
-    v[np.isinf(v)] = np.nan
-    edges = _edges(v)
-    present = v[~np.isnan(v)]
+    present = np.sort(v[np.isfinite(v)])  # one sort serves the bins, the sketch and the moments
+    if present.size == 0:
+        edges: list[float] = []
+        shares = [0.0]
+    else:
+        edges = sorted({float(q) for q in sorted_quantiles(present, np.linspace(0, 1, N_BINS + 1)[1:-1])})
+        below = np.searchsorted(present, edges, side="right")
+        shares = (np.diff(np.concatenate([[0], below, [present.size]])) / present.size).tolist()
     return {
         "edges": edges,
-        "shares": bin_shares(v, edges),
-        "missing_share": float(np.isnan(v).mean()) if v.size else 0.0,
+        "shares": shares,
+        "missing_share": float(1 - present.size / v.size) if v.size else 0.0,
         "mean": float(present.mean()) if present.size else None,
-        "quantiles": np.quantile(present, np.linspace(0, 1, N_QUANTILES)).tolist() if present.size else [],
+        "quantiles": sorted_quantiles(present, QUANTILE_PROBS).tolist() if present.size else [],
+        "quantile_probs": QUANTILE_PROBS,
         "std": float(present.std()) if present.size else 0.0,
         "count": int(present.size),
     }

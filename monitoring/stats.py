@@ -1,17 +1,18 @@
 """Drift statistics of live values against a reference profile, without the reference's rows.
 
-A numeric reference is a quantile sketch (101 quantiles, ``cityml.profile``) plus its 10-bin shares, its standard
+A numeric reference is a quantile sketch (``cityml.profile.QUANTILE_PROBS``) plus its 10-bin shares, its standard
 deviation and its count; a categorical one is category shares with an "other" bucket. From those:
 
 =================  ===========================================================================================
 ``psi``            population stability index over the reference's 10 quantile bins (or its categories)
 ``ks``             Kolmogorov-Smirnov: the largest gap between the two CDFs; the reference's CDF is read off
                    its sketch, so the statistic is within 0.01 of the exact two-sample one on continuous data.
-                   The p-value is the asymptotic two-sample one for the stated sizes (``n_reference``,
-                   ``n_current``)
+                   The p-value is the two-sample one for the stated sizes (``n_reference``, ``n_current``):
+                   scipy's ``kstwo`` up to an effective size of 2,000, its limit law past that
 ``wasserstein``    Wasserstein-1 distance (the mean gap between the two quantile functions) divided by the
                    reference's standard deviation: 0.5 is a shift by half a standard deviation
-``js``             Jensen-Shannon distance (natural log) over the sketch's 100 bins (or the categories)
+``js``             Jensen-Shannon distance (natural log) over the bins between the sketch's quantiles (or the
+                   categories)
 ``chi2``           Pearson's chi-square of the live category counts against the reference shares, with its
                    p-value (categories - 1 degrees of freedom)
 =================  ===========================================================================================
@@ -34,6 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cityml.profile import sorted_quantiles
+
 Method = Literal["auto", "psi", "ks", "wasserstein", "js", "chi2"]
 METHODS: tuple[str, ...] = ("auto", "psi", "ks", "wasserstein", "js", "chi2")
 EPS = 1e-4
@@ -41,7 +44,6 @@ EPS = 1e-4
 THRESHOLDS = {"psi": 0.25, "ks": 0.05, "wasserstein": 0.1, "js": 0.1, "chi2": 0.05}
 P_VALUE_METHODS = ("ks", "chi2")
 SMALL_SAMPLE = 1000  # ``auto`` tests up to this many live values, measures distance past it
-GRID = (np.arange(1000) + 0.5) / 1000  # probabilities the quantile functions are compared at
 
 
 def psi(expected: list[float] | np.ndarray, actual: list[float] | np.ndarray) -> float:
@@ -64,49 +66,68 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))
 
 
-def _sketch_cdf(quantiles: np.ndarray, x: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
-    """The reference CDF at ``x`` read off its quantiles (linear between them; ties give a step)."""
-    probs = np.linspace(0, 1, len(quantiles))
+def _ties(quantiles: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sketch's distinct values, with the reference CDF just below (left) and at (right) each of them."""
     values, first = np.unique(quantiles, return_index=True)
     last = len(quantiles) - 1 - np.unique(quantiles[::-1], return_index=True)[1]
-    at = probs[last] if side == "right" else probs[first]
+    return values, probs[first], probs[last]
+
+
+def _sketch_cdf(values: np.ndarray, at: np.ndarray, x: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
+    """The reference CDF at ``x`` read off its sketch (linear between quantiles; a tie is a step)."""
     out = np.interp(x, values, at, left=0.0, right=1.0)
     # At the ends the step is whole: everything is at or below the largest quantile, nothing below the smallest.
     return np.where(x >= values[-1], 1.0, out) if side == "right" else np.where(x <= values[0], 0.0, out)
 
 
-def ks(quantiles: np.ndarray, n_reference: int, current: np.ndarray) -> tuple[float, float]:
-    """KS statistic of sorted ``current`` against the sketched reference, and its asymptotic p-value."""
-    from scipy.stats import kstwo
+def ks(quantiles: np.ndarray, probs: np.ndarray, n_reference: int, current: np.ndarray) -> tuple[float, float]:
+    """KS statistic of sorted ``current`` against the sketched reference, and its asymptotic p-value.
+
+    The gap is taken at each distinct live value (the live CDF just below and at it) and at each sketch value.
+    """
+    from scipy.stats import kstwo, kstwobign
 
     n = len(current)
-    points = np.concatenate([current, quantiles])
+    values, left, right = _ties(quantiles, probs)
+    # Distinct live values from the sorted array, without sorting again: where a run of equal values ends.
+    ends = np.flatnonzero(current[1:] != current[:-1])
+    last = np.append(ends, n - 1)
+    first = np.insert(ends + 1, 0, 0)
+    live = current[last]
     gaps = [
-        np.abs(np.searchsorted(current, points, side=side) / n - _sketch_cdf(quantiles, points, side))
-        for side in ("left", "right")
+        np.abs(first / n - _sketch_cdf(values, left, live, "left")),
+        np.abs((last + 1) / n - _sketch_cdf(values, right, live, "right")),
+        np.abs(np.searchsorted(current, values, side="left") / n - left),
+        np.abs(np.searchsorted(current, values, side="right") / n - right),
     ]
-    statistic = float(max(gaps[0].max(), gaps[1].max()))
-    effective = max(1, round(n * n_reference / (n + n_reference)))
-    return statistic, float(kstwo.sf(statistic, effective))
+    statistic = float(max(g.max() for g in gaps))
+    effective = n * n_reference / (n + n_reference)
+    # scipy's exact two-sample distribution costs ~0.15 s past a few thousand rows; the limit law is then exact
+    # to well under the sketch's own error.
+    p = (
+        kstwobign.sf(statistic * np.sqrt(effective))
+        if effective > 2000
+        else kstwo.sf(statistic, max(1, round(effective)))
+    )
+    return statistic, float(p)
 
 
-def wasserstein(quantiles: np.ndarray, std: float, current: np.ndarray) -> float:
-    """Wasserstein-1 between the sketched reference and sorted ``current``, in reference standard deviations."""
-    ref = np.interp(GRID, np.linspace(0, 1, len(quantiles)), quantiles)
-    cur = np.quantile(current, GRID, method="linear")
-    return float(np.mean(np.abs(ref - cur)) / (std if std > 0 else 1.0))
+def wasserstein(quantiles: np.ndarray, probs: np.ndarray, std: float, current: np.ndarray) -> float:
+    """Wasserstein-1 between the sketched reference and sorted ``current``, in reference standard deviations:
+    the mean gap between the two quantile functions, integrated over the sketch's probabilities."""
+    gap = np.abs(quantiles - sorted_quantiles(current, probs))
+    area = float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(probs)))
+    return area / (std if std > 0 else 1.0)
 
 
-def sketch_shares(quantiles: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reference and current shares over the bins the sketch's distinct quantiles make (plus both tails)."""
-    edges = np.unique(quantiles)
-    probs = np.linspace(0, 1, len(quantiles))
-    last = len(quantiles) - 1 - np.unique(quantiles[::-1], return_index=True)[1]
-    # (-inf, e0], (e0, e1], ..., (e_last, inf): the reference mass of (e_i-1, e_i] is p(last of e_i) - p(last of
-    # e_i-1); a value repeated across quantiles (a tie) carries the mass of all of them.
-    ref = np.diff(np.concatenate([[0.0], probs[last], [1.0]]))
-    cur = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-    return np.clip(ref, 0, None), cur / max(len(values), 1)
+def sketch_shares(quantiles: np.ndarray, probs: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference and current shares over the bins the sketch's distinct values make, both tails included:
+    (-inf, e0], (e0, e1], ..., (e_last, inf). ``current`` is sorted."""
+    values, _, right = _ties(quantiles, probs)
+    ref = np.diff(np.concatenate([[0.0], right, [1.0]]))
+    at_or_below = np.searchsorted(current, values, side="right")
+    cur = np.diff(np.concatenate([[0], at_or_below, [len(current)]]))
+    return np.clip(ref, 0, None), cur / max(len(current), 1)
 
 
 def chi2(shares: dict[str, float], counts: dict[str, int]) -> tuple[float, float]:
@@ -161,23 +182,24 @@ def numeric_score(reference: dict[str, Any], values: np.ndarray, method: str, th
     where ``method`` is the one that decides. A reference saved before sketches existed (10 bins only) has only
     PSI, whatever the method.
     """
-    from cityml.profile import bin_shares
-
-    stats: dict[str, Any] = {"psi": round(psi(reference["shares"], bin_shares(values, reference["edges"])), 4)}
+    current = np.sort(values)
+    below = np.searchsorted(current, np.asarray(reference["edges"], dtype="float64"), side="right")
+    shares = np.diff(np.concatenate([[0], below, [len(current)]])) / max(len(current), 1)
+    stats: dict[str, Any] = {"psi": round(psi(reference["shares"], shares), 4)}
     quantiles = reference.get("quantiles")
-    if not quantiles or len(values) == 0:
+    if not quantiles or len(current) == 0:
         return Score("psi", stats["psi"], judge("psi", stats["psi"], threshold if method == "psi" else None), stats)
     q = np.asarray(quantiles, dtype="float64")
-    current = np.sort(values)
+    probs = np.asarray(reference.get("quantile_probs") or np.linspace(0, 1, len(q)), dtype="float64")
     n_ref = int(reference.get("count") or 0)
-    statistic, p = ks(q, n_ref, current)
-    ref_shares, cur_shares = sketch_shares(q, current)
+    statistic, p = ks(q, probs, n_ref, current)
+    ref_shares, cur_shares = sketch_shares(q, probs, current)
     stats.update(
         ks=round(statistic, 4),
         ks_p_value=float(f"{p:.4g}"),
         n_reference=n_ref,
         n_current=len(current),
-        wasserstein=round(wasserstein(q, float(reference.get("std") or 0.0), current), 4),
+        wasserstein=round(wasserstein(q, probs, float(reference.get("std") or 0.0), current), 4),
         js=round(js_distance(ref_shares, cur_shares), 4),
     )
     chosen = pick(method, "numeric", len(current))
