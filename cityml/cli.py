@@ -26,11 +26,13 @@ features_app = typer.Typer(help="Feast feature store: apply definitions, materia
 models_app = typer.Typer(help="The MLflow registry fleet.", no_args_is_help=True)
 drift_app = typer.Typer(help="Drift of live features against the training reference.", invoke_without_command=True)
 import_app = typer.Typer(help="Import real trip files.", no_args_is_help=True)
+monitor_app = typer.Typer(help="Monitoring beside drift: realized accuracy from completed trips.", no_args_is_help=True)
 data_app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(drift_app, name="drift")
+app.add_typer(monitor_app, name="monitor")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 log = logging.getLogger("cityml")
@@ -460,6 +462,34 @@ def drift_compare(
     ]
     lines.append(f"verdict: {doc['verdict']}")
     _emit(doc, as_json, "\n".join(lines))
+
+
+@monitor_app.command("labels")
+def monitor_labels(
+    cities: Annotated[str, typer.Option(help="Comma-separated slugs or 'all'.")] = "all",
+    targets: Annotated[str, typer.Option()] = ",".join(TARGETS),
+    hours: Annotated[float, typer.Option(min=1, help="Join the predictions of this many past hours.")] = 7 * 24.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Join completed trips to the predictions served for them: realized MAE per city, target and day, stored
+    beside the drift scores, and the cities past the accuracy factor (see `cityml config`)."""
+    from monitoring.accuracy import run_labels
+
+    _setup_logging()
+    s = get_settings()
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    run = run_labels(s, _cities(cities), _targets(targets), since)
+    lines = [
+        f"{d.day}  {d.model:<22} v{d.version:<4} trips={d.trips:<6} MAE {d.mae:9.4g}  "
+        f"test {d.test_mae or float('nan'):9.4g}  x{d.ratio or float('nan'):.2f}"
+        for d in run.days
+    ]
+    lines.append(
+        f"{run.predictions} predictions: {run.by_trip_id} by trip_id, {run.by_time} by time and zones, "
+        f"{run.unmatched} unmatched"
+    )
+    lines.append("flagged: " + ("; ".join(f"{f.city} ({f.why})" for f in run.flagged) or "none"))
+    _emit(run.to_json(), as_json, "\n".join(lines))
 
 
 @app.command()

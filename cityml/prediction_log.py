@@ -8,7 +8,9 @@ Serving hands each request's predictions to :class:`PredictionLog` as a :class:`
 Files: ``<predictions_dir>/city=<slug>/date=<YYYY-MM-DD>/part-<time>-<id>.parquet``, one per
 flushed batch, each written to a temporary name and renamed, so a reader never sees half a file.
 Columns: those of :class:`PredictionRecord`, ``features`` as a JSON object (models differ in
-their inputs). Logs of older versions (``date=<day>.jsonl``) are still read.
+their inputs). ``trip_id``, ``pickup_ts`` and the zones are what realized accuracy joins the trip's outcome on
+(``monitoring.accuracy``). Logs of older versions (``date=<day>.jsonl``, or parquet without the pickup columns)
+are still read, those columns as None.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ FeatureValue = float | str | None
 
 @dataclass(frozen=True)
 class PredictionRecord:
-    """One served prediction. ``trip_id`` is the client's, to join the trip's outcome later."""
+    """One served prediction. ``trip_id`` (the client's), pickup time and zones join the trip's outcome later."""
 
     ts: datetime
     request_id: str
@@ -49,6 +51,9 @@ class PredictionRecord:
     features: dict[str, FeatureValue]
     prediction: float
     trip_id: str | None = None
+    pickup_ts: datetime | None = None
+    pickup_zone: str | None = None
+    dropoff_zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class PredictionBatch:
     features: Mapping[str, np.ndarray]
     predictions: np.ndarray
     trip_ids: Sequence[str | None]
+    pickup_s: np.ndarray  # epoch seconds
+    pickup_zones: Sequence[str | None]
+    dropoff_zones: Sequence[str | None]
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -94,9 +102,13 @@ SCHEMA = pa.schema(
         ("features", pa.string()),
         ("prediction", pa.float64()),
         ("trip_id", pa.string()),
+        ("pickup_ts", pa.timestamp("s", tz="UTC")),
+        ("pickup_zone", pa.string()),
+        ("dropoff_zone", pa.string()),
     ]
 )
 assert [f.name for f in fields(PredictionRecord)] == SCHEMA.names  # one format, one place
+OPTIONAL = ("trip_id", "pickup_ts", "pickup_zone", "dropoff_zone")  # absent from older logs
 
 
 def write_batches(folder: Path, batches: Sequence[PredictionBatch]) -> list[Path]:
@@ -160,6 +172,11 @@ def _table(names: tuple[str, ...], group: list[PredictionBatch]) -> pa.Table:
         "features": [_encode(dict(zip(names, row, strict=True))) for row in zip(*features, strict=True)],
         "prediction": np.concatenate([b.predictions for b in group]).astype("float64"),
         "trip_id": joined("trip_ids"),
+        "pickup_ts": pa.array(np.concatenate([b.pickup_s for b in group]).astype("int64")).cast(
+            SCHEMA.field("pickup_ts").type
+        ),
+        "pickup_zone": joined("pickup_zones"),
+        "dropoff_zone": joined("dropoff_zones"),
     }
     return pa.table(columns, schema=SCHEMA)
 
@@ -249,7 +266,8 @@ def read_predictions(
 ) -> list[dict[str, Any]]:
     """Logged predictions of a city (optionally one target, optionally since a time), oldest first.
 
-    Each is a dict with the keys of :class:`PredictionRecord`, ``ts`` as ISO text, ``features`` as a dict.
+    Each is a dict with the keys of :class:`PredictionRecord`, ``ts`` and ``pickup_ts`` as ISO text, ``features``
+    as a dict; keys older logs lack are None.
     """
     base = folder / f"city={city}"
     day0 = since.astimezone(UTC).date().isoformat() if since is not None else ""
@@ -261,10 +279,14 @@ def read_predictions(
         if day.name[5:] < day0:
             continue
         for f in sorted(day.glob("part-*.parquet")):
-            for r in pq.read_table(f).to_pylist():
+            for r in pq.read_table(str(f)).to_pylist():
                 r["ts"] = r["ts"].isoformat()
                 r["features"] = json.loads(r["features"])
+                r["pickup_ts"] = r["pickup_ts"].isoformat() if r.get("pickup_ts") is not None else None
                 out.append(r)
+    for r in out:
+        for name in OPTIONAL:
+            r.setdefault(name, None)
     if target is not None:
         out = [r for r in out if r.get("target") == target]
     if since is not None:

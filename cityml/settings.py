@@ -73,6 +73,22 @@ class Settings(BaseSettings):
         description="Drift at or above this value of drift_method (a p-value: below it); empty: the method's "
         "default (PSI 0.25, Wasserstein 0.1 sd, JS 0.1, KS and chi-square p 0.05).",
     )
+    accuracy_factor: float = Field(
+        default=1.5,
+        gt=1,
+        description="Realized accuracy: a day whose MAE on completed trips exceeds the model's test MAE by this "
+        "factor is a bad day (monitoring/accuracy.py).",
+    )
+    accuracy_days: int = Field(default=2, ge=1, description="Bad days in a row that flag a city for retraining.")
+    accuracy_min_trips: int = Field(
+        default=30, ge=1, description="Completed trips joined to predictions below which a day is not judged."
+    )
+    labels_tolerance_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A prediction without the client's trip_id matches a completed trip of the same city and zones "
+        "picked up this close to the predicted pickup time (the nearest one).",
+    )
     # Measured on 2 cores (bench/RESULTS.md): 2 processes of 1 LightGBM thread beat 1 process of 2.
     train_workers: int = Field(default=2, ge=1, description="Cities fitted at once by `cityml train`.")
     train_threads: int = Field(default=2, ge=1, description="LightGBM threads per fit.")

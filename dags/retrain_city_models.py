@@ -15,7 +15,10 @@ go on. The `report` task writes the gate report (JSON + markdown, also logged to
 **Trigger with config** (Airflow UI → Trigger DAG w/ config):
 `{"cities": "lisbon,nairobi", "targets": ["eta"]}` — `cities` is a comma list or `all`;
 `"tune_budget_s": 60` searches each city model's LightGBM parameters with Optuna for 60 s first
-(scored on the validation window; the gate still decides on the test window).
+(scored on the validation window; the gate still decides on the test window). `"until":
+"2026-03-01"` trains on trips picked up before that day (or ISO time) instead of the run's data
+interval end. `reason` is free text kept in the gate report: `monitor_drift` fills it with why it
+asked for the run (drifted features, realized accuracy).
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
+
+
+def _until(params: dict[str, Any] | None, data_interval_end: pendulum.DateTime | None) -> Any:
+    """The training cut-off: the ``until`` param if given, else the run's data interval end."""
+    value = (params or {}).get("until") or ""
+    return pendulum.parse(value, tz="UTC") if value else data_interval_end
 
 
 @dag(
@@ -42,6 +51,14 @@ from airflow.sdk import Param, dag, get_current_context, task
         "tune_budget_s": Param(
             0, type="number", minimum=0, description="Seconds of Optuna search per city model; 0: no search."
         ),
+        "until": Param(
+            "",
+            type="string",
+            pattern=r"^$|^\d{4}-\d{2}-\d{2}([T ][0-9:.]+([+-]\d{2}:?\d{2}|Z)?)?$",
+            description="Train on trips picked up before this date or ISO time (UTC); empty: the run's data "
+            "interval end.",
+        ),
+        "reason": Param("", type="string", description="Why this run was asked for; kept in the gate report."),
     },
 )
 def retrain_city_models() -> None:
@@ -75,7 +92,8 @@ def retrain_city_models() -> None:
         get_current_context()["model_label"] = f"{target}-global"  # type: ignore[typeddict-unknown-key]
         s = get_settings()
         cities = [c.slug for c in load_catalog(s.catalog_path).cities]
-        return fit_global(s, target, cities, until=data_interval_end, run_label=run_id or "airflow")
+        until = _until(params, data_interval_end)
+        return fit_global(s, target, cities, until=until, run_label=run_id or "airflow")
 
     @task(map_index_template="{{ model_label }}", retries=1)
     def train(
@@ -94,15 +112,21 @@ def retrain_city_models() -> None:
         budget = float((params or {}).get("tune_budget_s") or 0)
         if budget:
             s = s.model_copy(update={"tune_budget_s": budget})
-        return train_city(s, city, target, until=data_interval_end, run_label=run_id or "airflow")
+        return train_city(s, city, target, until=_until(params, data_interval_end), run_label=run_id or "airflow")
 
     @task(trigger_rule="all_done")
-    def report(fleet: list[dict[str, Any]], results: list[dict[str, Any]], run_id: str | None = None) -> str:
+    def report(
+        fleet: list[dict[str, Any]],
+        results: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
         """Write the run's gate report (JSON + markdown, logged to MLflow); returns its path."""
         from cityml.settings import get_settings
         from training.report import write_gate_report
 
-        doc = write_gate_report(get_settings(), [*fleet, *results], run_id or "airflow")
+        reason = str((params or {}).get("reason") or "")
+        doc = write_gate_report(get_settings(), [*fleet, *results], run_id or "airflow", reason)
         print(doc["markdown"])
         return str(doc["path"])
 

@@ -1,7 +1,7 @@
-"""Drift: live features (from the prediction log) against the champion's reference profile.
+"""Drift: live features (from the prediction log) against the champion's reference profile; the monitoring run.
 
-The score is the population stability index (PSI) over the reference's quantile bins, plus a
-missing-value bin. Conventional reading: below 0.1 stable, 0.1–0.25 watch, 0.25 and above drift. Calendar features
+Each feature is scored by the statistics of ``monitoring.stats`` against the profile's quantile sketch (numbers) or
+category shares (zones, city), and judged by ``drift_method`` at ``drift_threshold``. Calendar features
 (weekday, weekend) are scored but not judged: a window shorter than a week differs in them by design. So are the
 28-day trip-history medians: a reference from a city's first weeks holds medians of a few trips, spread wide, and
 live medians of a full window sit tighter, which PSI reads as drift while nothing moved (seen in `make demo`).
@@ -26,6 +26,7 @@ from cityml.profile import build_profile, pick_segment
 from cityml.registry import champion, client, read_profile
 from cityml.request_features import CALENDAR_FEATURES
 from cityml.settings import Settings
+from monitoring.accuracy import AccuracyFlag
 from monitoring.stats import categorical_score, category_counts, judge, numeric_score
 
 log = logging.getLogger(__name__)
@@ -107,14 +108,14 @@ def _summary(scores: dict[str, dict[str, Any]], rows: int, min_rows: int) -> dic
     return {"verdict": overall, "rows": rows, "drifted": drifted, "features": scores}
 
 
-def drift_model(settings: Settings, city: str, target: str, since: datetime) -> dict[str, Any]:
+def drift_model(settings: Settings, city: str, target: str, since: datetime, c: Any | None = None) -> dict[str, Any]:
     """Drift of the model serving a city: logged live features vs the profile saved with it.
 
     A city without a champion is served by the global model; its live traffic is then compared
     with that city's slice of the global model's reference.
     """
     name = model_name(target, city)
-    c = client(settings)
+    c = c or client(settings)
     mv = champion(c, name)
     serving = name
     if mv is None:
@@ -214,6 +215,19 @@ def _record_requests(settings: Settings, cities: list[str], now: datetime) -> No
     tmp.replace(path)
 
 
+def reasons(results: list[dict[str, Any]], flagged: list[AccuracyFlag]) -> dict[str, list[str]]:
+    """Why each city should be retrained: its drifting models with their drifted features, and its accuracy flags."""
+    why: dict[str, list[str]] = {}
+    for r in results:
+        if r["verdict"] == "drift":
+            drifted = r.get("drifted", [])
+            features = ", ".join(drifted[:4]) + (", ..." if len(drifted) > 4 else "")
+            why.setdefault(r["city"], []).append(f"{r['target']} drift" + (f": {features}" if features else ""))
+    for f in flagged:
+        why.setdefault(f.city, []).append(f.why)
+    return why
+
+
 def run_drift(
     settings: Settings,
     cities: list[str],
@@ -222,21 +236,30 @@ def run_drift(
     *,
     request: bool = False,
 ) -> dict[str, Any]:
-    """Drift for every (city, target) over the last ``window`` of predictions; writes a JSON report.
+    """Drift and realized accuracy for every (city, target) over the last ``window``; writes the JSON and HTML report.
 
     The default window is a week: it covers the weekly cycle, so a quiet Sunday or one rainy day
     does not read as drift. Shorter windows compare with the matching weekday/weekend reference.
+    Realized accuracy (``monitoring.accuracy``) joins the trips completed in the window to the predictions.
 
-    Returns the report. Its ``retrain`` lists the drifting cities whose retrain the job did not ask for within
-    ``settings.drift_cooldown_h``; the others are in ``cooling_down`` with the outcome of their newest version
-    (a retrain the gate refused shows here). With ``request`` (the ``monitor_drift`` DAG, which then triggers the
-    retrain) the request is recorded and starts the city's cooldown.
+    Returns the report. ``flagged`` lists the cities with a drifting model or a realized-accuracy flag, ``reasons``
+    says why for each; ``retrain`` those the job did not ask for within ``settings.drift_cooldown_h``; the others
+    are in ``cooling_down`` with the outcome of their newest version (a retrain the gate refused shows here). With
+    ``request`` (the ``monitor_drift`` DAG, which then triggers the retrain) the request is recorded and starts the
+    city's cooldown.
     """
+    from monitoring import history
+    from monitoring.accuracy import run_labels
+    from monitoring.report import write_html
+
     now = datetime.now(UTC)
-    results = [drift_model(settings, city, t, now - window) for city in cities for t in targets]
-    drifted = sorted({r["city"] for r in results if r["verdict"] == "drift"})
-    retrain, waiting = cooldown(drifted, _requested(settings), now, settings.drift_cooldown_h)
     c = client(settings)
+    results = [drift_model(settings, city, t, now - window, c) for city in cities for t in targets]
+    labels = run_labels(settings, cities, targets, now - window, client=c)
+    drifted = sorted({r["city"] for r in results if r["verdict"] == "drift"})
+    why = reasons(results, labels.flagged)
+    flagged = sorted(why)
+    retrain, waiting = cooldown(flagged, _requested(settings), now, settings.drift_cooldown_h)
     for city, entry in waiting.items():
         newest = last_retrain(c, city, targets)
         if newest is not None:
@@ -250,19 +273,29 @@ def run_drift(
         "threshold": settings.drift_threshold,
         "models": results,
         "drifted": drifted,
+        "accuracy": labels.to_json(),
+        "flagged": flagged,
+        "reasons": {city: "; ".join(lines) for city, lines in why.items()},
         "retrain": retrain,
         "cooling_down": waiting,
     }
-    from monitoring import history
-    from monitoring.report import write_html
-
     report["history_rows"] = history.record(settings.metadata_db, report)
     path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    html_path = write_html(report, path.parent, path.stem)
+    realized = history.read_accuracy(settings.metadata_db, cities)
+    html_path = write_html(report, path.parent, path.stem, realized)
     path.write_text(json.dumps(report, indent=2))
     report["report_path"], report["html_path"] = str(path), str(html_path)
     return report
+
+
+def retrain_conf(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``retrain_city_models`` conf a drift run asks for: its cities, and why, as the run's trigger form shows."""
+    reasons_ = report.get("reasons", {})
+    return {
+        "cities": ",".join(report["retrain"]),
+        "reason": " | ".join(f"{city}: {reasons_.get(city, 'drift')}" for city in report["retrain"])[:2000],
+    }
 
 
 def compare_files(

@@ -2,8 +2,9 @@
 
 Sections: a heatmap of every model (target-city) by feature, coloured by how far each feature is past its
 threshold; for each drifted or watched feature, its reference and live distributions (quantile curves for
-numbers, shares for categories); the history of the last runs (drifted features per model); the cities waiting
-for their cooldown. It opens without a network, from a mail attachment or a CI artifact.
+numbers, shares for categories); the history of the last runs (drifted features per model); realized MAE per model
+and day against the test MAE it was promoted with (``monitoring.accuracy``); the cities flagged and why, and those
+waiting for their cooldown. It opens without a network, from a mail attachment or a CI artifact.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitoring.stats import P_VALUE_METHODS, THRESHOLDS
+
+if TYPE_CHECKING:
+    from monitoring.accuracy import RealizedDay
 
 MAX_DISTRIBUTIONS = 24  # plots of single features, worst first: beyond this a report is read as a table
 HISTORY_RUNS = 60
@@ -102,6 +106,31 @@ def _history(runs: list[dict[str, Any]]) -> Any:
     return fig
 
 
+def _realized(days: list[RealizedDay]) -> Any:
+    """Realized MAE / test MAE per model, day by day (1 = as tested); a new version starts a new line."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    series: dict[str, tuple[list[str], list[float], list[str]]] = {}
+    for d in days:
+        if d.ratio is None:
+            continue
+        xs, ys, notes = series.setdefault(f"{d.model} v{d.version}", ([], [], []))
+        xs.append(d.day.isoformat())
+        ys.append(round(d.ratio, 3))
+        notes.append(f"MAE {d.mae:.4g} (test {d.test_mae:.4g}) on {d.trips} trips")
+    for name, (xs, ys, notes) in sorted(series.items()):
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, text=notes, hovertemplate="%{x}: %{y}x<br>%{text}")
+        )
+    fig.update_layout(
+        title="Realized MAE on completed trips / test MAE, per model version and day",
+        yaxis_title="realized / test MAE",
+        height=380,
+    )
+    return fig
+
+
 def _worst(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     threshold = report.get("threshold")
     shown = [
@@ -113,11 +142,14 @@ def _worst(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return sorted(shown, key=lambda t: -(severity(t[2], threshold) or 0.0))[:MAX_DISTRIBUTIONS]
 
 
-def render(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """The whole HTML document of one drift run, ``history`` being the earlier runs' reports, oldest first."""
+def render(report: dict[str, Any], history: list[dict[str, Any]], realized: list[RealizedDay] | None = None) -> str:
+    """The whole HTML document of one drift run, ``history`` being the earlier runs' reports, oldest first, and
+    ``realized`` the stored realized accuracy of its cities."""
     from plotly.offline import get_plotlyjs
 
     figures = [_heatmap(report), *(_distribution(*w) for w in _worst(report)), _history([*history, report])]
+    if realized:
+        figures.append(_realized(realized))
     plots = "\n".join(
         f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot{i}")}</div>'
         for i, fig in enumerate(figures)
@@ -127,6 +159,16 @@ def render(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
         f"<tr><td>{html.escape(city)}</td><td>{html.escape(w.get('requested_at', ''))}</td>"
         f"<td>{html.escape(w.get('until', ''))}</td><td>{html.escape(w.get('last_outcome', ''))}</td></tr>"
         for city, w in sorted(waiting.items())
+    )
+    flagged = "".join(
+        f"<tr><td>{html.escape(city)}</td><td>{html.escape(why)}</td></tr>"
+        for city, why in sorted(report.get("reasons", {}).items())
+    )
+    acc = report.get("accuracy", {})
+    matched = (
+        f"{acc.get('predictions', 0)} predictions in the window: {acc.get('matched_by_trip_id', 0)} joined to their "
+        f"trip by trip_id, {acc.get('matched_by_time_and_zones', 0)} by pickup time and zones, "
+        f"{acc.get('unmatched', 0)} not (yet) matched."
     )
     summary = (
         f"Window from {html.escape(report['window_start'])} to {html.escape(report['generated_at'])}; "
@@ -145,13 +187,16 @@ def render(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
 <h2>Waiting for their cooldown</h2>
 <table id="cooling"><tr><th>city</th><th>retrain asked at</th><th>asked again after</th><th>newest version</th></tr>
 {rows or '<tr><td colspan="4">none</td></tr>'}</table>
+<h2>Flagged cities</h2>
+<table id="flagged"><tr><th>city</th><th>why</th></tr>
+{flagged or '<tr><td colspan="2">none</td></tr>'}</table>
 <h2>Realized accuracy</h2>
-<p>Not measured yet: completed trips are not joined to the prediction log.</p>
+<p id="realized">{html.escape(matched)}</p>
 </body></html>
 """
 
 
-def write_html(report: dict[str, Any], folder: Path, name: str) -> Path:
+def write_html(report: dict[str, Any], folder: Path, name: str, realized: list[RealizedDay] | None = None) -> Path:
     """Write the report of a drift run beside its JSON, with the history of the earlier runs in ``folder``."""
     earlier = sorted(p for p in folder.glob("drift-*.json") if p.stem != name)[-HISTORY_RUNS:]
     history = []
@@ -162,6 +207,6 @@ def write_html(report: dict[str, Any], folder: Path, name: str) -> Path:
             continue  # a report being written, or a broken one: the history skips it
     out = folder / f"{name}.html"
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(render(report, history), encoding="utf-8")
+    tmp.write_text(render(report, history, realized), encoding="utf-8")
     tmp.replace(out)
     return out

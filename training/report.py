@@ -45,21 +45,34 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_gate_report(settings: Settings, results: list[dict[str, Any]], run_label: str) -> dict[str, Any]:
-    """Write the report under ``<home>/reports/gate/`` and log it to MLflow as run ``gate-report``."""
+def write_gate_report(
+    settings: Settings, results: list[dict[str, Any]], run_label: str, reason: str = ""
+) -> dict[str, Any]:
+    """Write the report under ``<home>/reports/gate/`` and log it to MLflow as run ``gate-report``.
+
+    ``reason``: why the run was asked for (the drift job's flags), kept in the report and as a tag of its run.
+    """
     import mlflow
 
     now = datetime.now(UTC)
-    doc = {"generated_at": now.isoformat(), "run": run_label, "models": rows(results), "results": results}
+    doc = {
+        "generated_at": now.isoformat(),
+        "run": run_label,
+        "reason": reason,
+        "models": rows(results),
+        "results": results,
+    }
     folder = settings.reports_dir / "gate"
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"gate-{now:%Y%m%dT%H%M%SZ}"
     (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
     table = markdown(results)
-    (folder / f"{stem}.md").write_text(f"# Gate report {now:%Y-%m-%d %H:%M} UTC ({run_label})\n\n{table}\n")
+    why = f"Asked for: {reason}\n\n" if reason else ""
+    (folder / f"{stem}.md").write_text(f"# Gate report {now:%Y-%m-%d %H:%M} UTC ({run_label})\n\n{why}{table}\n")
     c = client(settings)
     with mlflow.start_run(experiment_id=experiment_id(c, settings), run_name="gate-report") as run:
-        mlflow.set_tags({"dag_run_id": run_label, "kind": "gate-report"})
+        tags = {"dag_run_id": run_label, "kind": "gate-report", **({"reason": reason[:5000]} if reason else {})}
+        mlflow.set_tags(tags)
         mlflow.log_dict(doc, "gate_report.json")
         mlflow.log_text(table, "gate_report.md")
         counts: dict[str, int] = {}

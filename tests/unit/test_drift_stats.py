@@ -132,7 +132,7 @@ def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
 
     settings = small_settings
 
-    def drifting(s: object, city: str, target: str, since: object) -> dict[str, object]:
+    def drifting(s: object, city: str, target: str, since: object, c: object = None) -> dict[str, object]:
         return {"city": city, "target": target, "model": f"{target}-{city}", "verdict": "drift", "features": {}}
 
     monkeypatch.setattr(drift, "drift_model", drifting)
@@ -140,6 +140,7 @@ def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
     monkeypatch.setattr(drift, "last_retrain", lambda c, city, targets: None)
     first = drift.run_drift(settings, ["alpha", "beta-city"], ["eta"], request=True)  # type: ignore[arg-type]
     assert first["retrain"] == ["alpha", "beta-city"] and first["cooling_down"] == {}
+    assert first["reasons"] == {"alpha": "eta drift", "beta-city": "eta drift"}
     looked = drift.run_drift(settings, ["alpha"], ["eta"])  # type: ignore[arg-type]  # a person's `cityml drift`
     assert looked["retrain"] == [] and set(looked["cooling_down"]) == {"alpha"}
     assert Path(looked["html_path"]).read_text().count('<div class="plot">') == 2  # heatmap and history

@@ -27,6 +27,9 @@ def _batch(*ids: int) -> PredictionBatch:
         },
         predictions=np.array([100.0 + i for i in ids]),
         trip_ids=[f"t{i}" for i in ids],
+        pickup_s=np.array([1_767_600_000 + 60 * i for i in ids]),
+        pickup_zones=["z01"] * n,
+        dropoff_zones=["z02" if i % 2 else None for i in ids],
     )
 
 
@@ -39,6 +42,19 @@ def test_a_batch_becomes_one_record_per_prediction_missing_values_as_none(tmp_pa
     assert [r["degraded"] for r in rows] == [False, True, False, True, False]
     assert rows[0]["features"] == {"distance_km": None, "pickup_zone": None}
     assert rows[1]["features"] == {"distance_km": 2.5, "pickup_zone": "z01"}
+    assert rows[1]["pickup_ts"] == "2026-01-05T08:01:00+00:00"
+    assert (rows[0]["pickup_zone"], rows[0]["dropoff_zone"], rows[1]["dropoff_zone"]) == ("z01", None, "z02")
+
+
+def test_a_log_written_before_the_pickup_columns_still_reads(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from cityml.prediction_log import OPTIONAL, write_batches
+
+    [path] = write_batches(tmp_path, [_batch(0, 1)])
+    pq.write_table(pq.read_table(str(path)).drop_columns([c for c in OPTIONAL if c != "trip_id"]), str(path))
+    rows = read_predictions(tmp_path, "lisbon")
+    assert len(rows) == 2 and all(r["pickup_ts"] is None and r["pickup_zone"] is None for r in rows)
 
 
 def test_close_writes_what_is_buffered(tmp_path: Path) -> None:

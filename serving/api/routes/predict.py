@@ -155,6 +155,9 @@ async def predict(request: Request) -> Response:
                 features={n: columns[n] for n in names},
                 predictions=pred,
                 trip_ids=[instances[i].trip_id for i in members],
+                pickup_s=part.pickup_s,
+                pickup_zones=part.pickup_zone.tolist(),
+                dropoff_zones=part.dropoff_zone.tolist(),
             )
         )
     dropped = state.log.submit(batches)
