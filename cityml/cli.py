@@ -90,10 +90,15 @@ def data_generate(
     days: Annotated[int, typer.Option(min=1, max=400, help="Days of trips per city.")] = 30,
     seed: Annotated[int, typer.Option(help="Same seed and dates, same trips.")] = 7,
     end: Annotated[str | None, typer.Option(help="Last day is the day before END (default: today, UTC).")] = None,
+    slow_city: Annotated[
+        str | None, typer.Option(help="A city whose central zones slow down from --slow-from (drift scenario).")
+    ] = None,
+    slow_from: Annotated[str | None, typer.Option(help="First slowed day of --slow-city (YYYY-MM-DD).")] = None,
+    slow_factor: Annotated[float, typer.Option(min=0.1, max=1.0, help="Speed kept in the slowed zones.")] = 0.7,
     as_json: JsonOpt = False,
 ) -> None:
     """Write synthetic trips for catalog cities, one parquet file per city and day."""
-    from cityml.synth import generate_city
+    from cityml.synth import Slowdown, central_zones, generate_city
     from cityml.trips import write_trips
 
     _setup_logging()
@@ -108,13 +113,31 @@ def data_generate(
         chosen = [catalog.get(slug) for slug in _cities(cities)]
     last = (_day(end, "--end") or datetime.now(UTC)).date()
     start = last - timedelta(days=days)
+    slowdown = None
+    if slow_city is not None:
+        slowed = _day(slow_from, "--slow-from")
+        if slow_city not in {c.slug for c in chosen} or slowed is None:
+            raise _fail("--slow-city must be one of the generated cities, with --slow-from")
+        slowdown = Slowdown(slowed.date(), central_zones(catalog.get(slow_city)), slow_factor)
     summary = {}
     for city in chosen:
-        trips = generate_city(city, start, days, seed)
+        trips = generate_city(city, start, days, seed, slowdown if city.slug == slow_city else None)
         files = write_trips(s.trips_dir, trips)
         summary[city.slug] = {"trips": len(trips), "files": len(files)}
         log.info("%s: %d trips in %d files", city.slug, len(trips), len(files))
-    doc = {"start": start.isoformat(), "end": last.isoformat(), "cities": summary, "trips_dir": str(s.trips_dir)}
+    doc: dict[str, Any] = {
+        "start": start.isoformat(),
+        "end": last.isoformat(),
+        "cities": summary,
+        "trips_dir": str(s.trips_dir),
+    }
+    if slowdown is not None:
+        doc["slowdown"] = {
+            "city": slow_city,
+            "from": slowdown.start.isoformat(),
+            "zones": sorted(slowdown.zones),
+            "factor": slowdown.factor,
+        }
     _emit(doc, as_json, "\n".join(f"{k}: {v['trips']} trips" for k, v in summary.items()))
 
 
@@ -404,15 +427,23 @@ def drift(
     cities: Annotated[str, typer.Option(help="Comma-separated slugs or 'all'.")] = "all",
     targets: Annotated[str, typer.Option()] = ",".join(TARGETS),
     hours: Annotated[float, typer.Option(help="Look back this many hours of logged predictions.")] = 7 * 24.0,
+    request: Annotated[
+        bool,
+        typer.Option(
+            "--request", help="Record the retrains this run asks for and start their cooldowns, as monitor_drift does."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Drift of each city's live features against its champion's reference profile."""
+    """Drift of each city's live features against its champion's reference profile, and realized accuracy."""
     if ctx.invoked_subcommand is not None:
         return
-    from monitoring.drift import run_drift
+    from monitoring.drift import retrain_conf, run_drift
 
     _setup_logging()
-    report = run_drift(get_settings(), _cities(cities), _targets(targets), window=timedelta(hours=hours))
+    window = timedelta(hours=hours)
+    report = run_drift(get_settings(), _cities(cities), _targets(targets), window=window, request=request)
+    report["retrain_conf"] = retrain_conf(report)
     lines = []
     for m in report["models"]:
         worst = _worst_first(m["features"])[:3]
@@ -420,6 +451,8 @@ def drift(
             f"{m['model']:<22} {m['verdict']:<18} rows={m['rows']:<6} "
             + " ".join(f"{n}={v['verdict']}" for n, v in worst)
         )
+    for city, why in sorted(report["reasons"].items()):
+        lines.append(f"flagged {city}: {why}")
     waiting = ", ".join(report["cooling_down"]) or "none"
     lines.append(f"retrain: {', '.join(report['retrain']) or 'none'}   cooling down: {waiting}")
     lines.append(f"report: {report['html_path']} (JSON: {report['report_path']})")
@@ -497,12 +530,22 @@ def demo(
     cities: Annotated[int, typer.Option(min=1, help="How many catalog cities.")] = 4,
     days: Annotated[int, typer.Option(min=7)] = 30,
     port: Annotated[int, typer.Option(help="Port for the demo server (0: a free one).")] = 0,
+    drift_scenario: Annotated[
+        bool,
+        typer.Option(
+            "--drift-scenario",
+            help="One city's central zones slow by 30% for the last week: drift and realized accuracy flag it, "
+            "Airflow retrains it alone, a new champion serves (cityml/scenario.py).",
+        ),
+    ] = False,
 ) -> None:
     """The whole loop: trips → Feast → Airflow retrain → MLflow champions → HTTP predictions → drift."""
     from cityml.demo import run_demo
 
     _setup_logging()
-    raise typer.Exit(run_demo(get_settings(), cities=cities, days=days, port=port))
+    if drift_scenario and days < 14:
+        raise _fail("--drift-scenario needs --days 14 or more: a week to learn from, a week of live traffic")
+    raise typer.Exit(run_demo(get_settings(), cities=cities, days=days, port=port, drift_scenario=drift_scenario))
 
 
 def main() -> None:

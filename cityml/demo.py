@@ -143,10 +143,19 @@ def wait_logged(http: httpx.Client, polls: int = 600) -> None:
 
 
 def _serve_and_predict(
-    runner: Runner, settings: Settings, slugs: list[str], port: int, key: str, window: tuple[pd.Timestamp, pd.Timestamp]
+    runner: Runner,
+    settings: Settings,
+    slugs: list[str],
+    port: int,
+    key: str,
+    window: tuple[pd.Timestamp, pd.Timestamp],
+    long_only: str | None = None,
+    share: float = 0.1,
+    stage: str = "serve",
 ) -> dict[tuple[str, str], str]:
+    """Start ``cityml serve``, replay the window's trips to it over HTTP, stop it; one sample per (city, target)."""
     url = f"http://127.0.0.1:{port}"
-    log = (runner.logs / "serve.log").open("w")
+    log = (runner.logs / f"{stage}.log").open("w")
     server = subprocess.Popen(
         [str(runner.bin / "cityml"), "serve", "--port", str(port)], stdout=log, stderr=log, env=runner.env
     )
@@ -155,7 +164,7 @@ def _serve_and_predict(
         with httpx.Client(base_url=url, timeout=30) as http:
             while True:
                 if server.poll() is not None:
-                    raise StageFailed(f"server exited with {server.returncode}; see {runner.logs / 'serve.log'}")
+                    raise StageFailed(f"server exited with {server.returncode}; see {runner.logs / f'{stage}.log'}")
                 try:
                     if http.get("/readyz").status_code == 200:
                         break
@@ -164,11 +173,11 @@ def _serve_and_predict(
                 if time.perf_counter() - started > 120:
                     raise StageFailed("server not ready after 120s")
                 time.sleep(0.5)
-        _say(f"{'serve':<12} ready in {time.perf_counter() - started:5.1f}s on {url}")
+        _say(f"{stage:<12} ready in {time.perf_counter() - started:5.1f}s on {url}")
         started = time.perf_counter()
-        shifted = slugs[-1] if len(slugs) > 1 else None
-        samples = replay(settings, url, key, slugs, *window, long_only=shifted)
-        _say(f"{'predict':<12} replayed {REPLAY_HOURS}h of traffic over HTTP in {time.perf_counter() - started:5.1f}s")
+        samples = replay(settings, url, key, slugs, *window, share=share, long_only=long_only)
+        hours = (window[1] - window[0]) / pd.Timedelta(hours=1)
+        _say(f"{'predict':<12} replayed {hours:.0f}h of traffic over HTTP in {time.perf_counter() - started:5.1f}s")
     finally:
         server.terminate()
         try:
@@ -179,8 +188,8 @@ def _serve_and_predict(
     return samples
 
 
-def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
-    """Run the loop and print the fleet table. Returns the exit code."""
+def run_demo(settings: Settings, cities: int, days: int, port: int, drift_scenario: bool = False) -> int:
+    """Run the loop and print the fleet table (or the drift scenario's). Returns the exit code."""
     started = time.perf_counter()
     key = settings.api_keys[0].get_secret_value() if settings.api_keys else "demo-key"
     env = {
@@ -196,6 +205,10 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
     runner = Runner(settings, env)
     catalog = load_catalog(settings.catalog_path)
     slugs = [c.slug for c in catalog.cities if c.synthetic is not None][:cities]
+    if drift_scenario:
+        from cityml.scenario import run_scenario
+
+        return run_scenario(settings, runner, slugs, days, port or _free_port(), key)
     try:
         runner.run("generate", "cityml", "data", "generate", "--cities", ",".join(slugs), "--days", str(days))
         runner.run("apply", "cityml", "features", "apply")
@@ -212,7 +225,8 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
             "-c",
             json.dumps({"cities": ",".join(slugs)}),
         )
-        samples = _serve_and_predict(runner, settings, slugs, port or _free_port(), key, window)
+        shifted = slugs[-1] if len(slugs) > 1 else None
+        samples = _serve_and_predict(runner, settings, slugs, port or _free_port(), key, window, long_only=shifted)
         drift = json.loads(
             runner.run("drift", "cityml", "drift", "--cities", ",".join(slugs), "--json", "--hours", str(REPLAY_HOURS))
         )
@@ -243,12 +257,12 @@ def run_demo(settings: Settings, cities: int, days: int, port: int) -> int:
             d = verdicts.get((city, target), {})
             drifted = d.get("drifted", [])
             note = f" ({', '.join(drifted[:2])}{', ...' if len(drifted) > 2 else ''})" if drifted else ""
-            shifted = " [demo sent its longest trips only]" if i == len(slugs) - 1 and len(slugs) > 1 else ""
+            sent = " [demo sent its longest trips only]" if i == len(slugs) - 1 and len(slugs) > 1 else ""
             print(
                 f"{city:<11} {target:<6} {served:>16} "
                 f"{mae if mae is not None else float('nan'):>10.2f} "
                 f"{base if base is not None else float('nan'):>10.2f} "
-                f"{samples.get((city, target), '-'):>18}  {d.get('verdict', '-')}{note}{shifted}"
+                f"{samples.get((city, target), '-'):>18}  {d.get('verdict', '-')}{note}{sent}"
             )
     for (city, target), g in gate.items():
         if city in slugs and g["decision"] != "promoted":

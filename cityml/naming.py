@@ -12,6 +12,8 @@ CHAMPION = "champion"
 #: The column each target learns, and its unit (price's unit is the city's currency).
 LABELS: dict[str, str] = {"eta": "duration_s", "price": "fare"}
 UNITS: dict[str, str] = {"eta": "s", "price": "currency"}
+#: A fleet model's run logs each city's test MAE as this prefix + the city slug.
+CITY_MAE_METRIC = "mae_city_"
 
 
 def check_target(target: str) -> Target:

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         default=24.0, ge=0, description="A drifting city retrained less than this many hours ago is not asked again."
     )
     drift_threshold: float | None = Field(
-        default=0.2,
+        default=0.3,
         gt=0,
         description="Drift at or above this value of drift_method (a p-value: below it); empty: the method's "
         "default (PSI 0.25, Wasserstein 0.1 sd, JS 0.1, KS and chi-square p 0.05).",

@@ -8,12 +8,13 @@ The same seed and dates give the same rows.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 
-from cityml.catalog import City
+from cityml.catalog import City, grid_zone
 from cityml.request_features import haversine_km
 
 DETOUR = 1.3  # route km per straight-line km
@@ -33,8 +34,30 @@ def _rush_curve(hour: np.ndarray, rush: tuple[int, int]) -> np.ndarray:
     return np.clip(sum(np.exp(-0.5 * ((hour - h) / 1.2) ** 2) for h in rush), 0.0, 1.0)
 
 
-def generate_city(city: City, start: date, days: int, seed: int) -> pd.DataFrame:
-    """Canonical trips for ``days`` local days of ``city`` starting at ``start``."""
+@dataclass(frozen=True)
+class Slowdown:
+    """From local day ``start`` on, trips that start or end in ``zones`` move at ``factor`` of their speed
+    (a bridge closed, roadworks): what the drift scenario shows. The other draws stay as they were, so the days
+    before ``start`` and the other cities are the same trips as without it."""
+
+    start: date
+    zones: frozenset[str]
+    factor: float = 0.7
+
+
+def central_zones(city: City, share: float = 0.4) -> frozenset[str]:
+    """The ``share`` of a synthetic city's grid zones nearest its centre (its busiest)."""
+    if city.synthetic is None:
+        raise ValueError(f"city {city.slug!r} has no 'synthetic' parameters in the catalog")
+    n = city.synthetic.grid
+    rows, cols = np.divmod(np.arange(n * n), n)
+    ring = np.hypot(rows - (n - 1) / 2, cols - (n - 1) / 2)
+    nearest = np.argsort(ring, kind="stable")[: max(1, round(share * n * n))]
+    return frozenset(grid_zone(int(i)) for i in nearest)
+
+
+def generate_city(city: City, start: date, days: int, seed: int, slowdown: Slowdown | None = None) -> pd.DataFrame:
+    """Canonical trips for ``days`` local days of ``city`` from ``start``; ``slowdown``: see :class:`Slowdown`."""
     if city.synthetic is None:
         raise ValueError(f"city {city.slug!r} has no 'synthetic' parameters in the catalog")
     p = city.synthetic
@@ -92,6 +115,9 @@ def generate_city(city: City, start: date, days: int, seed: int) -> pd.DataFrame
             / condition**0.7
             * rng.lognormal(0.0, p.noise, k)
         )
+        if slowdown is not None and day >= slowdown.start:
+            slow = np.array([grid_zone(int(i)) in slowdown.zones for i in range(n * n)])
+            speed = np.where(slow[pz] | slow[dz], speed * slowdown.factor, speed)
         duration = route_km / np.maximum(speed, 3.0) * 3600 + rng.uniform(30, 120, k)
         outlier = rng.uniform(size=k) < OUTLIER_SHARE
         duration = np.where(outlier, duration * rng.uniform(2.0, 4.0, k), duration)
@@ -112,8 +138,8 @@ def generate_city(city: City, start: date, days: int, seed: int) -> pd.DataFrame
                     "city": city.slug,
                     "pickup_ts": pickup[order],
                     "dropoff_ts": (pickup + pd.to_timedelta(np.round(duration), unit="s"))[order],
-                    "pickup_zone": np.char.add("z", np.char.zfill(pz[order].astype(str), 2)),
-                    "dropoff_zone": np.char.add("z", np.char.zfill(dz[order].astype(str), 2)),
+                    "pickup_zone": [grid_zone(int(i)) for i in pz[order]],
+                    "dropoff_zone": [grid_zone(int(i)) for i in dz[order]],
                     "pickup_lat": plat[order],
                     "pickup_lon": plon[order],
                     "dropoff_lat": dlat[order],

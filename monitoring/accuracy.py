@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cityml.naming import CITY_MAE_METRIC, GLOBAL, LABELS
 from cityml.prediction_log import read_predictions
 from cityml.settings import Settings
 from cityml.trips import read_trips
-
-LABELS = {"eta": "duration_s", "price": "fare"}  # what each target predicts, in the trip row
 
 
 @dataclass(frozen=True)
@@ -146,8 +145,8 @@ def _utc_ns(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")
 
 
-def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str], float | None]) -> list[RealizedDay]:
-    """MAE per city, target, model version and day; ``test_mae`` by (model, version)."""
+def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str, str], float | None]) -> list[RealizedDay]:
+    """MAE per city, target, model version and day; ``test_mae`` by (model, version, city)."""
     if matched.empty:
         return []
     err = matched.assign(err=(matched["prediction"] - matched["actual"]).abs())
@@ -162,7 +161,7 @@ def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str], float |
                 day=day,
                 trips=len(g),
                 mae=float(g["err"].mean()),
-                test_mae=test_mae.get((str(model), str(version))),
+                test_mae=test_mae.get((str(model), str(version), str(city))),
             )
         )
     return out
@@ -223,17 +222,21 @@ def run_labels(
     from monitoring import history
 
     logged = read_logged(settings, cities, targets, since)
+    # The trips of the pickup times the predictions were for (a quote is for now, a replay or a booking not).
     slack = pd.Timedelta(seconds=settings.labels_tolerance_s)
-    trips = read_trips(settings.trips_dir, cities, start=since - slack) if len(logged) else pd.DataFrame()
+    first = logged["pickup_ts"].min()
+    start = min(first, pd.Timestamp(since)) - slack if pd.notna(first) else pd.Timestamp(since) - slack
+    trips = read_trips(settings.trips_dir, cities, start=start.to_pydatetime()) if len(logged) else pd.DataFrame()
     parts = [
         join_outcomes(logged[logged["target"] == t], trips, settings.labels_tolerance_s)
         for t in targets
         if (logged["target"] == t).any()
     ]
     matched = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    versions = set(zip(matched["model"], matched["version"], strict=True)) if len(matched) else set()
+    keys = ["model", "version", "city"]
+    versions = set(matched[keys].itertuples(index=False, name=None)) if len(matched) else set()
     c = client if client is not None or not versions else make_client(settings)
-    days = realized_days(matched, {(m, v): _test_mae(c, m, v) for m, v in versions})
+    days = realized_days(matched, {(m, v, city): _test_mae(c, m, v, city) for m, v, city in versions})
     history.record_accuracy(settings.metadata_db, days)
     stored = history.read_accuracy(settings.metadata_db, cities)
     flagged = flag(
@@ -252,12 +255,16 @@ def run_labels(
     )
 
 
-def _test_mae(c: Any, model: str, version: str) -> float | None:
-    """The test MAE a version was registered with (its ``mae`` tag)."""
+def _test_mae(c: Any, model: str, version: str, city: str) -> float | None:
+    """The test MAE a version was registered with for a city: its ``mae`` tag, or for a fleet model serving a
+    city as its fallback, that city's test MAE logged with the version's run (its fleet MAE mixes cities)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        value = c.get_model_version(model, version).tags.get("mae")
+        mv = c.get_model_version(model, version)
+        value = mv.tags.get("mae")
+        if model.endswith(f"-{GLOBAL}"):
+            value = c.get_run(mv.run_id).data.metrics.get(f"{CITY_MAE_METRIC}{city}") if mv.run_id else None
     except MlflowException:
         return None
     try:

@@ -124,7 +124,13 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime, c: 
     base = {"city": city, "target": target, "model": serving}
     if mv is None or mv.run_id is None:
         return {**base, "verdict": "no champion", "rows": 0, "drifted": [], "features": {}}
-    records = [r for r in read_predictions(settings.predictions_dir, city, target, since) if r["model"] == serving]
+    # Only what this version served: after a swap, the older version's traffic belongs to another reference.
+    version = str(mv.version)
+    records = [
+        r
+        for r in read_predictions(settings.predictions_dir, city, target, since)
+        if r["model"] == serving and str(r["version"]) == version
+    ]
     live = pd.DataFrame([r["features"] for r in records])
     profile = read_profile(c, mv)
     if serving != name and f"city={city}" in profile.get("segments", {}):
@@ -215,12 +221,18 @@ def _record_requests(settings: Settings, cities: list[str], now: datetime) -> No
     tmp.replace(path)
 
 
-def reasons(results: list[dict[str, Any]], flagged: list[AccuracyFlag]) -> dict[str, list[str]]:
-    """Why each city should be retrained: its drifting models with their drifted features, and its accuracy flags."""
+def reasons(
+    results: list[dict[str, Any]], flagged: list[AccuracyFlag], threshold: float | None = None
+) -> dict[str, list[str]]:
+    """Why each city should be retrained: its drifting models with their drifted features (worst first), and its
+    accuracy flags."""
+    from monitoring.report import severity
+
     why: dict[str, list[str]] = {}
     for r in results:
         if r["verdict"] == "drift":
-            drifted = r.get("drifted", [])
+            features = r.get("features", {})
+            drifted = sorted(r.get("drifted", []), key=lambda n: -(severity(features.get(n, {}), threshold) or 0.0))
             features = ", ".join(drifted[:4]) + (", ..." if len(drifted) > 4 else "")
             why.setdefault(r["city"], []).append(f"{r['target']} drift" + (f": {features}" if features else ""))
     for f in flagged:
@@ -257,7 +269,7 @@ def run_drift(
     results = [drift_model(settings, city, t, now - window, c) for city in cities for t in targets]
     labels = run_labels(settings, cities, targets, now - window, client=c)
     drifted = sorted({r["city"] for r in results if r["verdict"] == "drift"})
-    why = reasons(results, labels.flagged)
+    why = reasons(results, labels.flagged, settings.drift_threshold)
     flagged = sorted(why)
     retrain, waiting = cooldown(flagged, _requested(settings), now, settings.drift_cooldown_h)
     for city, entry in waiting.items():

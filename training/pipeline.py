@@ -19,7 +19,7 @@ import pandas as pd
 
 from cityml.catalog import load_catalog
 from cityml.modeling import BASE_TAG, CITY_FEATURE, LabelScale
-from cityml.naming import GLOBAL, feature_service_name, model_name
+from cityml.naming import CITY_MAE_METRIC, GLOBAL, feature_service_name, model_name
 from cityml.profile import PROFILE_FILE, build_profile, day_segments
 from cityml.registry import LoadedModel, champion, client, load_version, selftest_doc
 from cityml.request_features import ZONE_FEATURES
@@ -551,7 +551,9 @@ def train_global(
         "dag_run_id": run_label,
         **_window(split),
     }
-    reg = _registration(name, fitted, split, features, m, tags, decision, False, {}, label)
+    # Each city's test MAE is logged too: realized accuracy compares a city served by the fallback with it.
+    logged = {**m, **{f"{CITY_MAE_METRIC}{city}": v for city, v in per_city.items()}}
+    reg = _registration(name, fitted, split, features, logged, tags, decision, False, {}, label)
     version, abandoned = publish(settings, reg)
     return _result(
         name,

@@ -6,7 +6,7 @@ import pytest
 
 from cityml.catalog import load_catalog
 from cityml.schema import TRIP_COLUMNS
-from cityml.synth import generate_city
+from cityml.synth import Slowdown, central_zones, generate_city
 from cityml.trips import read_trips, write_trips
 from tests.conftest import SMALL_CATALOG
 
@@ -20,6 +20,21 @@ def test_same_seed_same_trips_other_seed_other_trips() -> None:
     c = generate_city(city, date(2026, 3, 1), 2, seed=2)
     pd.testing.assert_frame_equal(a, b)
     assert not a["duration_s"].equals(c["duration_s"])
+
+
+def test_a_slowdown_slows_its_zones_from_its_day_and_changes_nothing_else() -> None:
+    city = CATALOG.get("alpha")
+    zones = central_zones(city)
+    assert zones == {"z01", "z02", "z05", "z06", "z09", "z10"}  # 40% of the 4x4 grid, nearest the centre
+    plain = generate_city(city, date(2026, 3, 1), 4, seed=1)
+    slowed = generate_city(city, date(2026, 3, 1), 4, seed=1, slowdown=Slowdown(date(2026, 3, 3), zones, 0.7))
+    assert len(plain) == len(slowed) and (plain["trip_id"] == slowed["trip_id"]).all()
+    day = plain["trip_id"].str[6:14]
+    touched = plain["pickup_zone"].isin(zones) | plain["dropoff_zone"].isin(zones)
+    before = day < "20260303"
+    pd.testing.assert_frame_equal(plain[before | ~touched], slowed[before | ~touched])
+    ratio = (slowed["duration_s"] / plain["duration_s"])[~before & touched]
+    assert ratio.median() == pytest.approx(1 / 0.7, rel=0.1) and (ratio >= 1).all()
 
 
 def test_trips_are_canonical_and_plausible() -> None:
