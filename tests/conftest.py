@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -42,6 +43,26 @@ def require_service(name: str, host: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{name} is not reachable on {host}:{port}, and CI=true requires it")
     pytest.skip(f"{name} not running on {host}:{port} (set CI=true to make this a failure)")
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A SQLAlchemy URL on a fresh schema of the local Postgres ``test`` database, dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    require_service("postgres", "127.0.0.1", 5432)
+    schema = f"t{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 REAL_TLC_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"

@@ -164,23 +164,10 @@ def test_run_labels_stores_each_day_once_and_flags_from_the_stored_history(small
 
 @pytest.mark.integration
 def test_realized_accuracy_is_a_postgres_table_when_configured() -> None:
-    import uuid
-
-    import sqlalchemy as sa
-
     from monitoring import history
-    from tests.conftest import require_service
+    from tests.conftest import postgres_schema
 
-    require_service("postgres", "127.0.0.1", 5432)
-    schema = f"t{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    try:
+    with postgres_schema() as url:
         history.record_accuracy(url, [_day(2, 1.8), _day(3, 1.2)])
         history.record_accuracy(url, [_day(3, 2.0)])  # the day measured again
         assert [(d.day.day, d.mae) for d in history.read_accuracy(url, ["alpha"])] == [(2, 180.0), (3, 200.0)]
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))

@@ -148,23 +148,12 @@ def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def test_drift_history_is_a_table_of_the_metadata_database(backend: str, tmp_path: Path) -> None:
+    import contextlib
+
     from monitoring import history
+    from tests.conftest import postgres_schema
 
-    if backend == "postgres":
-        import uuid
-
-        import sqlalchemy as sa
-
-        from tests.conftest import require_service
-
-        require_service("postgres", "127.0.0.1", 5432)
-        schema = f"t{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    else:
-        url = f"sqlite:///{tmp_path / 'cityml.db'}"
+    database = postgres_schema() if backend == "postgres" else contextlib.nullcontext(f"sqlite:///{tmp_path / 'c.db'}")
     feature = {"method": "wasserstein", "score": 0.31, "verdict": "drift"}
     report = {
         "generated_at": "2026-11-26T12:00:00+00:00",
@@ -180,7 +169,7 @@ def test_drift_history_is_a_table_of_the_metadata_database(backend: str, tmp_pat
             {"city": "faro", "target": "eta", "model": "eta-faro", "features": {}},
         ],
     }
-    try:
+    with database as url:
         assert history.record(url, report) == 2
         assert history.record(url, {**report, "generated_at": "2026-11-27T12:00:00+00:00"}) == 2
         rows = history.read(url, "porto")
@@ -189,7 +178,3 @@ def test_drift_history_is_a_table_of_the_metadata_database(backend: str, tmp_pat
             ("hour", "calendar", 0.31),
         ]
         assert len(rows) == 4 and rows[-1]["run_at"].day == 27
-    finally:
-        if backend == "postgres":
-            with admin.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
