@@ -115,7 +115,9 @@ def _realized(days: list[RealizedDay]) -> Any:
     for d in days:
         if d.ratio is None:
             continue
-        xs, ys, notes = series.setdefault(f"{d.model} v{d.version}", ([], [], []))
+        # A fleet model serves several cities: one line per city it served.
+        name = f"{d.model} v{d.version}" + (f" ({d.city})" if not d.model.endswith(f"-{d.city}") else "")
+        xs, ys, notes = series.setdefault(name, ([], [], []))
         xs.append(d.day.isoformat())
         ys.append(round(d.ratio, 3))
         notes.append(f"MAE {d.mae:.4g} (test {d.test_mae:.4g}) on {d.trips} trips")
