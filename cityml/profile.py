@@ -3,7 +3,8 @@
 A profile is saved with each model version. It holds, per numeric feature, a quantile sketch (every percentile
 of the training values, finer in the tails), their 10-bin shares, missing share, mean, standard deviation and
 count; per categorical feature (zones, the fleet model's city) the share of each category, the rarest beyond
-``MAX_CATEGORIES`` pooled as ``__other__``; the same for the model's predictions; and the row count. Training
+``MAX_CATEGORIES`` pooled as ``__other__``; the same for the model's predictions; the row count; and (training adds
+it) ``test_error``, the sketch of the model's absolute errors on its test window, whose mean is its test MAE. Training
 builds it; monitoring (``monitoring.stats``) compares live values against it, so neither needs the training
 data again. Profiles saved before the sketches (10 bins only) still read: they allow PSI alone.
 """

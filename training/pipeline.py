@@ -20,7 +20,7 @@ import pandas as pd
 from cityml.catalog import load_catalog
 from cityml.modeling import BASE_TAG, CITY_FEATURE, LabelScale
 from cityml.naming import CITY_MAE_METRIC, GLOBAL, feature_service_name, model_name
-from cityml.profile import PROFILE_FILE, build_profile, day_segments
+from cityml.profile import PROFILE_FILE, build_profile, day_segments, feature_profile
 from cityml.registry import LoadedModel, champion, client, load_version, selftest_doc
 from cityml.request_features import ZONE_FEATURES
 from cityml.settings import Settings
@@ -140,6 +140,10 @@ def _registration(
     profile["rows"], profile["profiled_rows"] = len(split.train), len(train)
     # What the next challenger's labels are compared with (training/gate.py, check f).
     profile["label"] = label_reference(split.train[label].to_numpy(), split.train["distance_km"].to_numpy())
+    # The model's absolute errors on its test window: what realized errors on completed trips are read against.
+    if len(split.test):
+        errors = np.abs(fitted.predict(split.test) - split.test[label].to_numpy())
+        profile["test_error"] = feature_profile(pd.Series(errors))
     promote = decision.promote or forced
     gate_tags = {"gate": "passed" if decision.promote else "failed", "gate_reasons": "; ".join(decision.reasons)[:4900]}
     if forced:

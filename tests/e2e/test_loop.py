@@ -119,6 +119,14 @@ def test_retrain_dag_registers_champions_that_beat_the_baseline(world: Settings)
             assert city != "global" and tags["gate"] == "failed", row
             assert decisions[(city, target)]["reason"].startswith("global model is better here")
             assert row["fallback"] == f"no champion: {target}-global serves"
+    # Each version's profile keeps a sketch of its absolute test errors; their mean is the test MAE it was gated on.
+    from cityml.registry import read_profile
+
+    c = client(world)
+    for name in ("eta-alpha", "price-beta-city", "eta-global"):
+        mv = c.get_model_version(name, "1")
+        errors = read_profile(c, mv)["test_error"]
+        assert errors["mean"] == pytest.approx(float(mv.tags["mae"]), rel=1e-6) and errors["count"] > 50
 
 
 @pytest.fixture(scope="module")
