@@ -28,7 +28,7 @@ from cityml.trips import read_trips
 REPLAY_HOURS = 7 * 24  # a week of live traffic: the drift job's default window
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
@@ -58,7 +58,7 @@ class Runner:
         if proc.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
             raise StageFailed(f"stage {stage!r} failed (exit {proc.returncode}); end of {log}:\n{tail}")
-        _say(f"{stage:<12} done in {time.perf_counter() - started:5.1f}s")
+        say(f"{stage:<12} done in {time.perf_counter() - started:5.1f}s")
         return proc.stdout
 
 
@@ -142,7 +142,7 @@ def wait_logged(http: httpx.Client, polls: int = 600) -> None:
     raise StageFailed("the server's prediction log did not drain")
 
 
-def _serve_and_predict(
+def serve_and_replay(
     runner: Runner,
     settings: Settings,
     slugs: list[str],
@@ -173,11 +173,11 @@ def _serve_and_predict(
                 if time.perf_counter() - started > 120:
                     raise StageFailed("server not ready after 120s")
                 time.sleep(0.5)
-        _say(f"{stage:<12} ready in {time.perf_counter() - started:5.1f}s on {url}")
+        say(f"{stage:<12} ready in {time.perf_counter() - started:5.1f}s on {url}")
         started = time.perf_counter()
         samples = replay(settings, url, key, slugs, *window, share=share, long_only=long_only)
         hours = (window[1] - window[0]) / pd.Timedelta(hours=1)
-        _say(f"{'predict':<12} replayed {hours:.0f}h of traffic over HTTP in {time.perf_counter() - started:5.1f}s")
+        say(f"{'predict':<12} replayed {hours:.0f}h of traffic over HTTP in {time.perf_counter() - started:5.1f}s")
     finally:
         server.terminate()
         try:
@@ -226,7 +226,7 @@ def run_demo(settings: Settings, cities: int, days: int, port: int, drift_scenar
             json.dumps({"cities": ",".join(slugs)}),
         )
         shifted = slugs[-1] if len(slugs) > 1 else None
-        samples = _serve_and_predict(runner, settings, slugs, port or _free_port(), key, window, long_only=shifted)
+        samples = serve_and_replay(runner, settings, slugs, port or _free_port(), key, window, long_only=shifted)
         drift = json.loads(
             runner.run("drift", "cityml", "drift", "--cities", ",".join(slugs), "--json", "--hours", str(REPLAY_HOURS))
         )

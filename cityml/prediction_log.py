@@ -76,8 +76,8 @@ class PredictionBatch:
     predictions: np.ndarray
     trip_ids: Sequence[str | None]
     pickup_s: np.ndarray  # epoch seconds
-    pickup_zones: Sequence[str | None]
-    dropoff_zones: Sequence[str | None]
+    pickup_zones: np.ndarray | Sequence[str | None]  # as the request's rows hold them: no copy on the request path
+    dropoff_zones: np.ndarray | Sequence[str | None]
 
     def __len__(self) -> int:
         return len(self.predictions)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from cityml.demo import Runner, StageFailed, _say, _serve_and_predict
+from cityml.demo import Runner, StageFailed, say, serve_and_replay
 from cityml.prediction_log import read_predictions
 from cityml.settings import Settings
 
@@ -92,22 +92,22 @@ def run_scenario(settings: Settings, runner: Runner, slugs: list[str], days: int
                 "--json",
             )
         )
-        _say(f"{city} slows to 70% in zones {', '.join(gen['slowdown']['zones'])} from {slowed}")
+        say(f"{city} slows to 70% in zones {', '.join(gen['slowdown']['zones'])} from {slowed}")
         runner.run("apply", "cityml", "features", "apply")
         runner.run("materialize", "cityml", "features", "materialize", "--end", start.isoformat())
         runner.run("airflow-db", "airflow", "db", "migrate")
         first_conf = {"cities": cities, "until": slowed.isoformat()}
         runner.run("retrain-dag", "airflow", "dags", "test", "retrain_city_models", "-c", json.dumps(first_conf))
         champions_before = _champions(runner)
-        _serve_and_predict(runner, settings, slugs, port, key, (start, middle), share=SHARE, stage="serve-before")
+        serve_and_replay(runner, settings, slugs, port, key, (start, middle), share=SHARE, stage="serve-before")
         before = json.loads(runner.run("drift-before", "cityml", "drift", "--cities", cities, "--request", "--json"))
         conf = {**before["retrain_conf"], "until": middle.isoformat()}
         if before["retrain"]:
-            _say(f"drift job asks to retrain {conf['cities']}: {conf['reason']}")
+            say(f"drift job asks to retrain {conf['cities']}: {conf['reason']}")
             runner.run("retrain-drift", "airflow", "dags", "test", "retrain_city_models", "-c", json.dumps(conf))
         champions_after = _champions(runner)
         after_started = datetime.now(UTC)
-        _serve_and_predict(runner, settings, slugs, port, key, (middle, stop), share=SHARE, stage="serve-after")
+        serve_and_replay(runner, settings, slugs, port, key, (middle, stop), share=SHARE, stage="serve-after")
         served_after = _served(settings, slugs, after_started)
         after = json.loads(runner.run("drift-after", "cityml", "drift", "--cities", cities, "--request", "--json"))
     except StageFailed as exc:

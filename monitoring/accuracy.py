@@ -11,16 +11,16 @@ A prediction finds its trip in two ways, in this order:
 
 Each day's MAE is stored in the metadata database beside the drift scores (table ``realized_accuracy``, one row
 per city, target, model version and day, replaced when the day is measured again) and compared with the test MAE
-the version was promoted with. A city whose realized MAE exceeds ``accuracy_factor`` times that for the last
-``accuracy_days`` judged days in a row (days with at least ``accuracy_min_trips`` matches) is flagged for
-retraining, whether or not any feature drifted.
+the version was promoted with. A city whose serving version's realized MAE exceeds ``accuracy_factor`` times that
+for its last ``accuracy_days`` judged days in the window (days with at least ``accuracy_min_trips`` matches) is
+flagged for retraining, whether or not any feature drifted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,7 @@ class LabelsRun:
     predictions: int
     by_trip_id: int
     by_time: int
+    history: list[RealizedDay]  # the stored days of the last HISTORY_DAYS (this run's and earlier runs'), oldest first
 
     @property
     def unmatched(self) -> int:
@@ -168,29 +169,36 @@ def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str, str], fl
 
 
 def flag(days: Iterable[RealizedDay], factor: float, bad_days: int, min_trips: int) -> list[AccuracyFlag]:
-    """The (city, target) pairs whose last ``bad_days`` judged days (``min_trips`` or more) were all past
-    ``factor`` times the test MAE. A day of several versions is judged on its newest version's trips."""
-    newest: dict[tuple[str, str, date], RealizedDay] = {}
-    for d in days:
-        if d.trips < min_trips or d.ratio is None:
-            continue
-        key = (d.city, d.target, d.day)
-        if key not in newest or _version_key(d.version) > _version_key(newest[key].version):
-            newest[key] = d
+    """The (city, target) pairs whose serving version's last ``bad_days`` judged days (``min_trips`` or more) were
+    all past ``factor`` times its test MAE.
+
+    The serving version is the one of the newest judged day (the highest version when two served that day): a
+    retrained city is judged on its new version's days only, never on the days of the version it replaced.
+    """
     series: dict[tuple[str, str], list[RealizedDay]] = {}
-    for (city, target, _), d in sorted(newest.items(), key=lambda kv: kv[0][2]):
-        series.setdefault((city, target), []).append(d)
+    for d in sorted(days, key=lambda d: (d.day, _version_key(d.version))):
+        if d.trips >= min_trips and d.ratio is not None:
+            series.setdefault((d.city, d.target), []).append(d)
     flags = []
-    for (city, target), history in sorted(series.items()):
-        last = history[-bad_days:]
+    for (city, target), judged in sorted(series.items()):
+        serving = (judged[-1].model, judged[-1].version)
+        last = [d for d in judged if (d.model, d.version) == serving][-bad_days:]
         if len(last) == bad_days and all((d.ratio or 0.0) > factor for d in last):
             ratios = [d.ratio or 0.0 for d in last]
-            flags.append(AccuracyFlag(city, target, last[-1].model, [d.day.isoformat() for d in last], min(ratios)))
+            flags.append(AccuracyFlag(city, target, serving[0], [d.day.isoformat() for d in last], min(ratios)))
     return flags
+
+
+def _days_ago(days: int) -> date:
+    return (datetime.now(UTC) - timedelta(days=days)).date()
 
 
 def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
+
+
+_PLACE = ("pickup_ts", "pickup_zone", "dropoff_zone")
+HISTORY_DAYS = 90  # of stored days the report plots
 
 
 def read_logged(settings: Settings, cities: list[str], targets: list[str], since: datetime) -> pd.DataFrame:
@@ -207,16 +215,14 @@ def read_logged(settings: Settings, cities: list[str], targets: list[str], since
     return frame
 
 
-_PLACE = ("pickup_ts", "pickup_zone", "dropoff_zone")
-
-
 def run_labels(
     settings: Settings, cities: list[str], targets: list[str], since: datetime, client: Any | None = None
 ) -> LabelsRun:
     """Join the completed trips to the predictions served since ``since``; store each day's MAE; flag cities.
 
-    Flags read the stored history, not only this window: a city two bad days in a row is flagged even when the
-    days were measured by two runs.
+    Flags read the stored days of the window, not only this run's: a city two bad days in a row is flagged even
+    when the days were measured by two runs; days before the window (a version long gone, a city that stopped
+    sending traffic) are not judged again.
     """
     from cityml.registry import client as make_client
     from monitoring import history
@@ -238,9 +244,10 @@ def run_labels(
     c = client if client is not None or not versions else make_client(settings)
     days = realized_days(matched, {(m, v, city): _test_mae(c, m, v, city) for m, v, city in versions})
     history.record_accuracy(settings.metadata_db, days)
-    stored = history.read_accuracy(settings.metadata_db, cities)
+    stored = history.read_accuracy(settings.metadata_db, cities, since=_days_ago(HISTORY_DAYS))
+    first_day = (start + slack).date()
     flagged = flag(
-        [d for d in stored if d.target in targets],
+        [d for d in stored if d.target in targets and d.day >= first_day],
         settings.accuracy_factor,
         settings.accuracy_days,
         settings.accuracy_min_trips,
@@ -252,6 +259,7 @@ def run_labels(
         predictions=len(logged),
         by_trip_id=int(counts.get("trip_id", 0)),
         by_time=int(counts.get("time_and_zones", 0)),
+        history=stored,
     )
 
 

@@ -231,10 +231,10 @@ def reasons(
     why: dict[str, list[str]] = {}
     for r in results:
         if r["verdict"] == "drift":
-            features = r.get("features", {})
-            drifted = sorted(r.get("drifted", []), key=lambda n: -(severity(features.get(n, {}), threshold) or 0.0))
-            features = ", ".join(drifted[:4]) + (", ..." if len(drifted) > 4 else "")
-            why.setdefault(r["city"], []).append(f"{r['target']} drift" + (f": {features}" if features else ""))
+            scores = r.get("features", {})
+            drifted = sorted(r.get("drifted", []), key=lambda n: -(severity(scores.get(n, {}), threshold) or 0.0))
+            names = ", ".join(drifted[:4]) + (", ..." if len(drifted) > 4 else "")
+            why.setdefault(r["city"], []).append(f"{r['target']} drift" + (f": {names}" if names else ""))
     for f in flagged:
         why.setdefault(f.city, []).append(f.why)
     return why
@@ -294,8 +294,7 @@ def run_drift(
     report["history_rows"] = history.record(settings.metadata_db, report)
     path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    realized = history.read_accuracy(settings.metadata_db, cities)
-    html_path = write_html(report, path.parent, path.stem, realized)
+    html_path = write_html(report, path.parent, path.stem, labels.history)
     path.write_text(json.dumps(report, indent=2))
     report["report_path"], report["html_path"] = str(path), str(html_path)
     return report

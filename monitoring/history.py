@@ -9,7 +9,7 @@ transaction when the day is measured again (late trips arrive; a rerun changes n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,8 +140,8 @@ def record_accuracy(url: str, days: Sequence[RealizedDay]) -> int:
     return len(days)
 
 
-def read_accuracy(url: str, cities: Sequence[str] | None = None) -> list[RealizedDay]:
-    """The stored realized MAEs (of some cities), oldest day first."""
+def read_accuracy(url: str, cities: Sequence[str] | None = None, since: date | None = None) -> list[RealizedDay]:
+    """The stored realized MAEs (of some cities, from a day on), oldest day first."""
     from monitoring.accuracy import RealizedDay
 
     t = REALIZED_ACCURACY
@@ -151,6 +151,8 @@ def read_accuracy(url: str, cities: Sequence[str] | None = None) -> list[Realize
         query = sa.select(t).order_by(t.c.day, t.c.city, t.c.target, t.c.version)
         if cities is not None:
             query = query.where(t.c.city.in_(list(cities)))
+        if since is not None:
+            query = query.where(t.c.day >= since)
         with engine.connect() as conn:
             return [
                 RealizedDay(r.city, r.target, r.model, r.version, r.day, r.trips, r.mae, r.test_mae)

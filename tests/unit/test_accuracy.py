@@ -104,9 +104,11 @@ def test_a_city_is_flagged_after_n_bad_days_in_a_row() -> None:
     assert flag([_day(2, 1.8), _day(3, 1.8, trips=5)], 1.5, 2, 30) == []  # a thin day is not judged
 
 
-def test_a_day_served_by_two_versions_is_judged_on_the_newest() -> None:
-    days = [_day(2, 1.8), _day(3, 1.8), _day(3, 1.0, version="10")]
-    assert flag(days, 1.5, 2, 30) == []
+def test_a_retrained_city_is_judged_on_its_new_versions_days_only() -> None:
+    assert flag([_day(2, 1.8), _day(3, 1.8), _day(3, 1.0, version="10")], 1.5, 2, 30) == []
+    assert flag([_day(1, 1.8), _day(2, 1.8), _day(3, 1.9, version="2")], 1.5, 2, 30) == []  # one day of v2 yet
+    [f] = flag([_day(1, 1.0), _day(2, 1.8, version="2"), _day(3, 1.7, version="2")], 1.5, 2, 30)
+    assert f.days == ["2026-03-02", "2026-03-03"]
 
 
 class _Registry:
@@ -160,6 +162,9 @@ def test_run_labels_stores_each_day_once_and_flags_from_the_stored_history(small
 
     assert len(history.read_accuracy(s.metadata_db)) == 2 and again.flagged == first.flagged
     assert run_labels(s, ["alpha"], ["price"], since, client=_Registry()).flagged == []
+    # A later window without traffic does not judge the stored bad days again (no retrain asked for forever).
+    later = run_labels(s, ["alpha"], ["eta"], datetime.now(UTC) + timedelta(hours=1), client=_Registry())
+    assert later.flagged == [] and len(later.history) == 2
 
 
 @pytest.mark.integration

@@ -156,8 +156,8 @@ async def predict(request: Request) -> Response:
                 predictions=pred,
                 trip_ids=[instances[i].trip_id for i in members],
                 pickup_s=part.pickup_s,
-                pickup_zones=part.pickup_zone.tolist(),
-                dropoff_zones=part.dropoff_zone.tolist(),
+                pickup_zones=part.pickup_zone,
+                dropoff_zones=part.dropoff_zone,
             )
         )
     dropped = state.log.submit(batches)
