@@ -75,6 +75,7 @@ def generate_city(city: City, start: date, days: int, seed: int, slowdown: Slowd
     popularity = np.exp(-1.2 * ring) * rng.uniform(0.6, 1.4, n * n)
     popularity /= popularity.sum()
     profile = _hour_profile(p.rush_hours)
+    slow = np.array([slowdown is not None and grid_zone(i) in slowdown.zones for i in range(n * n)])
 
     frames = []
     for d in range(days):
@@ -116,7 +117,6 @@ def generate_city(city: City, start: date, days: int, seed: int, slowdown: Slowd
             * rng.lognormal(0.0, p.noise, k)
         )
         if slowdown is not None and day >= slowdown.start:
-            slow = np.array([grid_zone(int(i)) in slowdown.zones for i in range(n * n)])
             speed = np.where(slow[pz] | slow[dz], speed * slowdown.factor, speed)
         duration = route_km / np.maximum(speed, 3.0) * 3600 + rng.uniform(30, 120, k)
         outlier = rng.uniform(size=k) < OUTLIER_SHARE

@@ -178,3 +178,19 @@ def test_drift_history_is_a_table_of_the_metadata_database(backend: str, tmp_pat
             ("hour", "calendar", 0.31),
         ]
         assert len(rows) == 4 and rows[-1]["run_at"].day == 27
+
+
+def test_categories_judged_by_a_distance_drift_only_when_the_change_is_significant() -> None:
+    """150 draws over 16 equally likely zones sit ~0.11 (JS) from their own distribution: no drift without chi-square
+    agreeing; the same sample size with half the trips moved to one zone is drift."""
+    from cityml.profile import category_profile
+    from monitoring.stats import categorical_score
+
+    rng = np.random.default_rng(3)
+    zones = [f"z{i:02d}" for i in range(16)]
+    reference = category_profile(pd.Series(rng.choice(zones, 20_000)))
+    noise = [categorical_score(reference, rng.choice(zones, 150), "wasserstein") for _ in range(40)]
+    assert np.mean([s.stats["js"] for s in noise]) > 0.1  # the distance alone would call most of them drift
+    assert sum(s.verdict == "drift" for s in noise) <= 6  # chi-square's 5% false alarms, not ~100%
+    moved = np.where(rng.uniform(size=150) < 0.5, "z00", rng.choice(zones, 150))
+    assert categorical_score(reference, moved, "wasserstein").verdict == "drift"
