@@ -31,13 +31,16 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from bench import report
+
+if TYPE_CHECKING:
+    from training.results import TrainResult
 
 NYC_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"
 REF_FEATURES = ["distance_km", "local_hour", "local_weekday", "pickup_zone", "dropoff_zone"]
@@ -118,9 +121,10 @@ def _measure(
     """
     from cityml.naming import GLOBAL, TARGETS, model_name
     from cityml.registry import client, load_champion
+    from training.context import RunContext
     from training.datasets import build_training_sets
     from training.fit import time_split
-    from training.pipeline import train_fleet
+    from training.fleet import train_fleet
 
     alone = settings.model_copy(
         update={
@@ -132,9 +136,10 @@ def _measure(
     outcomes = {}
     with contextlib.redirect_stdout(io.StringIO()):
         if len(cities) > 1:
-            before = train_fleet(alone, cities, list(TARGETS), run_label="bench")
+            before = train_fleet(RunContext.open(alone, run_label="bench"), cities, list(TARGETS))
             outcomes["without pooling"] = _count(before)
-        results = train_fleet(settings, cities, list(TARGETS), with_global=len(cities) > 1, run_label="bench")
+        ctx = RunContext.open(settings, run_label="bench")
+        results = train_fleet(ctx, cities, list(TARGETS), with_global=len(cities) > 1)
     outcomes["with pooling"] = _count(results)
     c = client(settings)
     rows = []
@@ -180,14 +185,14 @@ def _measure(
     return rows, outcomes
 
 
-def _count(results: list[dict[str, Any]]) -> dict[str, int]:
+def _count(results: list[TrainResult]) -> dict[str, int]:
     counts = {"city models": 0, "promoted": 0, "pooled": 0}
     for r in results:
-        if r["city"] == "global":
+        if r.city == "global":
             continue
         counts["city models"] += 1
-        counts["promoted"] += r["status"] == "promoted"
-        counts["pooled"] += r["status"] == "promoted" and bool(r.get("pooled"))
+        counts["promoted"] += r.status == "promoted"
+        counts["pooled"] += r.status == "promoted" and r.pooled
     return counts
 
 

@@ -46,7 +46,8 @@ def _setup(home: Path, names: list[str], days: int, trips_per_day: int) -> Any:
 
 
 def measure(cities: int, days: int, trips_per_day: int, workers: int) -> dict[str, Any]:
-    from training.pipeline import train_fleet
+    from training.context import RunContext
+    from training.fleet import train_fleet
 
     names = [f"bench-{i:03d}" for i in range(cities)]
     with tempfile.TemporaryDirectory(prefix="cityml-bench-") as tmp:
@@ -56,13 +57,14 @@ def measure(cities: int, days: int, trips_per_day: int, workers: int) -> dict[st
         t0 = time.perf_counter()
         phases: dict[str, float] = {}
         with contextlib.redirect_stdout(io.StringIO()):
-            results = train_fleet(settings, names, ["eta", "price"], workers=workers, run_label="bench", phases=phases)
+            ctx = RunContext.open(settings, run_label="bench")
+            results = train_fleet(ctx, names, ["eta", "price"], workers=workers, phases=phases)
         wall = time.perf_counter() - t0
         trips = sum(len(pd.read_parquet(f, columns=["trip_id"])) for f in settings.trips_dir.rglob("*.parquet"))
-    stages = {s: sum(r.get("timings", {}).get(s, 0.0) for r in results) for s in STAGES}
+    stages = {s: sum(r.timings.get(s, 0.0) for r in results) for s in STAGES}
     statuses: dict[str, int] = {}
     for r in results:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        statuses[r.status] = statuses.get(r.status, 0) + 1
     return {
         "cities": cities,
         "days": days,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -38,8 +39,37 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 log = logging.getLogger("cityml")
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging() -> Path:
+    """Library INFO logs (Feast, MLflow, LightGBM, ours) go to ``<home>/logs/cityml.log``; the terminal gets
+    warnings and errors only, besides the command's progress and results (``CITYML_VERBOSE=1``: INFO there too)."""
+    path = get_settings().home / "logs" / "cityml.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(fmt)
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setFormatter(fmt)
+    verbose = os.environ.get("CITYML_VERBOSE", "").lower() in ("1", "true", "yes")
+    to_terminal.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_terminal], force=True)
+    return path
+
+
+def _progress(quiet: bool) -> Any:
+    """A progress bar on stderr (none under ``--json`` or when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description:<40}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
 
 
 def _emit(doc: Any, as_json: bool, human: str) -> None:
@@ -75,6 +105,17 @@ def _day(value: str | None, option: str) -> datetime | None:
         return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
     except ValueError as exc:
         raise _fail(f"{option}: {value!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    """A date (midnight UTC) or an ISO time (UTC unless it says otherwise), as the retrain DAG's form takes it."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _fail(f"{option}: {value!r} is not a date (YYYY-MM-DD) or an ISO time") from exc
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @app.command()
@@ -252,11 +293,22 @@ def features_parity(
 def train(
     cities: Annotated[str, typer.Option(help="Comma-separated slugs or 'all'.")] = "all",
     targets: Annotated[str, typer.Option(help="Comma-separated: eta,price.")] = ",".join(TARGETS),
-    until: Annotated[str | None, typer.Option(help="Train on trips picked up before this date only.")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Train on trips picked up before this date or ISO time (UTC) only.")
+    ] = None,
+    train_days: Annotated[
+        int, typer.Option(min=0, help="Only the last N days before --until (or now); 0: all stored trips.")
+    ] = 0,
     force_promote: Annotated[
         bool, typer.Option("--force-promote", help="Promote whatever the gate says (recorded on the version).")
     ] = False,
-    with_global: Annotated[bool, typer.Option("--global/--no-global", help="Also retrain the fleet models.")] = True,
+    with_global: Annotated[
+        bool | None,
+        typer.Option(
+            "--global/--no-global",
+            help="Retrain the fleet models (always on every catalog city). Default: only when training all cities.",
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any model failed to train.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Cities fitted at once (default: settings).")] = None,
     tune_budget: Annotated[
@@ -269,8 +321,12 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train, register and gate each city's models (and the global ones); print the gate report."""
-    from training.pipeline import train_fleet
+    import getpass
+
+    from training.context import RunContext
+    from training.fleet import retrains_global, train_fleet
     from training.report import write_gate_report
+    from training.results import TrainResult
 
     _setup_logging()
     s = get_settings()
@@ -279,19 +335,28 @@ def train(
     if tune_trials is not None:
         s = s.model_copy(update={"tune_max_trials": tune_trials})
     label = "cli-force-promote" if force_promote else "cli"
-    results = train_fleet(
+    ctx = RunContext.open(
         s,
-        _cities(cities),
-        _targets(targets),
-        until=_day(until, "--until"),
         run_label=label,
-        force_promote=force_promote,
-        with_global=with_global,
-        workers=workers or s.train_workers,
+        until=_moment(until, "--until"),
+        train_days=train_days,
+        forced_by=f"cli:{getpass.getuser()}" if force_promote else "",
     )
-    report = write_gate_report(s, results, label)
-    _emit({"models": results, "report": report}, as_json, f"{report['markdown']}\n\ngate report: {report['path']}")
-    if strict and any(r["status"] == "failed" for r in results):
+    picked, wanted = _cities(cities), _targets(targets)
+    with _progress(as_json) as bar:
+        total = len(picked) * len(wanted) + len(wanted) * retrains_global(ctx, picked, wanted, with_global)
+        task = bar.add_task("training", total=total)
+
+        def done(result: TrainResult) -> None:
+            bar.update(task, advance=1, description=f"{result.model}: {result.status}")
+
+        results = train_fleet(
+            ctx, picked, wanted, with_global=with_global, workers=workers or s.train_workers, progress=done
+        )
+    report = write_gate_report(s, results, label, window=ctx.describe_window())
+    docs = [r.to_dict() for r in results]
+    _emit({"models": docs, "report": report}, as_json, f"{report['markdown']}\n\ngate report: {report['path']}")
+    if strict and any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
 

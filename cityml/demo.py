@@ -223,7 +223,7 @@ def run_demo(settings: Settings, cities: int, days: int, port: int, drift_scenar
             "test",
             "retrain_city_models",
             "-c",
-            json.dumps({"cities": ",".join(slugs)}),
+            json.dumps({"cities": slugs}),
         )
         shifted = slugs[-1] if len(slugs) > 1 else None
         samples = serve_and_replay(runner, settings, slugs, port or _free_port(), key, window, long_only=shifted)

@@ -96,7 +96,7 @@ def run_scenario(settings: Settings, runner: Runner, slugs: list[str], days: int
         runner.run("apply", "cityml", "features", "apply")
         runner.run("materialize", "cityml", "features", "materialize", "--end", start.isoformat())
         runner.run("airflow-db", "airflow", "db", "migrate")
-        first_conf = {"cities": cities, "until": slowed.isoformat()}
+        first_conf = {"cities": slugs, "until": slowed.isoformat()}
         runner.run("retrain-dag", "airflow", "dags", "test", "retrain_city_models", "-c", json.dumps(first_conf))
         champions_before = _champions(runner)
         serve_and_replay(runner, settings, slugs, port, key, (start, middle), share=SHARE, stage="serve-before")

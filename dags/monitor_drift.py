@@ -32,7 +32,7 @@ from airflow.sdk import dag, task
     default_args={"owner": "cityml", "retries": 2, "retry_delay": timedelta(minutes=5)},
 )
 def monitor_drift() -> None:
-    @task
+    @task(multiple_outputs=True)
     def drift() -> dict[str, Any]:
         """Drift of every champion over the last week of logged predictions."""
         from cityml.catalog import load_catalog
@@ -59,10 +59,7 @@ def monitor_drift() -> None:
     retrain = TriggerDagRunOperator(
         task_id="retrain_drifted_cities",
         trigger_dag_id="retrain_city_models",
-        conf={
-            "cities": "{{ ti.xcom_pull(task_ids='drift')['conf']['cities'] }}",
-            "reason": "{{ ti.xcom_pull(task_ids='drift')['conf']['reason'] }}",
-        },
+        conf=result["conf"],  # the cities as a list, as the retrain DAG's form takes them
         wait_for_completion=False,
     )
     needs_retrain(result) >> retrain

@@ -304,7 +304,7 @@ def retrain_conf(report: dict[str, Any]) -> dict[str, Any]:
     """The ``retrain_city_models`` conf a drift run asks for: its cities, and why, as the run's trigger form shows."""
     reasons_ = report.get("reasons", {})
     return {
-        "cities": ",".join(report["retrain"]),
+        "cities": list(report["retrain"]),
         "reason": " | ".join(f"{city}: {reasons_.get(city, 'drift')}" for city in report["retrain"])[:2000],
     }
 

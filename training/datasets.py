@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cityml.catalog import load_catalog
+from cityml.catalog import Catalog, load_catalog
 from cityml.featurestore import entity_columns, get_store, service_feature_names
 from cityml.naming import LABELS, feature_service_name
 from cityml.request_features import REQUEST_FEATURES, request_features
@@ -54,18 +54,21 @@ def build_training_sets(
     target: str,
     start: datetime | None = None,
     until: datetime | None = None,
+    *,
+    store: FeatureStore | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, TrainingSet]:
     """:func:`build_training_set` for many cities with one read and one point-in-time join.
 
     A fleet run needs every city's set twice (the global model, then the city's own): joining
-    them all at once costs about as much as joining one.
+    them all at once costs about as much as joining one. A run passes the ``store`` and ``catalog`` it opened.
     """
-    catalog = load_catalog(settings.catalog_path)
+    catalog = catalog or load_catalog(settings.catalog_path)
     label = LABELS[target]
     service_name = feature_service_name(target)
     trips = read_trips(settings.trips_dir, cities, start=start, end=until)
     trips = trips[trips[label].notna()]
-    store = get_store(settings)
+    store = store or get_store(settings)
     service = store.get_feature_service(service_name)
     features = [*REQUEST_FEATURES, *service_feature_names(service)]
     columns = ["trip_id", "event_timestamp", *features, label]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from cityml.registry import LoadedModel
 
 
 def metrics(y: np.ndarray, yhat: np.ndarray) -> dict[str, float]:
@@ -77,3 +81,15 @@ class Median:
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return np.full(len(frame), self.value)
+
+
+def score_model(model: LoadedModel | None, frame: pd.DataFrame, label: str) -> float | None:
+    """MAE of a registered model on a frame, or None when it is absent, needs other features or cannot serve a
+    city of the frame (a fleet model that never learned it)."""
+    from cityml.modeling import CITY_FEATURE
+
+    if model is None or frame.empty or not set(model.features) <= set(frame.columns):
+        return None
+    if CITY_FEATURE in frame.columns and not all(model.serves(c) for c in frame[CITY_FEATURE].astype(str).unique()):
+        return None
+    return mae(frame[label].to_numpy(), model.predict(frame))

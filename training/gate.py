@@ -187,3 +187,15 @@ def decide(x: GateInputs, settings: Settings) -> Decision:
         f"needs {settings.gate_min_skill:.0%})",
     )
     return d
+
+
+def decide_global(challenger_mae: float, champion_mae: float | None, settings: Settings) -> Decision:
+    """The fleet model's gate: at least as good as its champion, by ``gate_margin``, on the union of the test
+    windows of the cities both serve (the caller scores both on those rows). No champion yet: promoted."""
+    if champion_mae is None:
+        return Decision(promote=True, reasons=["no champion yet"])
+    bar = champion_mae * (1 - settings.gate_margin)
+    d = Decision(promote=challenger_mae <= bar, reasons=[f"MAE {challenger_mae:.4g} vs champion {champion_mae:.4g}"])
+    if not d.promote:
+        d.failed.append(f"does not beat champion: MAE {challenger_mae:.4g} > {bar:.4g}")
+    return d

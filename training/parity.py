@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from cityml.catalog import load_catalog
+from cityml.catalog import Catalog, load_catalog
 from cityml.featurestore import get_store, materialize
 from cityml.naming import feature_service_name
 from cityml.online import OnlineReader, model_input
@@ -33,7 +33,7 @@ from cityml.trips import read_trips
 from training.datasets import historical_model_input
 
 if TYPE_CHECKING:
-    from feast import FeatureService
+    from feast import FeatureService, FeatureStore
 
 RTOL = 1e-9
 ATOL = 1e-9
@@ -78,13 +78,16 @@ def parity_check(
     target: str = "eta",
     seed: int = 0,
     hours: int | None = None,
+    *,
+    store: FeatureStore | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """Compare historical and online feature vectors for ``sample`` trips of ``city``.
 
     With ``hours``, the trips come from that many random pickup hours (see :func:`_pick`).
     Returns a JSON-safe report: mismatches per feature, the total, and up to 10 examples.
     """
-    catalog = load_catalog(settings.catalog_path)
+    catalog = catalog or load_catalog(settings.catalog_path)
     catalog.get(city)
     timezones = {c.slug: c.timezone for c in catalog.cities}
     trips = read_trips(settings.trips_dir, [city])
@@ -92,7 +95,7 @@ def parity_check(
         raise ValueError(f"no stored trips for city {city!r}")
     picked = _pick(trips, sample, hours, seed).reset_index(drop=True)
 
-    store = get_store(settings)
+    store = store or get_store(settings)
     service_name = feature_service_name(target)
     historical = historical_model_input(store, store.get_feature_service(service_name), picked, timezones)
 

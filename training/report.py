@@ -9,6 +9,7 @@ from typing import Any
 from cityml.registry import client
 from cityml.settings import Settings
 from training.registry import experiment_id
+from training.results import TrainResult
 
 COLUMNS = ("city", "target", "version", "challenger", "champion", "global", "baseline", "decision", "reason")
 
@@ -17,28 +18,36 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rows(results: list[TrainResult]) -> list[dict[str, Any]]:
     out = []
     for r in results:
-        m = r.get("metrics", {})
-        decision = r["status"] if not r.get("forced") else "promoted (forced)"
+        m = r.metrics
+        decision = r.status if not r.forced else f"promoted (forced by {r.forced_by})"
         out.append(
             {
-                "city": r["city"],
-                "target": r["target"],
-                "version": r.get("version"),
+                "city": r.city,
+                "target": r.target,
+                "version": r.version,
                 "challenger": m.get("mae"),
                 "champion": m.get("champion_mae"),
                 "global": m.get("global_mae"),
                 "baseline": m.get("baseline_mae"),
                 "decision": decision,
-                "reason": r.get("reason", ""),
+                "reason": r.reason,
             }
         )
     return out
 
 
-def markdown(results: list[dict[str, Any]]) -> str:
+def counts(results: list[TrainResult]) -> dict[str, int]:
+    """Models per status, in the order a reader looks for them."""
+    out = {status: 0 for status in ("promoted", "rejected", "skipped", "failed")}
+    for r in results:
+        out[r.status] += 1
+    return out
+
+
+def markdown(results: list[TrainResult]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows(results):
         lines.append("| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |")
@@ -46,11 +55,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def write_gate_report(
-    settings: Settings, results: list[dict[str, Any]], run_label: str, reason: str = ""
+    settings: Settings, results: list[TrainResult], run_label: str, reason: str = "", window: str = ""
 ) -> dict[str, Any]:
     """Write the report under ``<home>/reports/gate/`` and log it to MLflow as run ``gate-report``.
 
-    ``reason``: why the run was asked for (the drift job's flags), kept in the report and as a tag of its run.
+    ``reason``: why the run was asked for (the drift job's flags), kept in the report and as a tag of its run;
+    ``window``: the run's data window in words.
     """
     import mlflow
 
@@ -59,8 +69,10 @@ def write_gate_report(
         "generated_at": now.isoformat(),
         "run": run_label,
         "reason": reason,
+        "window": window,
+        "counts": counts(results),
         "models": rows(results),
-        "results": results,
+        "results": [r.to_dict() for r in results],
     }
     folder = settings.reports_dir / "gate"
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,6 +80,7 @@ def write_gate_report(
     (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
     table = markdown(results)
     why = f"Asked for: {reason}\n\n" if reason else ""
+    why += f"Data: {window}\n\n" if window else ""
     (folder / f"{stem}.md").write_text(f"# Gate report {now:%Y-%m-%d %H:%M} UTC ({run_label})\n\n{why}{table}\n")
     c = client(settings)
     with mlflow.start_run(experiment_id=experiment_id(c, settings), run_name="gate-report") as run:
@@ -75,8 +88,5 @@ def write_gate_report(
         mlflow.set_tags(tags)
         mlflow.log_dict(doc, "gate_report.json")
         mlflow.log_text(table, "gate_report.md")
-        counts: dict[str, int] = {}
-        for r in results:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        mlflow.log_metrics({f"models_{k}": float(v) for k, v in counts.items()})
+        mlflow.log_metrics({f"models_{k}": float(v) for k, v in counts(results).items()})
     return {"path": str(folder / f"{stem}.json"), "markdown": table, "mlflow_run_id": run.info.run_id}

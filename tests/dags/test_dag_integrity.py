@@ -37,7 +37,7 @@ def test_file_name_is_dag_id_and_header_habits(dagbag: DagBag, path: Path) -> No
     assert dag.doc_md and len(dag.doc_md) > 40, f"{dag.dag_id}: doc_md=__doc__ with a real docstring"
     assert dag.default_args.get("owner"), f"{dag.dag_id}: set an owner"
     for task in dag.tasks:
-        assert task.retries >= 1, f"{dag.dag_id}.{task.task_id}: retries"
+        assert task.retries >= 2, f"{dag.dag_id}.{task.task_id}: retries >= 2"
     assert dag.default_args.get("retries", 0) >= 2, f"{dag.dag_id}: default retries >= 2"
 
 

@@ -44,7 +44,8 @@ def _catalog(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[str, Any]]]:
-    from training.pipeline import train_fleet
+    from training.context import RunContext
+    from training.fleet import train_fleet
     from training.report import write_gate_report
 
     root = tmp_path_factory.mktemp("fleet")
@@ -63,9 +64,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
         write_trips(settings.trips_dir, trips)
     build_feature_tables(settings.trips_dir, settings.features_dir)
     apply(settings)
-    results = train_fleet(settings, names, ["eta", "price"], run_label="test-fleet", workers=2)
+    results = train_fleet(RunContext.open(settings, run_label="test-fleet"), names, ["eta", "price"], workers=2)
     report = write_gate_report(settings, results, "test-fleet")
-    yield settings, {"results": results, "report": report}
+    yield settings, {"results": [r.to_dict() for r in results], "report": report}
 
 
 def test_good_cities_promoted_others_fall_back_with_reasons(fleet: tuple[Settings, dict[str, Any]]) -> None:
@@ -156,19 +157,34 @@ def test_evaluate_reproduces_the_gate_test_mae(
     assert doc["global_mae"] == pytest.approx(r["metrics"]["global_mae"], rel=1e-6)
 
 
-def test_failures_are_isolated_and_rollback_is_recorded(fleet: tuple[Settings, dict[str, Any]]) -> None:
+def test_failures_are_isolated_and_rollback_is_recorded(
+    fleet: tuple[Settings, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.city
     from cityml.registry import champion, client
-    from training.pipeline import train_fleet
+    from training.context import RunContext
+    from training.fleet import train_fleet
     from training.registry import rollback
 
     settings, _ = fleet
-    # An unknown city is reported and the others go on.
-    results = train_fleet(
-        settings, ["city-02", "gotham"], ["eta"], with_global=False, run_label="again", force_promote=True, workers=2
-    )
-    status = {r["city"]: r for r in results}
-    assert status["gotham"]["status"] == "failed" and "gotham" in status["gotham"]["reason"]
-    assert status["city-02"]["status"] == "promoted" and status["city-02"]["version"] == "2"
+    ctx = RunContext.open(settings, run_label="again", forced_by="test:ops")
+    # An unknown city is refused before any work.
+    with pytest.raises(KeyError, match="gotham"):
+        train_fleet(ctx, ["city-02", "gotham"], ["eta"])
+    # A city whose training breaks fails alone; the others go on.
+    real = training.city._prepare
+
+    def breaks_on_noise(ctx: RunContext, city: str, *args: Any) -> Any:
+        if city == NOISE:
+            raise RuntimeError("broken on purpose")
+        return real(ctx, city, *args)
+
+    monkeypatch.setattr(training.city, "_prepare", breaks_on_noise)
+    results = train_fleet(ctx, ["city-02", NOISE], ["eta"])
+    status = {r.city: r for r in results}
+    assert status[NOISE].status == "failed" and "broken on purpose" in status[NOISE].reason
+    assert status["city-02"].status == "promoted" and status["city-02"].version == "2"
+    assert status["city-02"].forced_by == "test:ops" or status["city-02"].reason == "all checks passed"
 
     c = client(settings)
     forced = champion(c, "eta-city-02")

@@ -80,7 +80,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
         start, _ = replay_window(settings, CITIES, hours=7 * 24)
         run = _run_dag("materialize_features", logical_date=start)
         assert run.data_interval_end == start
-        _run_dag("retrain_city_models", {"cities": "all"})
+        _run_dag("retrain_city_models", {"cities": []})
         yield settings
     finally:
         for k, v in saved.items():
@@ -239,15 +239,16 @@ def test_drift_dag_flags_the_city_whose_traffic_moved(world: Settings, server: s
 
 
 def test_new_champion_is_hot_reloaded(world: Settings, server: str) -> None:
-    from training.pipeline import train_city
+    from training.city import train_city
+    from training.context import RunContext
 
-    result = train_city(world, "alpha", "eta", run_label="cli", force_promote=True)
-    assert result["status"] == "promoted", result
+    (result,) = train_city(RunContext.open(world, forced_by="test:ops"), "alpha", ["eta"])
+    assert result.status == "promoted", result
     r = httpx.post(f"{server}/admin/reload", headers={"X-API-Key": ADMIN})
-    assert r.status_code == 200 and r.json()["changed"] == {"eta-alpha": f"v{result['version']}"}
+    assert r.status_code == 200 and r.json()["changed"] == {"eta-alpha": f"v{result.version}"}
     listed = httpx.get(f"{server}/v1/models", headers={"X-API-Key": KEY}).json()["models"]
     served = {m["name"]: m["version"] for m in listed}
-    assert served["eta-alpha"] == result["version"]
+    assert served["eta-alpha"] == result.version
     assert all(m["self_test"] == "passed" for m in listed)
     assert httpx.post(f"{server}/admin/reload", headers={"X-API-Key": KEY}).status_code == 403
 
@@ -294,3 +295,48 @@ def test_train_with_a_tune_budget_records_the_search(world: Settings) -> None:
     assert version.tags["tuned"].startswith(f"{tuning['trials']} trials")
     run = client(world).get_run(version.run_id)
     assert float(run.data.params["num_leaves"]) == tuning["params"]["num_leaves"]
+
+
+def test_cli_and_dag_train_the_same_versions(world: Settings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cityml train` runs the DAG's units: for the DAG's window it trains the same models (every city, the
+    global models on every city) on the same rows, with the same test scores and decisions."""
+    import re
+
+    from cityml.settings import get_settings
+
+    first = sorted((world.reports_dir / "gate").glob("gate-*.json"))[0]
+    dag_report = json.loads(first.read_text())
+    until = re.search(r"trips before (\S+)", dag_report["window"]).group(1)  # type: ignore[union-attr]
+    c = client(world)
+    monkeypatch.setenv("CITYML_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("CITYML_MLFLOW_ARTIFACT_ROOT", (tmp_path / "cli-artifacts").as_uri())
+    get_settings.cache_clear()
+    try:
+        doc = _cli("train", "--until", until, "--workers", "1")
+    finally:
+        get_settings.cache_clear()
+    by_cli = {r["model"]: r for r in doc["models"]}
+    by_dag = {r["model"]: r for r in dag_report["results"]}
+    assert set(by_cli) == set(by_dag) == {model_name(t, x) for t in ("eta", "price") for x in [*CITIES, "global"]}
+    for name, r in by_cli.items():
+        dag_version = c.get_model_version(name, by_dag[name]["version"])
+        assert r["status"] == by_dag[name]["status"], name
+        assert r["test_window"] == by_dag[name]["test_window"], name
+        assert r["metrics"]["train_rows"] == by_dag[name]["metrics"]["train_rows"], name
+        assert r["metrics"]["mae"] == pytest.approx(by_dag[name]["metrics"]["mae"], rel=1e-3), name
+        assert dag_version.tags["dag_run_id"].startswith("manual__")
+    assert by_cli["eta-global"]["per_city_mae"].keys() == set(CITIES)
+
+
+def test_a_city_without_data_shows_skipped_and_the_summary_counts_it(world: Settings) -> None:
+    """A run of one city before its first trip: nothing to fit, so its task is skipped (not green), the global
+    models are left alone (a run of some cities), and the summary says so."""
+    run = _run_dag("retrain_city_models", {"cities": ["alpha"], "until": "2020-01-01"})
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert states[("train_city", 0)] == "skipped"
+    assert {states[("train_global", i)] for i in (0, 1)} == {"skipped"}
+    assert states[("summarise", -1)] == "success"
+    report = json.loads(sorted((world.reports_dir / "gate").glob("gate-*.json"))[-1].read_text())
+    assert report["counts"] == {"promoted": 0, "rejected": 0, "skipped": 2, "failed": 0}
+    assert report["window"].startswith("trips before 2020-01-01T00:00:00+00:00 (the form)")
+    assert all("too little data" in m["reason"] for m in report["models"])

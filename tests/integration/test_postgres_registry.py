@@ -39,15 +39,16 @@ def postgres_uri() -> Iterator[str]:
 
 
 def test_train_register_and_serve_from_a_postgres_registry(small_settings: Settings, postgres_uri: str) -> None:
-    from training.pipeline import train_city
+    from training.city import train_city
+    from training.context import RunContext
 
     s = small_settings.model_copy(update={"mlflow_tracking_uri": postgres_uri})
     city = load_catalog(s.catalog_path).get("alpha")
     write_trips(s.trips_dir, generate_city(city, date.today() - timedelta(days=10), 10, seed=5))
     build_feature_tables(s.trips_dir, s.features_dir)
     apply(s)
-    result = train_city(s, "alpha", "eta")
-    assert result["status"] == "promoted" and result["version"] == "1"
+    (result,) = train_city(RunContext.open(s), "alpha", ["eta"])
+    assert result.status == "promoted" and result.version == "1"
     loaded = load_champion(client(s), "eta-alpha")
     assert loaded is not None and loaded.version == "1"
     assert loaded.tags["feature_service"] == "eta_v2"

@@ -49,21 +49,29 @@ def test_missing_comparisons_pass_and_say_so() -> None:
 
 
 def test_report_table_names_decision_and_reason() -> None:
-    table = markdown(
-        [
-            {
-                "city": "a",
-                "target": "eta",
-                "status": "promoted",
-                "version": "3",
-                "reason": "all checks passed",
-                "metrics": {"mae": 1.5, "champion_mae": 2.0, "global_mae": 1.8, "baseline_mae": 4.0},
-            },
-            {"city": "b", "target": "eta", "status": "failed", "reason": "ValueError: boom"},
-        ]
-    )
+    from training.report import counts
+    from training.results import TrainResult
+
+    results = [
+        TrainResult(
+            "eta-a",
+            "a",
+            "eta",
+            "promoted",
+            "all checks passed",
+            version="3",
+            metrics={"mae": 1.5, "champion_mae": 2.0, "global_mae": 1.8, "baseline_mae": 4.0},
+        ),
+        TrainResult.failure("eta-b", "b", "eta", ValueError("boom")),
+        TrainResult("eta-c", "c", "eta", "promoted", "x", version="2", forced=True, forced_by="airflow:ops (run)"),
+    ]
+    table = markdown(results)
     assert "| a | eta | 3 | 1.5 | 2 | 1.8 | 4 | promoted | all checks passed |" in table
     assert "| b | eta | — | — | — | — | — | failed | ValueError: boom |" in table
+    assert "promoted (forced by airflow:ops (run))" in table
+    assert counts(results) == {"promoted": 2, "rejected": 0, "skipped": 0, "failed": 1}
+    # What crosses an XCom comes back the same.
+    assert [TrainResult.from_dict(r.to_dict()) for r in results] == results
 
 
 def test_a_label_shift_blocks_promotion_with_a_readable_reason() -> None:

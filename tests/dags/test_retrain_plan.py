@@ -1,0 +1,90 @@
+"""The retrain DAG's trigger form and plan: bad params refused by the form's schema, and a catalog of 1,500
+cities planned under Airflow's mapping cap (plans only, trains nothing)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from airflow.dag_processing.dagbag import DagBag
+
+from cityml.settings import PROJECT_ROOT, get_settings
+from cityml.synth import random_catalog
+from training.fleet import MAX_MAPPED_TASKS, plan_chunks
+
+
+def _dag(monkeypatch: pytest.MonkeyPatch, catalog: Path) -> Any:
+    monkeypatch.setenv("CITYML_CATALOG_PATH", str(catalog))
+    get_settings.cache_clear()
+    try:
+        bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "retrain_city_models.py"))
+        assert bag.import_errors == {}
+        return bag.dags["retrain_city_models"]
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def big_catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    names = [f"c{i:04d}" for i in range(1500)]
+    path = tmp_path_factory.mktemp("plan") / "cities.yaml"
+    path.write_text(yaml.safe_dump(random_catalog(names, seed=1, trips_per_day=10)))
+    return path, names
+
+
+def _validated(dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return dict(params.validate())
+
+
+def test_1500_cities_plan_under_the_mapping_cap(monkeypatch: pytest.MonkeyPatch, big_catalog: Any) -> None:
+    from airflow.configuration import conf
+
+    path, names = big_catalog
+    dag = _dag(monkeypatch, path)
+    assert dag.params.get_param("cities").schema["items"]["enum"] == names  # the form's pick list
+    monkeypatch.setenv("CITYML_CATALOG_PATH", str(path))
+    get_settings.cache_clear()
+    chunks = dag.get_task("plan").python_callable(params=_validated(dag, {}))
+    get_settings.cache_clear()
+    cap = conf.getint("core", "max_map_length")
+    assert 0 < len(chunks) <= MAX_MAPPED_TASKS < cap
+    assert [c for chunk in chunks for c in chunk] == names  # every city once, in catalog order
+    assert max(map(len, chunks)) - min(map(len, chunks)) <= 2
+
+
+def test_chunks_are_one_city_each_while_they_fit() -> None:
+    assert plan_chunks(["a", "b", "c"]) == [["a"], ["b"], ["c"]]
+    assert plan_chunks([f"x{i}" for i in range(10)], max_tasks=4) == [
+        ["x0", "x1", "x2"],
+        ["x3", "x4", "x5"],
+        ["x6", "x7", "x8"],
+        ["x9"],
+    ]
+    assert plan_chunks([]) == []
+
+
+def test_the_form_refuses_bad_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from tests.conftest import SMALL_CATALOG
+
+    dag = _dag(monkeypatch, SMALL_CATALOG)
+    ok = _validated(dag, {"cities": ["alpha"], "targets": ["eta"], "train_days": 7, "until": "2026-03-01"})
+    assert ok["cities"] == ["alpha"] and ok["force_promote"] is False
+    for bad in (
+        {"cities": ["gotham"]},  # not in the catalog
+        {"cities": "alpha,beta"},  # the old free-text form
+        {"cities": ["alpha", "alpha"]},
+        {"targets": ["demand"]},
+        {"targets": []},
+        {"train_days": -1},
+        {"until": "next tuesday"},
+        {"force_promote": "yes"},
+    ):
+        with pytest.raises(ParamValidationError):
+            _validated(dag, bad)

@@ -1,0 +1,168 @@
+"""A retrain run over many cities: the global unit when the run covers the whole catalog, then the per-city unit
+for each city, in this process or a few worker processes. ``cityml train`` runs this; the DAG maps the same
+units (dags/retrain_city_models.py) and plans its mapped tasks with :func:`plan_chunks`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+from cityml.naming import GLOBAL, model_name
+from training.city import CityInputs, Prepared, Stopwatch, city_sets, prepare_city
+from training.context import RunContext
+from training.global_model import train_global
+from training.publish import publish
+from training.results import TrainResult
+
+log = logging.getLogger(__name__)
+
+#: Mapped tasks a retrain plans at most: under Airflow's default ``max_map_length`` (1,024) with room to spare.
+MAX_MAPPED_TASKS = 512
+
+
+def plan_chunks(cities: list[str], max_tasks: int = MAX_MAPPED_TASKS) -> list[list[str]]:
+    """Cities grouped into at most ``max_tasks`` chunks of near-equal size, in order: one city per chunk while
+    they fit, so each mapped task is named by its city."""
+    if max_tasks < 1:
+        raise ValueError("max_tasks must be >= 1")
+    size = max(1, math.ceil(len(cities) / max_tasks))
+    return [cities[i : i + size] for i in range(0, len(cities), size)]
+
+
+def retrains_global(ctx: RunContext, cities: list[str], targets: list[str], with_global: bool | None = None) -> bool:
+    """Whether a run of ``cities`` retrains the global models: by default when it covers every catalog city, or
+    when a target has no global champion yet (cities without a model of their own need the fallback). The global
+    models always learn from the whole catalog, so a run of a few cities otherwise leaves them alone;
+    ``with_global`` asks for them (True) or refuses them (False) explicitly."""
+    if with_global is not None:
+        return with_global
+    if set(ctx.catalog.slugs) <= set(cities):
+        return True
+    return any(ctx.champion(model_name(t, GLOBAL)) is None for t in targets)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker start-up: the kernel kills this process when the run's process dies (``kill -9``
+    included), so no worker goes on fitting, holding memory, or waiting for work that will never come."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the pool's broken-pipe handling is all there is
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
+
+
+def _prepare_in_worker(ctx: RunContext, city: str, targets: list[str], inputs: CityInputs) -> list[Prepared]:
+    return prepare_city(ctx, city, targets, inputs)
+
+
+def _in_pool(
+    ctx: RunContext,
+    workers: int,
+    targets: list[str],
+    inputs: dict[str, CityInputs],
+    progress: Callable[[TrainResult], None],
+) -> list[TrainResult]:
+    """The city unit for every city, ``workers`` cities at once in fresh processes.
+
+    Spawned, not forked: no MLflow or Feast connections are inherited. The cores are shared out
+    between the workers so LightGBM threads do not fight over them. Workers only fit and gate;
+    this process registers and promotes what they return, and they die with it.
+    """
+    share = ctx.for_worker(train_threads=max(1, ctx.settings.train_threads // workers))
+    results: list[TrainResult] = []
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        futures = {city: pool.submit(_prepare_in_worker, share, city, targets, x) for city, x in inputs.items()}
+        for city, future in futures.items():
+            try:
+                published = [publish(ctx, result, reg) for result, reg in future.result()]
+            except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
+                log.exception("training %s failed in its worker", city)
+                published = [
+                    TrainResult.failure(model_name(t, city), city, t, f"worker: {type(exc).__name__}: {exc}")
+                    for t in targets
+                ]
+            for result in published:
+                progress(result)
+            results += published
+    return results
+
+
+def train_fleet(
+    ctx: RunContext,
+    cities: list[str],
+    targets: list[str],
+    *,
+    with_global: bool | None = None,
+    workers: int = 1,
+    phases: dict[str, float] | None = None,
+    progress: Callable[[TrainResult], None] | None = None,
+) -> list[TrainResult]:
+    """The global units first when the run retrains them (:func:`retrains_global`; the gate compares each city
+    with them), then the city unit of every city.
+
+    Training sets are built once per target (one join for all the run's cities, and for the whole catalog when
+    the global models are retrained) and shared by the global and the city units. With ``workers > 1`` the
+    cities are fitted in that many processes at once. ``phases``, when given, receives the wall seconds of
+    each phase: ``datasets``, ``global`` and ``cities``. ``progress`` is called with each model's result as it
+    is published (the CLI's progress bar).
+    """
+    done_one = progress or (lambda _: None)
+    for city in cities:
+        ctx.catalog.get(city)  # unknown city: a clear error before any work
+    results: list[TrainResult] = []
+    clock = Stopwatch()
+    fleet = retrains_global(ctx, cities, targets, with_global)
+    # The registry's schema and the experiment are created here, once: pool workers opening a new SQLite store
+    # at the same moment would each try to migrate it.
+    from training.registry import experiment_id
+
+    experiment_id(ctx.client, ctx.settings)
+    try:
+        sets = city_sets(ctx, sorted(set(ctx.catalog.slugs) | set(cities)) if fleet else cities, targets)
+    except Exception as exc:
+        log.exception("training sets failed")
+        names = [GLOBAL, *cities] if fleet else cities
+        return [TrainResult.failure(model_name(t, c), c, t, exc) for t in targets for c in names]
+    clock.lap("datasets")
+    global_mae: dict[str, dict[str, float]] = {city: {} for city in cities}
+    if fleet:
+        for target in targets:
+            try:
+                done = train_global(ctx, target, {city: by_target[target] for city, by_target in sets.items()})
+            except Exception as exc:
+                log.exception("training %s failed", model_name(target, GLOBAL))
+                done = TrainResult.failure(model_name(target, GLOBAL), GLOBAL, target, exc)
+            results.append(done)
+            done_one(done)
+            if done.status == "promoted":  # the global champion is this run's model, which measured every city
+                for city in cities:
+                    if city in done.per_city_mae:
+                        global_mae[city][target] = done.per_city_mae[city]
+    clock.lap("global")
+    inputs = {city: CityInputs(sets[city], global_mae[city]) for city in cities}
+    if workers <= 1 or len(cities) <= 1:
+        for city in cities:
+            for result, reg in prepare_city(ctx, city, targets, inputs[city]):
+                results.append(publish(ctx, result, reg))
+                done_one(results[-1])
+    else:
+        results += _in_pool(ctx, workers, targets, inputs, done_one)
+    clock.lap("cities")
+    if phases is not None:
+        phases.update(clock.laps)
+    return results

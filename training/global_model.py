@@ -1,0 +1,121 @@
+"""The global unit of a retrain: the fleet model ``<target>-global``, always learned from every city of the
+catalog (never from a run's subset), gated against its champion and registered."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from cityml.modeling import CITY_FEATURE, LabelScale
+from cityml.naming import CITY_MAE_METRIC, GLOBAL, model_name
+from cityml.request_features import ZONE_FEATURES
+from training.city import MIN_FIT_ROWS, Stopwatch, city_sets, window
+from training.context import RunContext
+from training.datasets import TrainingSet
+from training.evaluate import Median, RatePerKm, mae, metrics, score_model
+from training.fit import Split, fit_model, time_split
+from training.gate import decide_global
+from training.publish import publish, registration
+from training.registry import feast_registry_version, git_sha
+from training.results import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | None = None) -> TrainResult:
+    """The fleet model ``<target>-global``: every catalog city's rows, the city as a categorical feature.
+
+    It learns a currency-free label (``per_km_city`` in ``cityml.modeling``: the label per km over
+    the city's median label per km in its training window) and converts back per city, so a
+    rupiah fare and a euro fare teach it the same thing. Zones are left out: their names are
+    city-local. Each city contributes its own time windows, so every city's test window is held
+    out. The new version is promoted when there is no champion or it is at least as good on the
+    union of the test windows (of the cities the champion serves). ``sets``: the run's training sets
+    of this target by city, when it built them for every catalog city already.
+    """
+    started = time.perf_counter()
+    name = model_name(target, GLOBAL)
+    catalog = sorted(ctx.catalog.slugs)
+    if sets is None or set(sets) != set(catalog):
+        sets = {city: by_target[target] for city, by_target in city_sets(ctx, catalog, [target]).items()}
+    parts: list[tuple[str, Split]] = []
+    kept: list[TrainingSet] = []
+    rates: dict[str, float] = {}
+    for city in catalog:
+        ts = sets[city]
+        if ts.rows < MIN_FIT_ROWS:
+            continue
+        city_split = time_split(ts.frame)
+        rate = RatePerKm.fit(city_split.train, ts.label).rate
+        if not (np.isfinite(rate) and rate > 0):  # no distances: its label cannot be made unit-free
+            log.warning("%s: %s has no positive %s per km; left out", name, city, ts.label)
+            continue
+        kept.append(ts)
+        parts.append((city, city_split))
+        rates[city] = rate
+    if not parts:
+        return TrainResult(name, GLOBAL, target, "skipped", "no city has enough rows")
+
+    def stack(attr: str) -> pd.DataFrame:
+        frames = [getattr(s, attr).assign(**{CITY_FEATURE: city}) for city, s in parts]
+        out = pd.concat(frames, ignore_index=True)
+        out[CITY_FEATURE] = pd.Categorical(out[CITY_FEATURE], categories=catalog)
+        return out
+
+    split = Split(stack("train"), stack("valid"), stack("test"))
+    features = [*(f for f in kept[0].features if f not in ZONE_FEATURES), CITY_FEATURE]
+    label = kept[0].label
+    clock = Stopwatch()
+    scale = LabelScale("per_km_city", rates)
+    settings = ctx.settings
+    fitted = fit_model(split, features, label, [scale], refit=settings.train_refit, threads=settings.train_threads)
+    clock.lap("fit")
+    y = split.test[label].to_numpy()
+    # Each city's test window as the city unit will score it (same rows, the city as a plain value);
+    # in stacking order, so the pieces make up the fleet's test predictions.
+    preds = [fitted.predict(s.test.assign(city=city)) for city, s in parts]
+    pred = np.concatenate(preds)
+    m = metrics(y, pred)
+    m["baseline_mae"] = float(
+        np.mean([mae(s.test[label].to_numpy(), RatePerKm.fit(s.train, label).predict(s.test)) for _, s in parts])
+    )
+    m["median_mae"] = mae(y, np.concatenate([Median.fit(s.train, label).predict(s.test) for _, s in parts]))
+    per_city = {city: mae(s.test[label].to_numpy(), p) for (city, s), p in zip(parts, preds, strict=True)}
+    held = ctx.champion(name)
+    # Compared on the cities both serve: a champion cannot be judged on a city it never learned.
+    both = np.concatenate([np.full(len(s.test), held is None or held.serves(city)) for city, s in parts])
+    champion_mae = score_model(held, split.test[both], label)
+    decision = decide_global(mae(y[both], pred[both]), champion_mae, settings)
+    if champion_mae is not None:
+        m["champion_mae"] = champion_mae
+    m.update(best_iteration=float(fitted.rounds), train_rows=float(len(split.train)))
+    tags = {
+        "city": GLOBAL,
+        "target": target,
+        "feature_service": kept[0].feature_service,
+        "git_sha": git_sha(),
+        "feast_registry": feast_registry_version(settings),
+        "train_rows": len(split.train),
+        "cities": ",".join(c_ for c_, _ in parts),
+        "dag_run_id": ctx.run_label,
+        **window(split),
+    }
+    # Each city's test MAE is logged too: realized accuracy compares a city served by the fallback with it.
+    logged = {**m, **{f"{CITY_MAE_METRIC}{city}": v for city, v in per_city.items()}}
+    reg = registration(name, fitted, split, features, logged, tags, decision, "", {}, label)
+    result = TrainResult(
+        name,
+        GLOBAL,
+        target,
+        "promoted" if decision.promote else "rejected",
+        decision.summary,
+        checks=decision.reasons,
+        per_city_mae=per_city,
+        metrics={k: round(v, 6) for k, v in m.items() if np.isfinite(v)},
+        seconds=round(time.perf_counter() - started, 2),
+        timings=clock.laps,
+    )
+    return publish(ctx, result, reg)
