@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from cityml.modeling import (
     RawPredictor,
     predict_matrix,
 )
-from cityml.naming import CHAMPION
+from cityml.naming import CHAMPION, model_name
 from cityml.profile import PROFILE_FILE
 from cityml.settings import Settings
 
@@ -109,6 +109,30 @@ def champions(c: MlflowClient) -> dict[str, str]:
         raise RegistryError(f"registry failed listing champions: {exc.message[:300]}") from exc
     except OSError as exc:
         raise RegistryError(f"registry unreachable listing champions: {exc}") from exc
+
+
+Held = TypeVar("Held")
+
+
+def choose_serving(
+    target: str, city: str, own: Held | None, fleet: Held | None, fleet_learned: Callable[[Any], bool]
+) -> tuple[Held | None, str | None]:
+    """Which model answers for ``city``, and why when it is not the city's own: the one rule serving, the drift
+    job and realized accuracy share, whatever they hold (loaded models, registry versions).
+
+    The city's own ``@champion``; else the fleet model, when it learned the city (it cannot put a prediction
+    back in the units of a city it has no rate for); else none.
+    """
+    if own is not None:
+        return own, None
+    if fleet is not None and fleet_learned(fleet):
+        return fleet, f"{model_name(target, city)} has no champion"
+    return None, None
+
+
+def fleet_version_learned(city: str) -> Callable[[ModelVersion], bool]:
+    """Whether a fleet model's registered version learned ``city`` (its ``cities`` tag)."""
+    return lambda mv: city in (mv.tags or {}).get("cities", "").split(",")
 
 
 @dataclass

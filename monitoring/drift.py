@@ -23,7 +23,7 @@ from cityml.featurestore import is_history_feature
 from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
 from cityml.profile import build_profile, pick_segment
-from cityml.registry import champion, client, read_profile
+from cityml.registry import champion, choose_serving, client, fleet_version_learned, read_profile
 from cityml.request_features import CALENDAR_FEATURES
 from cityml.settings import Settings
 from monitoring.accuracy import AccuracyFlag
@@ -116,11 +116,10 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime, c: 
     """
     name = model_name(target, city)
     c = c or client(settings)
-    mv = champion(c, name)
-    serving = name
-    if mv is None:
-        serving = model_name(target, GLOBAL)
-        mv = champion(c, serving)
+    own = champion(c, name)
+    fleet = champion(c, model_name(target, GLOBAL)) if own is None else None
+    mv, _ = choose_serving(target, city, own, fleet, fleet_version_learned(city))
+    serving = name if own is not None else model_name(target, GLOBAL)
     base = {"city": city, "target": target, "model": serving}
     if mv is None or mv.run_id is None:
         return {**base, "verdict": "no champion", "rows": 0, "drifted": [], "features": {}}

@@ -26,6 +26,7 @@ from cityml.registry import (
     RegistryError,
     champion,
     champions,
+    choose_serving,
     client,
     load_version,
     read_selftest,
@@ -97,13 +98,8 @@ class ModelStore:
         in the units (the currency) of a city it has no rate for.
         """
         models = self._models
-        own = models.get((target, city))
-        if own is not None:
-            return own, None
-        fleet = models.get((target, GLOBAL))
-        if fleet is not None and fleet.model.serves(city):
-            return fleet, f"{model_name(target, city)} has no champion"
-        return None, None
+        own, fleet = models.get((target, city)), models.get((target, GLOBAL))
+        return choose_serving(target, city, own, fleet, lambda held: held.model.serves(city))
 
     def all(self) -> list[Served]:
         return sorted(self._models.values(), key=lambda s: (s.city, s.target))

@@ -30,3 +30,17 @@ def test_a_fleet_model_from_before_label_scales_still_stands_in_for_every_city(t
     store = ModelStore(Settings(home=tmp_path))
     store._models = {("eta", "global"): _served("eta-global", "global", LabelScale())}
     assert store.get("eta", "anywhere")[0] is store._models[("eta", "global")]
+
+
+def test_one_rule_chooses_the_model_that_serves_a_city() -> None:
+    from cityml.registry import choose_serving
+
+    learned = {"alpha"}.__contains__
+    assert choose_serving("eta", "alpha", "own", "fleet", lambda _: True) == ("own", None)
+    assert choose_serving("eta", "alpha", None, "fleet", lambda _: learned("alpha")) == (
+        "fleet",
+        "eta-alpha has no champion",
+    )
+    # A fleet model that never learned the city has no rate to answer in its units.
+    assert choose_serving("price", "beta", None, "fleet", lambda _: learned("beta")) == (None, None)
+    assert choose_serving("price", "beta", None, None, lambda _: True) == (None, None)
