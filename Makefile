@@ -7,7 +7,7 @@ UV := $(HOME)/.local/bin/uv
 endif
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: setup demo test test-fast bench lint format clean
+.PHONY: setup demo test test-fast bench lint format clean services services-down
 
 setup:  ## build .venv from uv.lock (quick when nothing changed)
 	@test -x "$(UV)" || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"
@@ -24,6 +24,12 @@ test-fast: setup  ## unit and DAG tests only
 
 bench: setup  ## benchmarks; writes bench/RESULTS.md
 	$(RUN) python -m bench.run
+
+services: setup  ## MLflow server + Airflow (api-server, scheduler, dag-processor, triggerer, 2 Celery workers) over the local Postgres and Redis
+	$(RUN) cityml services up
+
+services-down:  ## stop what `make services` started
+	$(RUN) cityml services down
 
 lint: setup
 	$(RUN) ruff check .

@@ -19,6 +19,7 @@ import typer
 
 from cityml.catalog import CatalogError, load_catalog
 from cityml.naming import TARGETS, check_target
+from cityml.services_cli import services_app
 from cityml.settings import get_settings
 
 app = typer.Typer(help="cityml: per-city ETA and pricing models, from trips to predictions.", no_args_is_help=True)
@@ -34,6 +35,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(drift_app, name="drift")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(services_app, name="services")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 log = logging.getLogger("cityml")
