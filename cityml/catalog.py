@@ -238,3 +238,22 @@ def load_catalog(path: Path) -> Catalog:
     """Read and validate the catalog (cached until the file changes)."""
     mtime = path.stat().st_mtime if path.exists() else 0.0
     return _load(path, mtime)
+
+
+@lru_cache(maxsize=8)
+def _slugs(path: Path, mtime: float) -> tuple[str, ...]:
+    raw = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return tuple(str(c["slug"]) for c in raw["cities"])
+
+
+def catalog_slugs(path: Path | None = None) -> list[str] | None:
+    """The catalog's slugs without validating it (a form's pick list at DAG parse time), or None when the file
+    cannot be read as a catalog. ``path``: default the settings' catalog."""
+    if path is None:
+        from cityml.settings import get_settings
+
+        path = get_settings().catalog_path
+    try:
+        return list(_slugs(path, path.stat().st_mtime))
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None

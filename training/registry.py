@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 
 @functools.cache
 def git_sha() -> str:
-    """The commit the training code runs from ('unknown' outside a git checkout)."""
+    """The commit the training code runs from: ``CITYML_GIT_SHA`` (set by the image), else git, else 'unknown'."""
+    if sha := os.environ.get("CITYML_GIT_SHA", "").strip():
+        return sha
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
@@ -36,7 +39,15 @@ def experiment_id(c: MlflowClient, settings: Settings) -> str:
     exp = c.get_experiment_by_name(settings.mlflow_experiment)
     if exp is not None:
         return str(exp.experiment_id)
-    return str(c.create_experiment(settings.mlflow_experiment, artifact_location=settings.artifact_root))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(c.create_experiment(settings.mlflow_experiment, artifact_location=settings.artifact_root))
+    except MlflowException as exc:  # two first fits at once (two Celery workers): the other one created it
+        exp = c.get_experiment_by_name(settings.mlflow_experiment)
+        if exp is None:
+            raise exc
+        return str(exp.experiment_id)
 
 
 def set_champion(c: MlflowClient, name: str, version: str, reason: str) -> None:

@@ -74,3 +74,17 @@ def test_a_registered_pickle_that_would_run_code_is_never_opened(tmp_path: Path,
     with pytest.raises(Exception, match=r"eta-evil|model|Booster|parse|format"):
         load_version(c, mv)  # type: ignore[arg-type]
     assert not marker.exists()
+
+
+def test_a_second_process_creating_the_experiment_finds_it(tmp_path: Path) -> None:
+    """Two first fits at once (two Celery workers) both try to create the experiment: the loser uses the winner's."""
+    from unittest import mock
+
+    from training.registry import experiment_id
+
+    settings = Settings(home=tmp_path / "var")
+    c = client(settings)
+    first = experiment_id(c, settings)
+    # The second process looked before the first created it.
+    with mock.patch.object(c, "get_experiment_by_name", side_effect=[None, c.get_experiment_by_name("cityml")]):
+        assert experiment_id(c, settings) == first
