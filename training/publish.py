@@ -92,9 +92,10 @@ def registration(
     forced = bool(forced_by) and not decision.promote
     promote = decision.promote or forced
     gate_tags = {"gate": "passed" if decision.promote else "failed", "gate_reasons": "; ".join(decision.reasons)[:4900]}
+    if forced_by:  # who asked, whether or not the gate would have promoted it anyway
+        gate_tags["force_promote_by"] = forced_by[:250]
     if forced:
         gate_tags["force_promoted"] = "true"
-        gate_tags["force_promoted_by"] = forced_by[:250]
     gate_tags["promotion"] = PENDING if promote else f"rejected: {decision.summary}"
     # What the server must repeat before this version serves (cityml.registry.self_test).
     example = split.test.head(SELFTEST_ROWS)

@@ -340,3 +340,14 @@ def test_a_city_without_data_shows_skipped_and_the_summary_counts_it(world: Sett
     assert report["counts"] == {"promoted": 0, "rejected": 0, "skipped": 2, "failed": 0}
     assert report["window"].startswith("trips before 2020-01-01T00:00:00+00:00 (the form)")
     assert all("too little data" in m["reason"] for m in report["models"])
+
+
+def test_force_promotion_from_the_form_is_recorded_with_who_asked(world: Settings) -> None:
+    """Ops force a one-city retrain from the trigger form: the new version is champion whatever the gate said,
+    and it says who asked (Airflow's triggering user and the run)."""
+    run = _run_dag("retrain_city_models", {"cities": ["beta-city"], "targets": ["price"], "force_promote": True})
+    c = client(world)
+    mv = champion(c, "price-beta-city")
+    assert mv is not None and mv.tags["dag_run_id"] == run.run_id
+    assert mv.tags["force_promote_by"] == f"airflow:dag_test ({run.run_id})"
+    assert mv.tags.get("force_promoted") == "true" or mv.tags["gate"] == "passed"

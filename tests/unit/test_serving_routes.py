@@ -352,3 +352,15 @@ def test_a_signed_registry_event_reloads_just_that_model(api: TestClient, state:
     assert api.post("/admin/registry-events", content=body, headers=signed("s", old)).status_code == 401  # replay
     r = api.post("/admin/registry-events", content=body, headers=signed("s", now))
     assert r.status_code == 200 and r.json() == {"changed": {"eta-alpha": "v4"}} and asked == [{"eta-alpha"}]
+
+
+def test_keys_rotate_by_overlap() -> None:
+    """The runbook's rotation: both keys open predict while clients move, then only the new one does."""
+    from serving.api.deps import check_key
+
+    both = Settings(api_keys=[SecretStr("old-key"), SecretStr("new-key")], admin_key=SecretStr("adm"))
+    assert check_key(both, b"old-key", admin=False) == check_key(both, b"new-key", admin=False) == "ok"
+    after = both.model_copy(update={"api_keys": [SecretStr("new-key")]})
+    assert check_key(after, b"new-key", admin=False) == "ok"
+    assert check_key(after, b"old-key", admin=False) == "wrong"
+    assert check_key(after, b"new-key", admin=True) == "not_admin"
