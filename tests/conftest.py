@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from cityml.settings import PROJECT_ROOT, Settings, get_settings
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL_CATALOG = FIXTURES / "cities_small.yaml"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = "/usr/bin/chromium"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,3 +127,14 @@ def env_settings(monkeypatch: pytest.MonkeyPatch, small_settings: Settings) -> I
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for Playwright's ``executable_path`` (Playwright cannot download browsers here); installed
+    with apt when missing on CI, a skip elsewhere."""
+    if not Path(CHROMIUM).exists():
+        if not IN_CI or shutil.which("apt-get") is None:
+            pytest.skip("chromium is not installed (apt-get install chromium)")
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True)
+    return CHROMIUM

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,6 @@ from monitoring.drift import _summary, feature_scores
 from monitoring.report import write_html
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium (Playwright cannot download browsers here); installed when missing on CI."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") != "true" or shutil.which("apt-get") is None:
-            pytest.skip("chromium is not installed (apt-get install chromium)")
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True)
-    return CHROMIUM
 
 
 def _model(city: str, shifted: bool, rng: np.random.Generator) -> dict[str, Any]:

@@ -5,28 +5,38 @@ dropped and stopped at the end whatever happened. Two small cities are generated
 the ``cityml`` commands, then ``retrain_city_models`` is triggered through Airflow's REST API v2, as an ops user
 or the drift job would, and what it left is checked where it must be: the MLflow server's registry (Postgres),
 the task instances (which worker ran what), and a ``cityml serve`` process that loads champions from the server.
+
+Then an ops user's path in a real browser (Debian's Chromium through Playwright): sign in to the Airflow UI,
+retrain one city from the DAG's trigger form and watch the run turn green; and the MLflow UI's model list.
+Screenshots go to ``var/screenshots/`` of the checkout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
 
-from cityml.naming import model_name
+from cityml.naming import GLOBAL, model_name
 from cityml.services import TRAINING_POOL, ServicesConfig, Stack, purge, start
-from cityml.settings import Settings
+from cityml.settings import PROJECT_ROOT, Settings
 from tests.conftest import SMALL_CATALOG, bin_path, free_port, require_service, wait_until_up
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page, ViewportSize
 
 pytestmark = pytest.mark.e2e
 CITIES = ["alpha", "beta-city"]
@@ -34,6 +44,20 @@ TARGETS = ["eta", "price"]
 DAG = "retrain_city_models"
 KEY = "services-test-key"
 RUN_POLLS = 900  # 1 s apart: a retrain of two small cities takes a few minutes on a busy 2-core machine
+UI_POLLS = 450  # 2 s apart: the browser watches a one-city run, a few minutes on a busy 2-core machine
+SCREENSHOTS = PROJECT_ROOT / "var" / "screenshots"
+#: Tall enough for the whole trigger form: Chromium paints only what the viewport shows of a scrolled dialog.
+FORM_VIEWPORT: ViewportSize = {"width": 1400, "height": 1700}
+#: The trigger form's params, by the titles an ops user reads, in the DAG's order.
+FORM_TITLES = [
+    "Cities",
+    "Targets",
+    "Training window (days)",
+    "Train until",
+    "Force promotion",
+    "Tuning budget (s)",
+    "Reason",
+]
 
 
 def _cityml(env: dict[str, str], *args: str) -> None:
@@ -261,3 +285,196 @@ def test_mlflow_runs_as_a_service(stack: Stack, retrain_run: dict[str, Any], tmp
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# The UIs in a real browser -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _browser_page(chromium: str) -> Iterator[Page]:
+    """A page of Debian's Chromium (``executable_path``; no sandbox as root in a container), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport=FORM_VIEWPORT)
+            page.set_default_timeout(60_000)  # the servers share 2 cores with the workers' fits
+            yield page
+        finally:
+            browser.close()
+
+
+def _screenshot(what: Page | Locator, name: str) -> Path:
+    """The page's viewport, or one element of it (all of it, if the viewport shows it), in ``var/screenshots/``."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    what.screenshot(path=str(path))
+    return path
+
+
+def _sign_in(page: Page, stack: Stack, path: str) -> None:
+    """Open ``path`` of the Airflow UI as the admin: Airflow sends an anonymous visitor to the simple auth
+    manager's login page, which sends them back to ``path`` once signed in."""
+    page.goto(f"{stack.airflow_url}{path}")
+    page.get_by_label("Username").fill(stack.admin_user)
+    page.get_by_label("Password").fill(stack.admin_password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{stack.airflow_url}{path}")
+
+
+def _open_trigger_form(page: Page) -> Locator:
+    """The DAG page's Trigger button (its accessible name is "Trigger Dag") opens the form in a dialog."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Trigger Dag").click()
+    form = page.get_by_role("dialog")
+    expect(form.get_by_text("Run Parameters")).to_be_visible()
+    return form
+
+
+def _param(form: Locator, title: str) -> Locator:
+    """The form's row of the param titled ``title``.
+
+    Airflow's UI internals: each param is a Chakra field (role=group) whose <label> starts with the title (then a
+    "*"); the label's ``for`` does not point at the row's input, so ``get_by_label`` cannot find the input.
+    """
+    label = form.page.locator("label", has_text=re.compile(rf"^{re.escape(title)}"))
+    return form.get_by_role("group").filter(has=label)
+
+
+def _fill_form(form: Locator, city: str, until: str, reason: str) -> None:
+    """Pick one city in the Cities multi-select (which offers the catalog's slugs), fill Train until and Reason."""
+    from playwright.sync_api import expect
+
+    _param(form, "Cities").get_by_role("combobox").click()
+    expect(form.page.get_by_role("option")).to_have_text(CITIES)
+    form.page.get_by_role("option", name=city, exact=True).click()
+    _param(form, "Train until").get_by_role("textbox").fill(until)
+    _param(form, "Reason").get_by_role("textbox").fill(reason)
+
+
+def _run_count(api: httpx.Client) -> int:
+    r = api.get(f"/dags/{DAG}/dagRuns", params={"limit": 1})
+    assert r.status_code == 200, r.text
+    return int(r.json()["total_entries"])
+
+
+def test_ops_retrain_one_city_from_the_trigger_form(stack: Stack, retrain_run: dict[str, Any], chromium: str) -> None:
+    """4b: signed in to the Airflow UI, an ops user retrains one city from the DAG's trigger form and sees the run
+    succeed; the run asked for that city only, registered its new versions and left the global models alone.
+    The form refuses a cut-off that is not a date."""
+    from playwright.sync_api import expect
+
+    with _api(stack) as api, _browser_page(chromium) as page:
+        _sign_in(page, stack, f"/dags/{DAG}")
+
+        # Every param under its title, Targets with both preselected; one city picked, a valid cut-off.
+        form = _open_trigger_form(page)
+        for title in FORM_TITLES:
+            expect(_param(form, title)).to_be_visible()
+        expect(_param(form, "Targets")).to_contain_text("eta")
+        expect(_param(form, "Targets")).to_contain_text("price")
+        until = datetime.now(UTC).isoformat(timespec="seconds")
+        _fill_form(form, "alpha", until, "e2e: one city from the trigger form")
+        expect(_param(form, "Cities")).to_contain_text("alpha")
+        expect(_param(form, "Cities")).not_to_contain_text("beta-city")
+        trigger = form.get_by_role("button", name="Trigger", exact=True)
+        expect(trigger).to_be_enabled()
+        _screenshot(form, "airflow-trigger-form.png")
+
+        # Triggered, the UI moves to the new run's page and shows its state until it is over.
+        trigger.click()
+        page.wait_for_url(re.compile(rf"/dags/{DAG}/runs/[^/]+$"))
+        run_id = unquote(page.url.rsplit("/runs/", 1)[1])
+        assert run_id != retrain_run["run_id"]
+        # Airflow's UI internals: the run page's header is the run id (a heading) with the run's state badge
+        # (Airflow's own data-testid "state-badge") beside it.
+        badge = page.get_by_role("heading", name=run_id, exact=True).locator("xpath=..").get_by_test_id("state-badge")
+        shown = ""
+        for poll in range(UI_POLLS):
+            shown = badge.inner_text().strip()
+            if shown in ("Success", "Failed"):
+                break
+            page.wait_for_timeout(2000)
+            if poll % 15 == 14:
+                page.reload()  # the page refreshes a running run by itself; a reload now and then does not rely on it
+        else:
+            state = api.get(f"/dags/{DAG}/dagRuns/{run_id}").json()["state"]
+            pytest.fail(
+                f"the UI shows {shown!r} (API: {state}) after {UI_POLLS} polls:\n{_failure_report(api, run_id)}"
+            )
+        assert shown == "Success", _failure_report(api, run_id)
+
+        # The task table can lag the header by a refresh: reloaded, it shows the summary's end too.
+        page.reload()
+        expect(badge).to_have_text("Success")
+        expect(page.get_by_role("row").filter(has_text="summarise")).to_contain_text("Success")
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        _screenshot(page, "airflow-run-success.png")
+        page.get_by_role("button", name=re.compile(r"^Show Graph")).click()
+        expect(badge).to_have_text("Success")
+        page.wait_for_timeout(1500)  # the graph lays itself out after it appears
+        _screenshot(page, "airflow-run-graph.png")
+
+        run = api.get(f"/dags/{DAG}/dagRuns/{run_id}").json()
+        assert run["state"] == "success" and run["run_type"] == "manual", run
+        assert run["triggering_user_name"] == stack.admin_user, run
+        assert run["conf"]["cities"] == ["alpha"] and run["conf"]["until"] == until, run["conf"]
+        instances = _task_instances(api, run_id)
+        fleet = [ti for ti in instances if ti["task_id"] == "train_global"]
+        assert fleet and all(ti["state"] == "skipped" for ti in fleet), _failure_report(api, run_id)
+        fits = [(ti["rendered_map_index"], ti["state"]) for ti in instances if ti["task_id"] == "train_city"]
+        assert fits == [("alpha", "success")], _failure_report(api, run_id)
+
+        # A cut-off that is not a date is refused and no run is made. The form itself checks only that required
+        # params are there (Trigger stays enabled): the refusal is the api-server's check of the param's pattern,
+        # which the form shows. Done last: the form keeps showing that error when it is opened again.
+        runs_before = _run_count(api)
+        page.goto(f"{stack.airflow_url}/dags/{DAG}")  # on a run's page, Trigger opens a menu first
+        page.set_viewport_size(FORM_VIEWPORT)
+        form = _open_trigger_form(page)
+        _fill_form(form, "alpha", "next tuesday", "e2e: a cut-off that is not a date")
+        trigger = form.get_by_role("button", name="Trigger", exact=True)
+        if trigger.is_enabled():  # a form that checked the pattern itself would refuse by disabling it
+            trigger.click()
+            expect(form.get_by_text("Invalid input for param until")).to_be_visible()
+        expect(form).to_be_visible()
+        _screenshot(form, "airflow-trigger-form-refused.png")
+        assert _run_count(api) == runs_before
+
+    client = _mlflow(stack)
+    for target in TARGETS:
+        for city in ("alpha", "beta-city", GLOBAL):
+            name = model_name(target, city)
+            versions = client.search_model_versions(f"name = '{name}'")
+            tagged = [v.version for v in versions if v.tags.get("dag_run_id") == run_id]
+            assert len(tagged) == (1 if city == "alpha" else 0), (name, tagged)
+
+
+def _dismiss_mlflow_panels(page: Page) -> None:
+    """Close what MLflow's UI opens over a new browser's first page, if it does: a dialog about its new registry
+    UI, then its assistant's side panel (each has a button named "Close")."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for panel in (
+        page.get_by_role("dialog").get_by_role("button", name="Close"),
+        page.get_by_role("button", name="Close"),
+    ):
+        with contextlib.suppress(PlaywrightTimeout):
+            panel.first.click(timeout=5_000)
+    page.wait_for_timeout(1000)  # the dialog's backdrop fades out
+
+
+def test_the_mlflow_ui_shows_the_registered_models(stack: Stack, retrain_run: dict[str, Any], chromium: str) -> None:
+    """The MLflow server's UI lists the city models the REST-triggered run registered."""
+    from playwright.sync_api import expect
+
+    with _browser_page(chromium) as page:
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{stack.mlflow_url}/#/models")
+        expect(page.get_by_role("heading", name="Registered Models")).to_be_visible()
+        for name in sorted(model_name(t, c) for c in CITIES for t in TARGETS):
+            expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+        _dismiss_mlflow_panels(page)
+        _screenshot(page, "mlflow-models.png")
