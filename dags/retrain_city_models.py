@@ -90,9 +90,10 @@ def _context(params: dict[str, Any], run_id: str, until: str) -> Any:
         "max_retry_delay": timedelta(minutes=10),
     },
     params={
+        # "null" among the types: the form then lets the field be left empty (Airflow marks other params required).
         "cities": Param(
             [],
-            type="array",
+            type=["null", "array"],
             items=CITY_ITEMS,
             uniqueItems=True,
             **({"examples": SLUGS} if SLUGS else {}),
@@ -119,12 +120,12 @@ def _context(params: dict[str, Any], run_id: str, until: str) -> Any:
             description="Train on the last N days before 'Train until'; 0: every stored trip.",
         ),
         "until": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=UNTIL_PATTERN,
             title="Train until",
-            description="Trips picked up before this date or ISO time (UTC). Empty: the run's data interval end, "
-            "or the trigger time for a manual run.",
+            description="Trips picked up before this date or ISO time, UTC unless it says otherwise: 2026-11-30 or "
+            "2026-11-30T06:00Z. Empty: the run's data interval end, or the trigger time for a manual run.",
         ),
         "force_promote": Param(
             False,
@@ -142,8 +143,8 @@ def _context(params: dict[str, Any], run_id: str, until: str) -> Any:
             description="Seconds of Optuna search per city model; 0: no search.",
         ),
         "reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=5000,
             title="Reason",
             description="Why this run was asked for; kept in the gate report (monitor_drift fills it in).",

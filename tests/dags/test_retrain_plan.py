@@ -76,6 +76,9 @@ def test_the_form_refuses_bad_params(monkeypatch: pytest.MonkeyPatch) -> None:
     dag = _dag(monkeypatch, SMALL_CATALOG)
     ok = _validated(dag, {"cities": ["alpha"], "targets": ["eta"], "train_days": 7, "until": "2026-03-01"})
     assert ok["cities"] == ["alpha"] and ok["force_promote"] is False
+    # What the form sends for fields left empty (it lets them be: their types include null).
+    empty = _validated(dag, {"cities": None, "until": None, "reason": None})
+    assert empty["cities"] is None and empty["until"] is None
     for bad in (
         {"cities": ["gotham"]},  # not in the catalog
         {"cities": "alpha,beta"},  # the old free-text form
