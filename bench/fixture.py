@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import load_catalog
-from cityml.feature_tables import CITY_HOUR_FILE, ZONE_HOUR_FILE, build_feature_tables
-from cityml.featurestore import apply, entity_columns
+from cityml.data.synth import generate_city
+from cityml.data.trips import read_trips, write_trips
+from cityml.features.feature_tables import CITY_HOUR_FILE, ZONE_HOUR_FILE, build_feature_tables
+from cityml.features.featurestore import apply, entity_columns
 from cityml.settings import Settings
-from cityml.synth import generate_city
-from cityml.trips import read_trips, write_trips
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Online feature latency: ``get_online_features`` with the ``eta_v1`` service, SQLite and Redis online stores.
 
-The call is the one serving makes (`cityml.online`): the service object fetched once, entity rows
+The call is the one serving makes (`cityml.features.online`): the service object fetched once, entity rows
 as dicts, ``full_feature_names=True``, ``to_dict(include_event_timestamps=True)``. Each call asks
 for different rows, drawn from the fixture's trips of the last day whose zones the store holds.
 """
@@ -41,8 +41,8 @@ def _settings(fixture: Fixture, store: str, redis_host: str) -> Any:
 
 def _requests(fixture: Fixture, present: set[str], batch: int, calls: int, seed: int) -> list[list[dict[str, str]]]:
     """Entity rows of trips of the last day whose two zones have a value in the online store."""
-    from cityml.featurestore import entity_columns
-    from cityml.trips import read_trips
+    from cityml.data.trips import read_trips
+    from cityml.features.featurestore import entity_columns
 
     trips = read_trips(fixture.settings.trips_dir).dropna(subset=["pickup_zone", "dropoff_zone"])
     recent = trips[trips["pickup_ts"] >= trips["pickup_ts"].max() - pd.Timedelta(days=1)]
@@ -64,7 +64,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def measure_store(fixture: Fixture, store_name: str, calls: int, warmup: int, redis_host: str) -> dict[str, Any]:
-    from cityml.featurestore import apply, get_store, materialize
+    from cityml.features.featurestore import apply, get_store, materialize
 
     settings = _settings(fixture, store_name, redis_host)
     if store_name == "redis":
@@ -146,12 +146,13 @@ def _markdown(raw: dict[str, Any], quick: bool) -> str:
     mat = ", ".join(f"{k} {v.get('materialize_s')} s" for k, v in raw["stores"].items() if "materialize_s" in v)
     parts = [
         f"`store.get_online_features(features=eta_v1, entity_rows=..., full_feature_names=True)"
-        f".to_dict(include_event_timestamps=True)`, as serving called it before `cityml.online.OnlineReader` "
+        f".to_dict(include_event_timestamps=True)`, as serving called it before `cityml.features.online.OnlineReader` "
         "(serving now reads through Feast's provider directly; see the serving section), "
         "in one process, one call at a time: "
         f"{raw['calls']} calls per line after {raw['warmup']} warm-up calls, each with different rows: trips of the "
         f"fixture's last day whose zones have values in the store. Redis on 127.0.0.1, database {REDIS_DB}. "
-        f"Materialized first with `cityml.featurestore.materialize(settings, end=<last feature hour>)` ({mat}).",
+        "Materialized first with "
+        f"`cityml.features.featurestore.materialize(settings, end=<last feature hour>)` ({mat}).",
         "",
         table(headers, rows),
         "",

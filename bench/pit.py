@@ -34,7 +34,7 @@ from bench.report import Section, busy_cpu_s, own_cpu_s, table
 log = logging.getLogger(__name__)
 
 SERVICE = "eta_v1"
-CITYML = "cityml_asof"  # what training uses: feature_store.yaml's offline store, cityml.feast_asof
+CITYML = "cityml_asof"  # what training uses: feature_store.yaml's offline store, cityml.features.feast_asof
 BASELINE = "feast_duckdb"  # Feast's stock DuckDB store: the reference every variant's values are checked against
 FLOOR = "asof"
 FILE_STORE = "feast_file"
@@ -60,7 +60,7 @@ class Variant:
 VARIANTS = [
     Variant(
         CITYML,
-        "cityml's offline store (`cityml.feast_asof`: Feast API, ASOF joins), DataFrame in, `to_df()`",
+        "cityml's offline store (`cityml.features.feast_asof`: Feast API, ASOF joins), DataFrame in, `to_df()`",
         store="cityml",
     ),
     Variant(BASELINE, "Feast's stock DuckDB store, DataFrame in, `to_df()`"),
@@ -141,7 +141,7 @@ def _feast_store(home: Path, offline_type: str, work: Path) -> Any:
     import yaml
     from feast import FeatureStore
 
-    from cityml.featurestore import get_store
+    from cityml.features.featurestore import get_store
     from cityml.settings import Settings
 
     settings = Settings(home=home, online_store="sqlite")
@@ -176,7 +176,7 @@ def _runner(variant: Variant, args: argparse.Namespace, entity: pd.DataFrame, st
     if variant.store == "none":
         import duckdb
 
-        from cityml.feast_asof import asof_sql, specs_from_service
+        from cityml.features.feast_asof import asof_sql, specs_from_service
 
         store = store_for("cityml")
         sql = asof_sql(specs_from_service(store, store.get_feature_service(SERVICE)), "entity_df", "event_timestamp")
@@ -452,7 +452,7 @@ def plan(rows: int, quick: bool, only: list[str] | None) -> list[Job]:
 
 def run(fixture: Fixture, rows: int, quick: bool, mem_limit_gb: float, variants: list[str] | None = None) -> Section:
     """Measure every variant and build the RESULTS.md section."""
-    from cityml.featurestore import get_store, service_feature_names
+    from cityml.features.featurestore import get_store, service_feature_names
 
     service = get_store(fixture.settings).get_feature_service(SERVICE)
     columns = service_feature_names(service)
@@ -627,7 +627,8 @@ _READING = [
     "- **Feast file (dask)**: per view, a merge of the entity rows with *all* feature rows of their key, "
     "filtered afterwards — memory grows with rows × history per key. Entity rows with no feature row within a "
     "TTL are dropped (not returned with NULLs), and so are rows repeating another's keys and timestamp.",
-    "- **cityml's offline store** (`cityml.feast_asof.AsofDuckDBOfflineStore`, chosen in `feature_store.yaml`): "
+    "- **cityml's offline store** (`cityml.features.feast_asof.AsofDuckDBOfflineStore`, chosen in "
+    "`feature_store.yaml`): "
     "a subclass of Feast's DuckDB store whose `get_historical_features` runs the floor's SQL, generated from "
     "the feature views, so training keeps calling `store.get_historical_features(features=service, ...)`. "
     "What it adds to the floor: Feast's checks and plumbing, the UTC conversion of the entity timestamps, and "

@@ -4,7 +4,7 @@ Two worlds, each through cityml's real path (import or generate → feature tabl
 → ``training.pipeline.train_fleet`` with its gate → the registry):
 
 - **NYC**: the real TLC sample in ``shared/data`` (March 2019), imported by the NYC TLC importer.
-- **Synthetic fleet**: ``cityml.synth.random_catalog`` cities at two sizes (trips a day).
+- **Synthetic fleet**: ``cityml.data.synth.random_catalog`` cities at two sizes (trips a day).
 
 Every number of a city and target is measured on the same test window: the last 15% of that
 city's trips by pickup time (``training.fit.time_split``), the window the gate scores on.
@@ -85,9 +85,9 @@ def _reference(split: Any, label: str) -> tuple[float, float]:
 
 
 def _variants(split: Any, features: list[str], label: str, threads: int) -> dict[str, float]:
-    from cityml.featurestore import is_history_feature
+    from cityml.features.featurestore import is_history_feature
+    from cityml.features.request_features import ZONE_FEATURES
     from cityml.modeling import LabelScale
-    from cityml.request_features import ZONE_FEATURES
     from training.fit import fit_model
 
     history = [f for f in features if is_history_feature(f)]
@@ -197,9 +197,9 @@ def _count(results: list[TrainResult]) -> dict[str, int]:
 
 
 def _nyc(tmp: Path) -> tuple[list[Row], dict[str, dict[str, int]]]:
-    from cityml.feature_tables import build_feature_tables
-    from cityml.featurestore import apply
-    from cityml.importers.batch import import_files
+    from cityml.data.importers.batch import import_files
+    from cityml.features.feature_tables import build_feature_tables
+    from cityml.features.featurestore import apply
     from cityml.settings import Settings
 
     if not NYC_SAMPLE.exists():
@@ -213,11 +213,11 @@ def _nyc(tmp: Path) -> tuple[list[Row], dict[str, dict[str, int]]]:
 
 def _fleet(tmp: Path, cities: int, trips_per_day: int, days: int) -> tuple[list[Row], dict[str, dict[str, int]]]:
     from cityml.catalog import load_catalog
-    from cityml.feature_tables import build_feature_tables
-    from cityml.featurestore import apply
+    from cityml.data.synth import generate_city, random_catalog
+    from cityml.data.trips import write_trips
+    from cityml.features.feature_tables import build_feature_tables
+    from cityml.features.featurestore import apply
     from cityml.settings import Settings
-    from cityml.synth import generate_city, random_catalog
-    from cityml.trips import write_trips
 
     home = tmp / f"fleet-{trips_per_day}"
     home.mkdir(parents=True)

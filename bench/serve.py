@@ -175,8 +175,8 @@ def _build(home: Path, env: dict[str, str], days: int) -> dict[str, Any]:
     cityml = str(BIN / "cityml")
     _run([cityml, "data", "generate", "--cities", CITY, "--days", str(days), "--json"], env)
     _run([cityml, "features", "apply"], env)
+    from cityml.data.trips import read_trips
     from cityml.settings import Settings
-    from cityml.trips import read_trips
 
     trips = read_trips(Settings(home=home).trips_dir, [CITY])
     end = trips["pickup_ts"].max().ceil("h")
@@ -233,8 +233,8 @@ def _encoded(model: Any, columns: dict[str, Any], n: int) -> np.ndarray:
 def _features(model: Any, home: Path, instances: list[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
     """The served model's input matrix for the instances, as cityml's server builds it."""
     from cityml.catalog import load_catalog
-    from cityml.featurestore import get_store
-    from cityml.online import OnlineReader, model_columns
+    from cityml.features.featurestore import get_store
+    from cityml.features.online import OnlineReader, model_columns
     from cityml.settings import Settings
     from serving.features import trip_rows
     from serving.schemas import TripRequest
@@ -263,8 +263,8 @@ def _load_many(settings: Any, env: dict[str, str], n_cities: int, tmp: Path) -> 
     """Register the eta champion under 2 × ``n_cities`` names of a synthetic catalog; load them all in one process."""
     import yaml
 
+    from cityml.data.synth import random_catalog
     from cityml.registry import champion, client
-    from cityml.synth import random_catalog
 
     names = [f"c{i:04d}" for i in range(n_cities)]
     catalog_path = tmp / "many.yaml"

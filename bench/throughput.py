@@ -28,11 +28,11 @@ STAGES = ("dataset", "fit", "evaluate", "gate_models", "parity", "register")
 
 def _setup(home: Path, names: list[str], days: int, trips_per_day: int) -> Any:
     from cityml.catalog import load_catalog
-    from cityml.feature_tables import build_feature_tables
-    from cityml.featurestore import apply
+    from cityml.data.synth import generate_city, random_catalog
+    from cityml.data.trips import write_trips
+    from cityml.features.feature_tables import build_feature_tables
+    from cityml.features.featurestore import apply
     from cityml.settings import Settings
-    from cityml.synth import generate_city, random_catalog
-    from cityml.trips import write_trips
 
     catalog_path = home / "cities.yaml"
     catalog_path.write_text(yaml.safe_dump(random_catalog(names, seed=3, trips_per_day=trips_per_day)))

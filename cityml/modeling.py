@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from cityml.request_features import ZONE_FEATURES
+from cityml.features.request_features import ZONE_FEATURES
 
 if TYPE_CHECKING:
     import lightgbm as lgb

@@ -30,7 +30,7 @@ def materialize_features() -> None:
     @task
     def build_tables() -> dict[str, int]:
         """Feature tables (zone-hour traffic, city-hour demand) from every stored trip."""
-        from cityml.feature_tables import build_feature_tables
+        from cityml.features.feature_tables import build_feature_tables
         from cityml.settings import get_settings
 
         s = get_settings()
@@ -39,7 +39,7 @@ def materialize_features() -> None:
     @task
     def materialize(data_interval_end: pendulum.DateTime | None = None) -> dict[str, str]:
         """Incremental materialization up to the interval end (what each view did)."""
-        from cityml.featurestore import materialize as run
+        from cityml.features.featurestore import materialize as run
         from cityml.settings import get_settings
 
         end = data_interval_end or pendulum.now("UTC")

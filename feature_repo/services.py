@@ -5,7 +5,7 @@ A new version is a new service: the old one stays, so the champions trained on i
 train on the version ``cityml.naming.FEATURE_SERVICE_VERSION`` names.
 
 Request-time features (distance, bearing, local hour, weekday, weekend) are not here: they are
-computed from the request by `cityml.request_features`, the one function training and serving share.
+computed from the request by `cityml.features.request_features`, the one function training and serving share.
 """
 
 from feast import FeatureService

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cityml.data.trips import read_trips
 from cityml.naming import CITY_MAE_METRIC, GLOBAL, LABELS
 from cityml.prediction_log import read_predictions
 from cityml.settings import Settings
-from cityml.trips import read_trips
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cityml.featurestore import is_history_feature
+from cityml.features.featurestore import is_history_feature
+from cityml.features.request_features import CALENDAR_FEATURES
 from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
 from cityml.profile import build_profile, pick_segment
 from cityml.registry import champion, choose_serving, client, fleet_version_learned, read_profile
-from cityml.request_features import CALENDAR_FEATURES
 from cityml.settings import Settings
 from monitoring.accuracy import AccuracyFlag
 from monitoring.stats import categorical_score, category_counts, judge, numeric_score

@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
-from cityml.featurestore import get_store
-from cityml.online import OnlineFeatures
+from cityml.features.featurestore import get_store
+from cityml.features.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
 from cityml.registry import fail_fast
 from cityml.settings import Settings, get_settings

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from cityml.catalog import Catalog, City
-from cityml.request_features import TripRows
+from cityml.features.request_features import TripRows
 from serving.schemas import TripRequest
 
 

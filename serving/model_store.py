@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from cityml.catalog import Catalog, load_catalog
+from cityml.features.request_features import REQUEST_FEATURES, ZONE_FEATURES
 from cityml.modeling import CITY_FEATURE
 from cityml.naming import GLOBAL, TARGETS, model_name
 from cityml.registry import (
@@ -32,7 +33,6 @@ from cityml.registry import (
     read_selftest,
     self_test,
 )
-from cityml.request_features import REQUEST_FEATURES, ZONE_FEATURES
 from cityml.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Names of a FeatureService's columns, by service name (``cityml.online.OnlineReader.names``).
+#: Names of a FeatureService's columns, by service name (``cityml.features.online.OnlineReader.names``).
 ServiceColumns = Callable[[str], list[str]]
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from cityml.online import OnlineFeatures
+from cityml.features.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
 from serving.model_store import ModelStore, loads

@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from cityml.catalog import load_catalog
-from cityml.featurestore import get_store
+from cityml.data.trips import read_trips, utc
+from cityml.features.featurestore import get_store
 from cityml.naming import GLOBAL, LABELS, feature_service_name, model_name
 from cityml.registry import client, load_champion
 from cityml.settings import Settings
-from cityml.trips import read_trips, utc
 from training.datasets import historical_model_input
 from training.evaluate import RatePerKm, mae
 

@@ -62,7 +62,7 @@ class RunContext:
     @property
     def store(self) -> FeatureStore:
         if self._store is None:
-            from cityml.featurestore import get_store
+            from cityml.features.featurestore import get_store
 
             self._store = get_store(self.settings)
         return self._store

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cityml.catalog import Catalog, load_catalog
-from cityml.featurestore import entity_columns, get_store, service_feature_names
+from cityml.data.trips import read_trips
+from cityml.features.featurestore import entity_columns, get_store, service_feature_names
+from cityml.features.request_features import REQUEST_FEATURES, request_features
 from cityml.naming import LABELS, feature_service_name
-from cityml.request_features import REQUEST_FEATURES, request_features
 from cityml.settings import Settings
-from cityml.trips import read_trips
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -96,7 +96,7 @@ def historical_model_input(
 ) -> pd.DataFrame:
     """What a model sees for each trip at its pickup time, on ``trips``'s index.
 
-    Request-time features from ``cityml.request_features`` plus the service's features joined
+    Request-time features from ``cityml.features.request_features`` plus the service's features joined
     point-in-time by Feast (the latest row at or before pickup, within the view's TTL), and the
     pickup time as ``event_timestamp``.
     """

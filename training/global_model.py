@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from cityml.features.request_features import ZONE_FEATURES
 from cityml.modeling import CITY_FEATURE, LabelScale
 from cityml.naming import CITY_MAE_METRIC, GLOBAL, model_name
-from cityml.request_features import ZONE_FEATURES
 from training.city import MIN_FIT_ROWS, Stopwatch, city_sets, window
 from training.context import RunContext
 from training.datasets import TrainingSet

@@ -2,7 +2,7 @@
 
 For a sample of a city's trips, the whole model input is compared — the request-time features
 (zones included) as well as the Feast ones. The historical vector comes from Feast's point-in-time join
-(``training.datasets.historical_model_input``) and the online vector from ``cityml.online.model_input``
+(``training.datasets.historical_model_input``) and the online vector from ``cityml.features.online.model_input``
 — the function the API calls — after materializing a scratch online store up to each trip's
 pickup hour, as the hourly DAG would have. Any feature that differs beyond float tolerance is a
 mismatch.
@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import Catalog, load_catalog
-from cityml.featurestore import get_store, materialize
+from cityml.data.trips import read_trips
+from cityml.features.featurestore import get_store, materialize
+from cityml.features.online import OnlineReader, model_input
 from cityml.naming import feature_service_name
-from cityml.online import OnlineReader, model_input
 from cityml.settings import Settings
-from cityml.trips import read_trips
 from training.datasets import historical_model_input
 
 if TYPE_CHECKING:

@@ -58,7 +58,7 @@ def set_champion(c: MlflowClient, name: str, version: str, reason: str) -> None:
 
 def feast_registry_version(settings: Settings) -> str:
     """When the Feast registry the features came from was last applied (its lineage stamp)."""
-    from cityml.featurestore import get_store
+    from cityml.features.featurestore import get_store
 
     try:
         updated = get_store(settings).registry.proto().last_updated

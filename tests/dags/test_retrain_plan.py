@@ -11,8 +11,8 @@ import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
 
+from cityml.data.synth import random_catalog
 from cityml.settings import PROJECT_ROOT, get_settings
-from cityml.synth import random_catalog
 from training.fleet import MAX_MAPPED_TASKS, plan_chunks
 
 

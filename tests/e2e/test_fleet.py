@@ -19,12 +19,12 @@ import yaml
 from typer.testing import CliRunner
 
 from cityml.catalog import load_catalog
-from cityml.feature_tables import build_feature_tables
-from cityml.featurestore import apply
+from cityml.data.synth import generate_city, random_catalog
+from cityml.data.trips import write_trips
+from cityml.features.feature_tables import build_feature_tables
+from cityml.features.featurestore import apply
 from cityml.fleet import list_models
 from cityml.settings import Settings, get_settings
-from cityml.synth import generate_city, random_catalog
-from cityml.trips import write_trips
 
 pytestmark = pytest.mark.e2e
 TINY = ("tiny-a", "tiny-b")

@@ -20,13 +20,13 @@ from airflow.dag_processing.dagbag import DagBag
 from typer.testing import CliRunner
 
 from cityml.cli import app
-from cityml.demo import replay, replay_window, wait_logged
-from cityml.featurestore import apply
+from cityml.cli.demo import replay, replay_window, wait_logged
+from cityml.data.trips import read_trips
+from cityml.features.featurestore import apply
 from cityml.naming import feature_service_name, model_name
 from cityml.prediction_log import read_predictions
 from cityml.registry import champion, client
 from cityml.settings import PROJECT_ROOT, Settings
-from cityml.trips import read_trips
 from tests.conftest import bin_path
 
 pytestmark = pytest.mark.e2e
@@ -260,9 +260,9 @@ def test_features_parity_training_vs_serving(world: Settings, monkeypatch: pytes
     reports = json.loads(result.stdout)
     assert [r["mismatches"] for r in reports] == [0, 0] and all(r["samples"] == 40 for r in reports)
 
-    import cityml.online
+    import cityml.features.online
 
-    monkeypatch.setattr(cityml.online, "view_ttl_s", lambda view: None)
+    monkeypatch.setattr(cityml.features.online, "view_ttl_s", lambda view: None)
     from training.parity import parity_check
 
     skewed = parity_check(world, "alpha", sample=40)

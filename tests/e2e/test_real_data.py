@@ -57,8 +57,8 @@ def _chicago_portal_csv(path: Path, days: int = 21) -> int:
     import pandas as pd
 
     from cityml.catalog import load_catalog
+    from cityml.data.synth import generate_city
     from cityml.settings import Settings
-    from cityml.synth import generate_city
 
     catalog = load_catalog(Settings().catalog_path)
     like = catalog.get("lisbon").synthetic

@@ -21,8 +21,8 @@ import pandas as pd
 import psutil
 import pytest
 
+from cityml.data.trips import VERSIONS, read_trips, write_trips
 from cityml.settings import Settings
-from cityml.trips import VERSIONS, read_trips, write_trips
 from tests.conftest import FIXTURES, SMALL_CATALOG, bin_path, real_tlc_sample
 
 pytestmark = pytest.mark.e2e

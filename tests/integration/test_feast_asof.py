@@ -1,6 +1,6 @@
 """cityml's ASOF offline store returns what Feast's stock DuckDB store returns, row for row.
 
-Training sets come from ``cityml.feast_asof.AsofDuckDBOfflineStore`` (``feature_store.yaml``);
+Training sets come from ``cityml.features.feast_asof.AsofDuckDBOfflineStore`` (``feature_store.yaml``);
 Feast's own DuckDB store is the reference for point-in-time semantics. Both run here through
 ``FeatureStore.get_historical_features`` on the same registry and tables, over entity rows that
 sit on the edges: exactly at a feature timestamp, exactly at and just past the TTL, before any
@@ -21,12 +21,12 @@ from feast import FeatureStore
 from feast.errors import FeastEntityDFMissingColumnsError
 
 from cityml.catalog import load_catalog
-from cityml.feast_asof import AsofRetrievalJob
-from cityml.feature_tables import build_feature_tables
-from cityml.featurestore import apply, entity_columns, get_store, service_feature_names
+from cityml.data.synth import generate_city
+from cityml.data.trips import read_trips, write_trips
+from cityml.features.feast_asof import AsofRetrievalJob
+from cityml.features.feature_tables import build_feature_tables
+from cityml.features.featurestore import apply, entity_columns, get_store, service_feature_names
 from cityml.settings import Settings
-from cityml.synth import generate_city
-from cityml.trips import read_trips, write_trips
 
 pytestmark = pytest.mark.integration
 

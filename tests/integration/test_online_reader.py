@@ -17,12 +17,12 @@ import pytest
 import redis
 
 from cityml.catalog import load_catalog
-from cityml.feature_tables import build_feature_tables
-from cityml.featurestore import apply, entity_columns, get_store, materialize
-from cityml.online import OnlineFeatures, OnlineReader
+from cityml.data.synth import generate_city
+from cityml.data.trips import read_trips, write_trips
+from cityml.features.feature_tables import build_feature_tables
+from cityml.features.featurestore import apply, entity_columns, get_store, materialize
+from cityml.features.online import OnlineFeatures, OnlineReader
 from cityml.settings import Settings
-from cityml.synth import generate_city
-from cityml.trips import read_trips, write_trips
 from tests.conftest import require_service
 
 pytestmark = pytest.mark.integration

@@ -10,13 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from cityml.catalog import load_catalog
-from cityml.feature_tables import build_feature_tables
-from cityml.featurestore import apply
+from cityml.data.synth import generate_city
+from cityml.data.trips import write_trips
+from cityml.features.feature_tables import build_feature_tables
+from cityml.features.featurestore import apply
 from cityml.fleet import list_models
 from cityml.registry import client, load_champion
 from cityml.settings import Settings
-from cityml.synth import generate_city
-from cityml.trips import write_trips
 from tests.conftest import require_service
 
 pytestmark = pytest.mark.integration

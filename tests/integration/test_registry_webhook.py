@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cityml.featurestore import apply
+from cityml.features.featurestore import apply
 from cityml.registry import client
 from cityml.settings import Settings
 from serving.api.routes.admin import signature_ok

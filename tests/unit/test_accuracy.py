@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cityml.data.trips import write_trips
 from cityml.prediction_log import PredictionBatch, write_batches
 from cityml.settings import Settings
-from cityml.trips import write_trips
 from monitoring.accuracy import RealizedDay, flag, join_outcomes, run_labels
 
 T0 = pd.Timestamp("2026-03-02 08:00", tz="UTC")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from cityml.catalog import load_catalog
-from cityml.feature_tables import city_hour, zone_day, zone_hour, zone_pair_day
-from cityml.synth import generate_city
+from cityml.data.synth import generate_city
+from cityml.features.feature_tables import city_hour, zone_day, zone_hour, zone_pair_day
 from tests.conftest import SMALL_CATALOG
 
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from cityml.catalog import CatalogError, load_catalog, read_zone_table
-from cityml.importers import TripFileError, import_files
+from cityml.data.importers import TripFileError, import_files
+from cityml.data.trips import VERSIONS, read_trips, trip_files, write_trips
 from cityml.settings import Settings
-from cityml.trips import VERSIONS, read_trips, trip_files, write_trips
 from tests.conftest import FIXTURES
 
 YELLOW = FIXTURES / "trips" / "yellow_tripdata_2024-01.csv"
@@ -86,7 +86,7 @@ def test_nonsense_values_are_quarantined_with_their_reason(settings: Settings, t
 
 
 def test_a_fare_ten_times_the_meter_is_refused_and_a_surge_is_not(tmp_path: Path) -> None:
-    from cityml.validation import validate_trips
+    from cityml.data.validation import validate_trips
 
     city = load_catalog(FIXTURES / "cities_real.yaml").get("nyc")
     t0 = pd.Timestamp("2024-01-10 13:00", tz="UTC")
@@ -198,7 +198,7 @@ def trips_of(day: str, n: int, fare: float = 10.0) -> pd.DataFrame:
 
 
 def test_a_write_that_dies_midway_leaves_the_city_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cityml.trips as trips
+    import cityml.data.trips as trips
 
     write_trips(tmp_path, pd.concat([trips_of("2024-01-01", 3), trips_of("2024-01-02", 3)]))
     before = read_trips(tmp_path, ["nyc"])

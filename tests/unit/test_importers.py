@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from cityml.catalog import load_catalog
-from cityml.importers import TripFileError, TripSchemaError, chicago, import_files, merge_with_stored
-from cityml.importers.common import month_period
+from cityml.data.importers import TripFileError, TripSchemaError, chicago, import_files, merge_with_stored
+from cityml.data.importers.common import month_period
+from cityml.data.trips import read_trips, trip_files, write_trips
 from cityml.settings import Settings
-from cityml.trips import read_trips, trip_files, write_trips
 from tests.conftest import FIXTURES, real_tlc_sample
 
 TRIPS = FIXTURES / "trips"

@@ -2,14 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.request_features import (
+from cityml.features.request_features import (
     LOOP_ROWS,
     REQUEST_FEATURES,
-    bearing_deg,
-    haversine_km,
     local_calendar,
     request_features,
 )
+from cityml.geo import bearing_deg, haversine_km
 
 TZ = {"alpha": "Europe/Lisbon", "beta": "Asia/Jakarta"}
 

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from cityml.features.online import OnlineRows
 from cityml.modeling import LabelScale, model_frame
-from cityml.online import OnlineRows
 from cityml.prediction_log import PredictionLog, read_predictions
 from cityml.registry import LoadedModel
 from cityml.settings import Settings

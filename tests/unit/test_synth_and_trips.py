@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from cityml.catalog import load_catalog
-from cityml.schema import TRIP_COLUMNS
-from cityml.synth import Slowdown, central_zones, generate_city
-from cityml.trips import read_trips, write_trips
+from cityml.data.schema import TRIP_COLUMNS
+from cityml.data.synth import Slowdown, central_zones, generate_city
+from cityml.data.trips import read_trips, write_trips
 from tests.conftest import SMALL_CATALOG
 
 CATALOG = load_catalog(SMALL_CATALOG)
@@ -76,7 +76,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytes
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("cityml.trips.pq.write_table", boom)
+    monkeypatch.setattr("cityml.data.trips.pq.write_table", boom)
     with pytest.raises(OSError, match="disk full"):
         write_trips(tmp_path, df.assign(fare=0.0))
     pd.testing.assert_frame_equal(read_trips(tmp_path, ["alpha"]), before)

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cityml.catalog import load_catalog
-from cityml.schema import TRIP_COLUMNS
-from cityml.trips import read_trips, write_trips
-from cityml.validation import REASONS, TripSchemaError, validate_trips, write_quarantine
+from cityml.data.schema import TRIP_COLUMNS
+from cityml.data.trips import read_trips, write_trips
+from cityml.data.validation import REASONS, TripSchemaError, validate_trips, write_quarantine
 from tests.conftest import FIXTURES
 
 CITY = load_catalog(FIXTURES / "cities_real.yaml").get("nyc")

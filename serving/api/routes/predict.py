@@ -2,7 +2,7 @@
 
 One straight path, no pandas: validated instances → which model answers each (``ModelStore.get``)
 → trip rows with checked zones (``serving.features``) → per model: request-time and online feature
-columns (``cityml.online.model_columns``, the code parity checks) → ``LoadedModel.predict_columns``
+columns (``cityml.features.online.model_columns``, the code parity checks) → ``LoadedModel.predict_columns``
 → response, and the records queued for the prediction log (written off the request path).
 """
 
@@ -19,8 +19,8 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from cityml.features.online import model_columns
 from cityml.naming import TARGETS, UNITS, Target
-from cityml.online import model_columns
 from cityml.prediction_log import PredictionBatch
 from serving.features import RequestError, known_zones, trip_rows
 from serving.model_store import Served

@@ -2,11 +2,11 @@
 
 Two layers, both pandera schemas:
 
-1. *Structure* — the canonical columns (``cityml.schema.TRIP_COLUMNS``) exist and cast to their types. A table
+1. *Structure* — the canonical columns (``cityml.data.schema.TRIP_COLUMNS``) exist and cast to their types. A table
    that fails here is refused whole with :class:`TripSchemaError`: a wrong schema is a wrong importer or a wrong
    file, and storing part of it would hide that.
 2. *Rows* — one named pandera check per way a single trip can be wrong. Failing rows go to quarantine with the names of
-   every check they failed (joined with ``;``); the rest are clean and ready for ``cityml.trips.write_trips``.
+   every check they failed (joined with ``;``); the rest are clean and ready for ``cityml.data.trips.write_trips``.
 
 Reasons (the keys of :attr:`ValidationResult.counts`):
 
@@ -50,8 +50,8 @@ from pandera.engines import pandas_engine
 from pandera.errors import SchemaErrors
 
 from cityml.catalog import City
-from cityml.schema import TRIP_COLUMNS, TRIP_SCHEMA
-from cityml.trips import atomic_write_table, utc
+from cityml.data.schema import TRIP_COLUMNS, TRIP_SCHEMA
+from cityml.data.trips import atomic_write_table, utc
 
 MIN_DURATION_S = 60.0
 MAX_DURATION_S = 4 * 3600.0
@@ -137,7 +137,7 @@ _STRUCTURE = pa.DataFrameSchema(
     {
         "city": pa.Column(str, nullable=True, coerce=True),
         "trip_id": pa.Column(str, nullable=True, coerce=True),
-        # Naive timestamps are taken as UTC, like cityml.trips.utc does.
+        # Naive timestamps are taken as UTC, like cityml.data.trips.utc does.
         "pickup_ts": pa.Column(_UTC_TS, nullable=True, coerce=True),
         "dropoff_ts": pa.Column(_UTC_TS, nullable=True, coerce=True),
         "pickup_zone": pa.Column(str, nullable=True, coerce=True, parsers=pa.Parser(_blank_to_na)),

@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from cityml.catalog import CatalogError, load_catalog
+from cityml.cli.services import services_app
 from cityml.naming import TARGETS, check_target
-from cityml.services_cli import services_app
 from cityml.settings import get_settings
 
 app = typer.Typer(help="cityml: per-city ETA and pricing models, from trips to predictions.", no_args_is_help=True)
@@ -141,8 +141,8 @@ def data_generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Write synthetic trips for catalog cities, one parquet file per city and day."""
-    from cityml.synth import Slowdown, central_zones, generate_city
-    from cityml.trips import write_trips
+    from cityml.data.synth import Slowdown, central_zones, generate_city
+    from cityml.data.trips import write_trips
 
     _setup_logging()
     s = get_settings()
@@ -185,8 +185,8 @@ def data_generate(
 
 
 def _import(source: str, files: list[Path], city: str, as_json: bool) -> None:
-    from cityml.importers import import_files
-    from cityml.validation import TripSchemaError
+    from cityml.data.importers import import_files
+    from cityml.data.validation import TripSchemaError
 
     _setup_logging()
     try:
@@ -232,7 +232,7 @@ def import_chicago(
 @features_app.command("apply")
 def features_apply(as_json: JsonOpt = False) -> None:
     """Register the definitions in feature_repo/ (feast apply)."""
-    from cityml.featurestore import apply
+    from cityml.features.featurestore import apply
 
     _setup_logging()
     services = apply(get_settings())
@@ -245,8 +245,8 @@ def features_materialize(
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild the offline feature tables from the trips, then materialize incrementally up to END."""
-    from cityml.feature_tables import build_feature_tables
-    from cityml.featurestore import materialize
+    from cityml.features.feature_tables import build_feature_tables
+    from cityml.features.featurestore import materialize
 
     _setup_logging()
     s = get_settings()
@@ -602,12 +602,12 @@ def demo(
         typer.Option(
             "--drift-scenario",
             help="One city's central zones slow by 30% for the last week: drift and realized accuracy flag it, "
-            "Airflow retrains it alone, a new champion serves (cityml/scenario.py).",
+            "Airflow retrains it alone, a new champion serves (cityml/cli/scenario.py).",
         ),
     ] = False,
 ) -> None:
     """The whole loop: trips → Feast → Airflow retrain → MLflow champions → HTTP predictions → drift."""
-    from cityml.demo import run_demo
+    from cityml.cli.demo import run_demo
 
     _setup_logging()
     if drift_scenario and days < 14:

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 from redis.exceptions import RedisError
 
-from cityml.featurestore import entity_keys
-from cityml.request_features import TripRows, request_columns
+from cityml.features.featurestore import entity_keys
+from cityml.features.request_features import TripRows, request_columns
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView

@@ -9,7 +9,7 @@ names, keys, sources and TTLs come from ``feature_repo/`` only. Everything else 
 pull_latest, writing) is the stock DuckDB store. Selected in ``feature_store.yaml``::
 
     offline_store:
-      type: cityml.feast_asof.AsofDuckDBOfflineStore
+      type: cityml.features.feast_asof.AsofDuckDBOfflineStore
 
 Semantics, as Feast's DuckDB store: for each entity row, the latest feature row with the same
 join key and ``event_timestamp <= entity timestamp`` (of several with that timestamp, the latest
@@ -181,9 +181,9 @@ class AsofRetrievalJob(RetrievalJob):
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
-    """``offline_store: {type: cityml.feast_asof.AsofDuckDBOfflineStore}``; the DuckDB store's options."""
+    """``offline_store: {type: cityml.features.feast_asof.AsofDuckDBOfflineStore}``; the DuckDB store's options."""
 
-    type: str = "cityml.feast_asof.AsofDuckDBOfflineStore"
+    type: str = "cityml.features.feast_asof.AsofDuckDBOfflineStore"
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
@@ -192,7 +192,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     What it does not cover falls back to the stock DuckDB implementation, unchanged: an SQL
     string as the entity frame, the created-timestamp cutoff, field mappings, sources other
     than files, and on-demand feature views (cityml computes request-time features in
-    ``cityml.request_features`` instead).
+    ``cityml.features.request_features`` instead).
     """
 
     @staticmethod

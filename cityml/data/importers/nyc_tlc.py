@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import City
-from cityml.importers.common import (
+from cityml.data.importers.common import (
     MILE_KM,
     Mapped,
     Variant,

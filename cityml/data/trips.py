@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cityml.schema import TRIP_COLUMNS, TRIP_SCHEMA, to_canonical
+from cityml.data.schema import TRIP_COLUMNS, TRIP_SCHEMA, to_canonical
 
 
 def utc(value: datetime | date | str) -> pd.Timestamp:

@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cityml.schema import TRIP_COLUMNS
-from cityml.trips import read_trips
-from cityml.validation import TripSchemaError
+from cityml.data.schema import TRIP_COLUMNS
+from cityml.data.trips import read_trips
+from cityml.data.validation import TripSchemaError
 
 MILE_KM = 1.609344
 # Formats tried, in order, for timestamps given as text. The second is the Socrata data portals' export format

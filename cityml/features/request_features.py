@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-EARTH_RADIUS_KM = 6371.0088
+from cityml.geo import bearing_deg, haversine_km
 
 #: The request's zones, as given (or placed from coordinates): city models take them as
 #: categorical features (``cityml.modeling``), fleet models do not (zone names are city-local).
@@ -34,24 +34,6 @@ REQUEST_FEATURES: tuple[str, ...] = (
 #: Request features that only depend on the calendar date. A drift window shorter than a week
 #: always differs from the reference in them, so drift reports but does not judge them.
 CALENDAR_FEATURES: frozenset[str] = frozenset({"local_weekday", "is_weekend"})
-
-
-def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Great-circle distance in km (NaN where a coordinate is missing)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dphi = p2 - p1
-    dlmb = np.radians(lon2) - np.radians(lon1)
-    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-
-
-def bearing_deg(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Initial compass bearing from pickup to dropoff, 0–360 degrees."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dlmb = np.radians(lon2) - np.radians(lon1)
-    x = np.sin(dlmb) * np.cos(p2)
-    y = np.cos(p1) * np.sin(p2) - np.sin(p1) * np.cos(p2) * np.cos(dlmb)
-    return (np.degrees(np.arctan2(x, y)) + 360.0) % 360.0
 
 
 def _coords(df: pd.DataFrame, name: str) -> np.ndarray:

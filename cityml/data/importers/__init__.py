@@ -3,8 +3,8 @@
 ``import_files`` is the entry point; each source module maps one public layout family to canonical rows.
 """
 
-from cityml.importers.batch import IMPORTERS, import_files
-from cityml.importers.common import TripFileError, merge_with_stored
-from cityml.validation import TripSchemaError
+from cityml.data.importers.batch import IMPORTERS, import_files
+from cityml.data.importers.common import TripFileError, merge_with_stored
+from cityml.data.validation import TripSchemaError
 
 __all__ = ["IMPORTERS", "TripFileError", "TripSchemaError", "import_files", "merge_with_stored"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from cityml.demo import Runner, StageFailed, say, serve_and_replay
+from cityml.cli.demo import Runner, StageFailed, say, serve_and_replay
 from cityml.prediction_log import read_predictions
 from cityml.settings import Settings
 

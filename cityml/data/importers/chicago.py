@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import City
-from cityml.importers.common import (
+from cityml.data.importers.common import (
     ISO,
     MILE_KM,
     PORTAL_FORMAT,
@@ -47,7 +47,7 @@ from cityml.importers.common import (
     parse_times,
     zone_ids,
 )
-from cityml.request_features import haversine_km
+from cityml.geo import haversine_km
 
 SOURCE = "chicago"
 SOURCE_TZ = "America/Chicago"

@@ -1,7 +1,7 @@
 """Import a batch of real trip files: read and validate all of them, then store.
 
 Nothing is written until every file has been read, mapped and validated, so a refused file (unreadable, wrong
-columns) leaves the trip store exactly as it was. The batch is then published at once (``cityml.trips``): a reader,
+columns) leaves the trip store exactly as it was. The batch is then published at once (``cityml.data.trips``): a reader,
 or an import killed midway, never leaves half of it visible. Trip ids come from the trips' content, so importing
 the same trips again, from any file, stores them once.
 """
@@ -16,11 +16,11 @@ from typing import Any, Literal
 import pandas as pd
 
 from cityml.catalog import City, load_catalog
-from cityml.importers import chicago, nyc_tlc
-from cityml.importers.common import merge_with_stored, read_table
+from cityml.data.importers import chicago, nyc_tlc
+from cityml.data.importers.common import merge_with_stored, read_table
+from cityml.data.trips import write_trips
+from cityml.data.validation import REASONS, ValidationResult, validate_trips, with_malformed_lines, write_quarantine
 from cityml.settings import Settings
-from cityml.trips import write_trips
-from cityml.validation import REASONS, ValidationResult, validate_trips, with_malformed_lines, write_quarantine
 
 Source = Literal["nyc-tlc", "chicago"]
 IMPORTERS: dict[str, ModuleType] = {nyc_tlc.SOURCE: nyc_tlc, chicago.SOURCE: chicago}

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cityml.catalog import City, grid_zone
-from cityml.request_features import haversine_km
+from cityml.geo import haversine_km
 
 DETOUR = 1.3  # route km per straight-line km
 OUTLIER_SHARE = 0.004

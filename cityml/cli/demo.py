@@ -22,8 +22,8 @@ import httpx
 import pandas as pd
 
 from cityml.catalog import load_catalog
+from cityml.data.trips import read_trips
 from cityml.settings import Settings
-from cityml.trips import read_trips
 
 REPLAY_HOURS = 7 * 24  # a week of live traffic: the drift job's default window
 
@@ -104,7 +104,7 @@ def replay(
     to its longest trips, to show what drift looks like. Returns one sample prediction per
     (city, target).
     """
-    from cityml.featurestore import materialize
+    from cityml.features.featurestore import materialize
 
     trips = read_trips(settings.trips_dir, cities, start=start.to_pydatetime(), end=end.to_pydatetime())
     samples: dict[tuple[str, str], str] = {}
@@ -206,7 +206,7 @@ def run_demo(settings: Settings, cities: int, days: int, port: int, drift_scenar
     catalog = load_catalog(settings.catalog_path)
     slugs = [c.slug for c in catalog.cities if c.synthetic is not None][:cities]
     if drift_scenario:
-        from cityml.scenario import run_scenario
+        from cityml.cli.scenario import run_scenario
 
         return run_scenario(settings, runner, slugs, days, port or _free_port(), key)
     try:

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cityml.data.trips import atomic_write_table, read_trips
 from cityml.naming import zone_key, zone_pair_key
-from cityml.trips import atomic_write_table, read_trips
 
 ZONE_HOUR_FILE = "zone_hour.parquet"
 CITY_HOUR_FILE = "city_hour.parquet"
