@@ -146,8 +146,9 @@ def _utc_ns(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")
 
 
-def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str, str], float | None]) -> list[RealizedDay]:
-    """MAE per city, target, model version and day; ``test_mae`` by (model, version, city)."""
+def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str, str], ReferenceMae]) -> list[RealizedDay]:
+    """MAE per city, target, model version and day, each with the version's test MAE for that kind of day;
+    ``test_mae`` by (model, version, city)."""
     if matched.empty:
         return []
     err = matched.assign(err=(matched["prediction"] - matched["actual"]).abs())
@@ -162,7 +163,7 @@ def realized_days(matched: pd.DataFrame, test_mae: dict[tuple[str, str, str], fl
                 day=day,
                 trips=len(g),
                 mae=float(g["err"].mean()),
-                test_mae=test_mae.get((str(model), str(version), str(city))),
+                test_mae=test_mae.get((str(model), str(version), str(city)), ReferenceMae()).on(day),
             )
         )
     return out
@@ -263,19 +264,40 @@ def run_labels(
     )
 
 
-def _test_mae(c: Any, model: str, version: str, city: str) -> float | None:
-    """The test MAE a version was registered with for a city: its ``mae`` tag, or for a fleet model serving a
-    city as its fallback, that city's test MAE logged with the version's run (its fleet MAE mixes cities)."""
-    from mlflow.exceptions import MlflowException
+@dataclass(frozen=True)
+class ReferenceMae:
+    """A version's test MAE for a city: overall, and on the test window's weekdays and weekend days when it had
+    enough of each (``training.registry.DAY_KIND_MAE``)."""
 
-    try:
-        mv = c.get_model_version(model, version)
-        value = mv.tags.get("mae")
-        if model.endswith(f"-{GLOBAL}"):
-            value = c.get_run(mv.run_id).data.metrics.get(f"{CITY_MAE_METRIC}{city}") if mv.run_id else None
-    except MlflowException:
-        return None
+    overall: float | None = None
+    weekday: float | None = None
+    weekend: float | None = None
+
+    def on(self, day: date) -> float | None:
+        """The reference for ``day``: the test MAE of its kind of day, else the overall one."""
+        kind = self.weekend if day.weekday() >= 5 else self.weekday
+        return kind if kind is not None else self.overall
+
+
+def _float(value: Any) -> float | None:
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _test_mae(c: Any, model: str, version: str, city: str) -> ReferenceMae:
+    """The test MAE a version was registered with for a city: its ``mae``, ``mae_weekday`` and ``mae_weekend``
+    tags, or for a fleet model serving a city as its fallback, that city's test MAE logged with the version's run
+    (its fleet MAE mixes cities)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = c.get_model_version(model, version)
+        if model.endswith(f"-{GLOBAL}"):
+            metric = c.get_run(mv.run_id).data.metrics.get(f"{CITY_MAE_METRIC}{city}") if mv.run_id else None
+            return ReferenceMae(_float(metric))
+    except MlflowException:
+        return ReferenceMae()
+    tags = mv.tags
+    return ReferenceMae(_float(tags.get("mae")), _float(tags.get("mae_weekday")), _float(tags.get("mae_weekend")))

@@ -23,7 +23,7 @@ from training.evaluate import LinearOnDistance, Median, RatePerKm, mae, metrics,
 from training.fit import Fitted, Split, fit_model, time_split
 from training.gate import MIN_PER_KM_ROWS, CleanWindow, GateInputs, decide, label_shifts
 from training.publish import Registration, publish, registration
-from training.registry import feast_registry_version, git_sha
+from training.registry import day_kind_mae, feast_registry_version, git_sha
 from training.results import TrainResult
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def _prepare(
     y = split.test[ts.label].to_numpy()
     test_pred = fitted.predict(split.test)
     m = metrics(y, test_pred)
+    m.update(day_kind_mae(np.abs(test_pred - y), split.test["is_weekend"].to_numpy().astype(bool)))
     rate = RatePerKm.fit(split.train, ts.label)
     m["baseline_mae"] = mae(y, rate.predict(split.test))
     m["linear_baseline_mae"] = mae(y, LinearOnDistance.fit(split.train, ts.label).predict(split.test))

@@ -34,6 +34,21 @@ def git_sha() -> str:
         return "unknown"
 
 
+#: Test MAE on the test window's weekdays and weekend days (version tags): realized accuracy compares a day with the
+#: kind of day it is, since a test window of mostly weekend days says little about a weekday's error.
+DAY_KIND_MAE = ("mae_weekday", "mae_weekend")
+MIN_DAY_KIND_ROWS = 30  # fewer test trips of a kind give no test MAE for it
+
+
+def day_kind_mae(errors: np.ndarray, weekend: np.ndarray) -> dict[str, float]:
+    """``mae_weekday`` / ``mae_weekend`` of absolute test errors, for the kinds with enough trips."""
+    out = {}
+    for name, mask in zip(DAY_KIND_MAE, (~weekend, weekend), strict=True):
+        if int(mask.sum()) >= MIN_DAY_KIND_ROWS:
+            out[name] = float(np.mean(errors[mask]))
+    return out
+
+
 def experiment_id(c: MlflowClient, settings: Settings) -> str:
     """The cityml experiment, created with its artifact folder on first use."""
     exp = c.get_experiment_by_name(settings.mlflow_experiment)
@@ -120,7 +135,7 @@ def log_version(
             # fail there; cityml's server builds the frame itself (cityml.modeling).
             validate_serving_input=not CATEGORICAL_FEATURES & set(features),
         )
-    mae: dict[str, float] = {k: metrics[k] for k in ("mae", "baseline_mae") if k in metrics}
+    mae: dict[str, float] = {k: metrics[k] for k in ("mae", *DAY_KIND_MAE, "baseline_mae") if k in metrics}
     all_tags: dict[str, Any] = {**tags, **mae, SCALE_TAG: scale.kind, **(version_tags or {})}
     registered = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in all_tags.items()})
     return str(registered.version)

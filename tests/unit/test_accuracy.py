@@ -176,3 +176,41 @@ def test_realized_accuracy_is_a_postgres_table_when_configured() -> None:
         history.record_accuracy(url, [_day(2, 1.8), _day(3, 1.2)])
         history.record_accuracy(url, [_day(3, 2.0)])  # the day measured again
         assert [(d.day.day, d.mae) for d in history.read_accuracy(url, ["alpha"])] == [(2, 180.0), (3, 200.0)]
+
+
+def test_each_day_is_read_against_the_test_mae_of_its_kind_of_day() -> None:
+    """A test window of mostly weekend trips says little about a weekday's error: a weekday is compared with the
+    test window's weekdays, a weekend day with its weekend days, and with the overall test MAE where the window
+    had too few trips of that kind (or for versions registered before the split was kept)."""
+    from monitoring.accuracy import ReferenceMae, realized_days
+
+    monday, saturday = date(2026, 11, 23), date(2026, 11, 28)
+    matched = pd.DataFrame(
+        {
+            "city": "beta",
+            "target": "eta",
+            "model": "eta-beta",
+            "version": "1",
+            "day": [monday] * 3 + [saturday] * 3,
+            "prediction": [100.0] * 6,
+            "actual": [250.0] * 3 + [160.0] * 3,
+        }
+    )
+    split = ReferenceMae(overall=60.0, weekday=120.0, weekend=50.0)
+    days = {d.day: d for d in realized_days(matched, {("eta-beta", "1", "beta"): split})}
+    assert days[monday].ratio == pytest.approx(150 / 120) and days[saturday].ratio == pytest.approx(60 / 50)
+    old = {d.day: d for d in realized_days(matched, {("eta-beta", "1", "beta"): ReferenceMae(overall=60.0)})}
+    assert old[monday].ratio == pytest.approx(150 / 60)
+    unknown = realized_days(matched, {})
+    assert all(d.test_mae is None and d.ratio is None for d in unknown)
+
+
+def test_day_kind_test_mae_needs_enough_trips_of_the_kind() -> None:
+    from training.registry import MIN_DAY_KIND_ROWS, day_kind_mae
+
+    errors = np.arange(100, dtype=float)
+    weekend = np.zeros(100, dtype=bool)
+    weekend[: MIN_DAY_KIND_ROWS - 1] = True
+    assert day_kind_mae(errors, weekend) == {"mae_weekday": pytest.approx(errors[~weekend].mean())}
+    weekend[:MIN_DAY_KIND_ROWS] = True
+    assert set(day_kind_mae(errors, weekend)) == {"mae_weekday", "mae_weekend"}
