@@ -136,7 +136,7 @@ def compose() -> list[str]:
         return [docker, "compose"]
     if not IN_CI or shutil.which("apt-get") is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose; CI=true installs it)")
-    install = ["apt-get", "install", "-y", "-q", "docker-compose"]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "docker-compose"]  # no engine
     if subprocess.run(install, capture_output=True, check=False).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=True)
         subprocess.run(install, capture_output=True, check=True)
