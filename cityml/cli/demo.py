@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,10 @@ def replay(
     samples: dict[tuple[str, str], str] = {}
     with httpx.Client(base_url=url, timeout=60) as http:
         for hour in pd.date_range(start, end, freq="h", inclusive="left"):
-            with contextlib.redirect_stdout(io.StringIO()):  # Feast prints progress on stdout
+            # Feast prints its progress (on stdout, which materialize sends to stderr) and warnings: not the demo's.
+            quiet = io.StringIO()
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 materialize(settings, end=hour.to_pydatetime())
             in_hour = trips[(trips["pickup_ts"] >= hour) & (trips["pickup_ts"] < hour + pd.Timedelta(hours=1))]
             for city in cities:
