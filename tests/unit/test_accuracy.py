@@ -144,7 +144,7 @@ def _log(folder: Path, trips: pd.DataFrame, prediction: float, trip_ids: bool) -
 
 
 def test_run_labels_stores_each_day_once_and_flags_from_the_stored_history(small_settings: Settings) -> None:
-    s = small_settings.model_copy(update={"accuracy_min_trips": 10})
+    s = small_settings.model_copy(update={"accuracy_min_trips": 10, "accuracy_factor": 1.5})
     today = pd.Timestamp.now(tz="UTC").floor("D")
     day1 = _trips(40, start=today - pd.Timedelta(days=2), step_s=300)
     day2 = _trips(40, start=today - pd.Timedelta(days=1), step_s=300).assign(trip_id=lambda d: "b" + d["trip_id"])
