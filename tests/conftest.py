@@ -134,7 +134,20 @@ def chromium() -> str:
     """Debian's Chromium for Playwright's ``executable_path`` (Playwright cannot download browsers here); installed
     with apt when missing on CI, a skip elsewhere."""
     if not Path(CHROMIUM).exists():
-        if not IN_CI or shutil.which("apt-get") is None:
-            pytest.skip("chromium is not installed (apt-get install chromium)")
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True)
+        debian_package("chromium")
     return CHROMIUM
+
+
+def debian_package(package: str) -> None:
+    """Install a Debian package a test needs (without what it only recommends): a skip on a laptop, an install
+    when ``CI=true``, and there a failure when it cannot be installed, never a skip."""
+    if not IN_CI:
+        pytest.skip(f"{package} is not installed (apt-get install {package}; CI=true installs it)")
+    if shutil.which("apt-get") is None:
+        pytest.fail(f"{package} is missing and CI=true requires it, but there is no apt-get to install it")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    if subprocess.run(install, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
+        done = subprocess.run(install, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"apt-get install {package} failed (CI=true requires it): {done.stderr[-1000:]}")

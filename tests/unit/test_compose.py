@@ -27,11 +27,11 @@ import pytest
 import yaml
 
 from cityml.settings import PROJECT_ROOT
+from tests.conftest import debian_package
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 DOCKER_DIR = PROJECT_ROOT / "docker"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 #: Every variable the stack refuses to start without (``${VAR:?message}``); none has a default.
 REQUIRED = {
@@ -134,12 +134,7 @@ def compose() -> list[str]:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
         return [docker, "compose"]
-    if not IN_CI or shutil.which("apt-get") is None:
-        pytest.skip("docker-compose is not installed (apt-get install docker-compose; CI=true installs it)")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "docker-compose"]  # no engine
-    if subprocess.run(install, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=True)
-        subprocess.run(install, capture_output=True, check=True)
+    debian_package("docker-compose")  # without the engine it recommends
     return ["docker-compose"]
 
 
