@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 Target = Literal["eta", "price"]
@@ -22,9 +23,15 @@ def check_target(target: str) -> Target:
     return target  # type: ignore[return-value]
 
 
+#: Targets beyond eta and price (a city-hour demand forecast, say: ``training.hourly``) follow this pattern.
+MODEL_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,30}$")
+
+
 def model_name(target: str, city: str) -> str:
     """Registry name of a city's model, e.g. ``eta-lisbon`` (``eta-global`` for the fleet model)."""
-    return f"{check_target(target)}-{city}"
+    if target not in TARGETS and not MODEL_PREFIX.match(target):
+        raise ValueError(f"target {target!r}: lowercase letters and digits, starting with a letter")
+    return f"{target}-{city}"
 
 
 def champion_uri(target: str, city: str) -> str:

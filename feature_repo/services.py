@@ -64,3 +64,10 @@ price_v2 = FeatureService(
     features=[*_zone_traffic_twice(), city_demand, *_history_views()],
     description="Pricing features with the 28-day trip history of the zone pair and of each zone.",
 )
+
+# A city-hour model's service (training.hourly): the city's demand at the start of the hour it forecasts.
+demand_v1 = FeatureService(
+    name="demand_v1",
+    features=[city_demand],
+    description="Features of the per-city hourly demand forecast (trips picked up in the next hour).",
+)

@@ -84,7 +84,8 @@ def registration(
     profile = build_profile(train[features], train_pred, segments)
     profile["rows"], profile["profiled_rows"] = len(split.train), len(train)
     # What the next challenger's labels are compared with (training/gate.py, check f).
-    profile["label"] = label_reference(split.train[label].to_numpy(), split.train["distance_km"].to_numpy())
+    if "distance_km" in split.train.columns:  # a trip model (a model of city-hours has no km to compare per)
+        profile["label"] = label_reference(split.train[label].to_numpy(), split.train["distance_km"].to_numpy())
     # The model's absolute errors on its test window: what realized errors on completed trips are read against.
     if len(split.test):
         errors = np.abs(fitted.predict(split.test) - split.test[label].to_numpy())

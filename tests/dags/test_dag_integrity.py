@@ -12,7 +12,7 @@ from cityml.settings import PROJECT_ROOT
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED = {"retrain_city_models", "materialize_features", "monitor_drift"}
+EXPECTED = {"retrain_city_models", "retrain_demand", "materialize_features", "monitor_drift"}
 HEAVY = {"mlflow", "feast", "lightgbm", "pandas", "training", "serving", "monitoring"}
 
 

@@ -74,7 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db: object) -> Itera
     try:
         gen = _cli("data", "generate", "--cities", "all", "--days", "21")
         assert set(gen["cities"]) == set(CITIES) and all(v["trips"] > 5000 for v in gen["cities"].values())
-        assert apply(settings) == ["eta_v1", "eta_v2", "price_v1", "price_v2"]
+        assert apply(settings) == ["demand_v1", "eta_v1", "eta_v2", "price_v1", "price_v2"]
         # A materialize_features run whose interval ends where the replayed "live" week starts:
         # online features stop there, and the replay moves them on hour by hour.
         start, _ = replay_window(settings, CITIES, hours=7 * 24)
@@ -351,3 +351,39 @@ def test_force_promotion_from_the_form_is_recorded_with_who_asked(world: Setting
     assert mv is not None and mv.tags["dag_run_id"] == run.run_id
     assert mv.tags["force_promote_by"] == f"airflow:dag_test ({run.run_id})"
     assert mv.tags.get("force_promoted") == "true" or mv.tags["gate"] == "passed"
+
+
+def test_a_model_added_in_one_dag_file_trains_gates_and_registers_per_city(world: Settings) -> None:
+    """``dags/retrain_demand.py`` (one call of ``cityml.dagkit.hourly_retrain_dag``) plus the ``demand_v1``
+    FeatureService is all a new per-city model takes: every city gets ``demand-<city>`` with cityml's lineage
+    tags, a gate decision and a model that has learned the daily cycle (beats predicting the median). 21 days
+    make too few hours for the gate (352 < 500 training rows): it registers without promoting, and a forced run
+    records who forced it. The champion, loaded back from the registry, repeats its test MAE."""
+    from cityml.registry import load_champion
+    from cityml.targets import HourlyTarget
+    from training.context import RunContext
+    from training.fit import time_split
+    from training.hourly import build_hourly_set
+
+    c = client(world)
+    run = _run_dag("retrain_demand", {"cities": []})
+    for city in CITIES:
+        mv = max(c.search_model_versions(f"name='demand-{city}'"), key=lambda v: int(v.version))
+        assert mv.tags["dag_run_id"] == run.run_id
+        assert (mv.tags["feature_service"], mv.tags["rows"], mv.tags["target"]) == ("demand_v1", "city_hour", "demand")
+        assert {"git_sha", "data_start", "data_end", "train_rows", "baseline_mae"} <= set(mv.tags)
+        assert "too little data" in mv.tags["gate_reasons"] and champion(c, f"demand-{city}") is None
+        run_info = c.get_run(mv.run_id).data.metrics
+        assert run_info["mae"] < 0.8 * run_info["median_mae"], (city, run_info)
+
+    forced = _run_dag("retrain_demand", {"cities": ["alpha"], "force_promote": True})
+    mv = champion(c, "demand-alpha")
+    assert mv is not None and mv.tags["force_promote_by"] == f"airflow:dag_test ({forced.run_id})"
+    model = load_champion(c, "demand-alpha")
+    assert model is not None
+    spec = HourlyTarget(name="demand", feature_service="demand_v1")
+    until = pd.Timestamp(mv.tags["test_end"]) + pd.Timedelta(hours=1)
+    hours = build_hourly_set(RunContext.open(world, until=until.to_pydatetime()), "alpha", spec)
+    test = time_split(hours.frame).test
+    assert str(test["event_timestamp"].iloc[0]) == str(pd.Timestamp(mv.tags["test_start"]))
+    assert float(abs(model.predict(test) - test["trips"]).mean()) == pytest.approx(float(mv.tags["mae"]), rel=1e-6)

@@ -32,7 +32,7 @@ def test_materialize_into_redis_and_read_back(redis_settings: Settings) -> None:
     city = load_catalog(s.catalog_path).get("alpha")
     write_trips(s.trips_dir, generate_city(city, date.today() - timedelta(days=3), 3, seed=5))
     build_feature_tables(s.trips_dir, s.features_dir)
-    assert apply(s) == ["eta_v1", "eta_v2", "price_v1", "price_v2"]
+    assert apply(s) == ["demand_v1", "eta_v1", "eta_v2", "price_v1", "price_v2"]
     trips = read_trips(s.trips_dir, ["alpha"])
     end = trips["dropoff_ts"].max().ceil("h").to_pydatetime()
     first = materialize(s, end=end)

@@ -28,8 +28,11 @@ def test_names() -> None:
     assert champion_uri("price", "global") == "models:/price-global@champion"
     assert feature_service_name("eta") == "eta_v2"
     assert feature_service_name("eta", 1) == "eta_v1"
-    with pytest.raises(ValueError, match="unknown target 'tip'"):
-        model_name("tip", "lisbon")
+    assert model_name("demand", "lisbon") == "demand-lisbon"  # a model added in one DAG file (training.hourly)
+    with pytest.raises(ValueError, match="target 'Tip!'"):
+        model_name("Tip!", "lisbon")
+    with pytest.raises(ValueError, match="unknown target 'tip'"):  # trip services are eta's and price's only
+        feature_service_name("tip")
 
 
 def test_trip_request_needs_a_place() -> None:
