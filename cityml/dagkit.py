@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 POOL = "cityml_training"
 UNTIL_PATTERN = r"^$|^\d{4}-\d{2}-\d{2}([T ][0-9:.]+([+-]\d{2}:?\d{2}|Z)?)?$"
 RESULTS_KEY = "results"
+#: The Airflow connection a summary uses to write the run's note: the api-server's URL and a user allowed to edit
+#: runs (role ``user``). ``cityml services up`` and docker-compose.yml set it as ``AIRFLOW_CONN_CITYML_AIRFLOW_API``.
+NOTE_CONN = "cityml_airflow_api"
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "cityml",
@@ -214,7 +217,7 @@ def summarise_run(
 
     from cityml.naming import model_name
     from cityml.settings import get_settings
-    from training.report import counts, write_gate_report
+    from training.report import counts, run_note, write_gate_report
     from training.results import TrainResult
 
     ti = get_current_context()["ti"]
@@ -229,10 +232,55 @@ def summarise_run(
         window = f"the last {params['train_days']} days of {window}"
     doc = write_gate_report(get_settings(), results, run_id, str(params.get("reason") or ""), window)
     print(f"{doc['markdown']}\n\n{window}; gate report: {doc['path']}")
+    print(set_run_note(run_note(results, window, str(doc["path"]))))
     failed = [f"{r.model} ({r.reason[:200]})" for r in results if r.status == "failed"]
     if failed:
         raise AirflowFailException(f"{len(failed)} of {len(results)} models failed: {'; '.join(failed)[:2000]}")
     return {"counts": counts(results), "window": window, "report": doc["path"], "markdown": doc["markdown"]}
+
+
+def set_run_note(note: str) -> str:
+    """Show ``note`` (markdown) as the running DAG run's note in the Airflow UI; what happened, in words.
+
+    A task cannot edit its run through the task SDK, so this goes through the api-server's REST API (``PATCH
+    /api/v2/dags/{dag_id}/dagRuns/{run_id}``) as the user of the :data:`NOTE_CONN` connection. Without that
+    connection (``dag.test()``, a bare install) the summary stays in the task's log and the gate report; a
+    refused or failed call is reported, never raised: the note is for people, the report is the record.
+    """
+    import httpx
+    from airflow.sdk import Connection
+
+    run = get_current_context()["dag_run"]
+    try:
+        conn = Connection.get(NOTE_CONN)
+    except Exception:  # noqa: BLE001 - not configured: nothing to write through
+        return f"run note: no {NOTE_CONN} connection, the summary is in this log and the gate report"
+    base = _url(conn.host or "", conn.schema, conn.port)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as api:
+            r = api.post("/auth/token", json={"username": conn.login, "password": conn.password})
+            r.raise_for_status()
+            r = api.patch(
+                f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}",
+                params={"update_mask": "note"},
+                json={"note": note},
+                headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+            )
+            r.raise_for_status()
+    except httpx.HTTPError as exc:
+        return f"run note: not written ({type(exc).__name__}: {str(exc)[:300]})"
+    return f"run note written ({len(note)} characters) as {conn.login}"
+
+
+def _url(host: str, scheme: str | None, port: int | None) -> str:
+    """An HTTP connection's base URL: its host as a URL, or host + scheme (HttpHook's use of ``schema``) + port."""
+    from urllib.parse import urlsplit
+
+    if "://" not in host:
+        host = f"{scheme or 'http'}://{host}"
+    parts = urlsplit(host.rstrip("/"))
+    netloc = parts.netloc if parts.port or not port else f"{parts.netloc}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def hourly_retrain_dag(

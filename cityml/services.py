@@ -46,6 +46,8 @@ ADMIN_PASSWORD_ENV = "CITYML_AIRFLOW_ADMIN_PASSWORD"
 #: Set on each Celery worker; :func:`hostname` reports it, so a task instance shows which worker ran it.
 WORKER_NAME_ENV = "CITYML_WORKER_NAME"
 
+#: The user task processes act as on Airflow's REST API (role ``user``: may edit DAG runs, e.g. their notes).
+RUNNER_USER = "cityml-runner"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POLL_S = 0.5
@@ -268,6 +270,7 @@ def start(settings: Settings, config: ServicesConfig, extra_env: Mapping[str, st
     _require_postgres_and_redis(config)
     create_databases(config)
     password = _admin_password(config, create=True)
+    _runner_password(config)
     env = stack_env(settings, config, extra_env)
     stack = Stack(config=config, env=env, admin_password=password, started=datetime.now(UTC).isoformat())
     try:
@@ -319,7 +322,7 @@ def stack_env(settings: Settings, config: ServicesConfig, extra_env: Mapping[str
             "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": execution_api,
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{config.admin_user}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{config.admin_user}:admin,{RUNNER_USER}:user",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(config.passwords_file),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_conn,
@@ -338,6 +341,11 @@ def stack_env(settings: Settings, config: ServicesConfig, extra_env: Mapping[str
             # Longer than any fit: a task still running past it would be handed to a second worker.
             "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
         }
+    )
+    # What a retrain's summary writes the run's note through (cityml.dagkit.set_run_note): a user that may edit
+    # runs, not the admin.
+    env["AIRFLOW_CONN_CITYML_AIRFLOW_API"] = json.dumps(
+        {"conn_type": "http", "host": config.airflow_url, "login": RUNNER_USER, "password": _runner_password(config)}
     )
     env.pop(WORKER_NAME_ENV, None)
     return env
@@ -699,6 +707,16 @@ def _admin_password(config: ServicesConfig, create: bool) -> str:
         password = password or secrets.token_urlsafe(16)
         _write_private(path, json.dumps({**users, config.admin_user: password}))
     return password
+
+
+def _runner_password(config: ServicesConfig) -> str:
+    """The password of :data:`RUNNER_USER`, generated once beside the admin's in the simple auth manager's file."""
+    path = config.passwords_file
+    users: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if not users.get(RUNNER_USER):
+        users[RUNNER_USER] = secrets.token_urlsafe(16)
+        _write_private(path, json.dumps(users))
+    return users[RUNNER_USER]
 
 
 def _user_env(stack: Stack) -> list[tuple[str, str]]:

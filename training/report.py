@@ -54,6 +54,41 @@ def markdown(results: list[TrainResult]) -> str:
     return "\n".join(lines)
 
 
+#: Airflow keeps a run's note in 1,000 characters.
+NOTE_LIMIT = 1000
+
+
+def run_note(results: list[TrainResult], window: str, report: str, limit: int = NOTE_LIMIT) -> str:
+    """The run in a few markdown lines for its note in the Airflow UI: the counts, then one line per model that
+    needs a look (failed, kept, skipped) before the promoted ones, cut to ``limit`` with where the full report is."""
+    c = counts(results)
+    head = (
+        f"**{c['promoted']} promoted · {c['rejected']} kept the champion · {c['skipped']} skipped · "
+        f"{c['failed']} failed** — {window}"
+    )
+    tail = f"\n\nFull gate report: `{report}`"
+    order = {"failed": 0, "rejected": 1, "skipped": 2, "promoted": 3}
+    lines = []
+    for r in sorted(results, key=lambda r: (order[r.status], r.model)):
+        mae = r.metrics.get("mae")
+        score = f" (MAE {mae:.4g})" if mae is not None else ""
+        what = (
+            "promoted" if r.status == "promoted" else {"rejected": "kept", "skipped": "skipped"}.get(r.status, "FAILED")
+        )
+        why = "" if r.status == "promoted" and not r.forced else f": {r.reason[:120]}"
+        lines.append(f"- `{r.model}` {what}{score}{why}")
+    body: list[str] = []
+    used = len(head) + len(tail) + len("\n- … and 9999 more") + 2
+    for i, line in enumerate(lines):
+        if used + len(line) + 1 > limit:
+            body.append(f"- … and {len(lines) - i} more")
+            break
+        body.append(line)
+        used += len(line) + 1
+    note = head + "\n\n" + "\n".join(body) + tail
+    return note if len(note) <= limit else note[: limit - 1] + "…"
+
+
 def write_gate_report(
     settings: Settings, results: list[TrainResult], run_label: str, reason: str = "", window: str = ""
 ) -> dict[str, Any]:

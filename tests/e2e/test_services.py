@@ -181,7 +181,7 @@ def retrain_run(stack: Stack) -> dict[str, Any]:
         # The summary runs whatever the fits did: a successful run can still hide a failed fit.
         instances = _task_instances(api, run_id)
         assert all(ti["state"] in ("success", "skipped") for ti in instances), _failure_report(api, run_id)
-        return {"run_id": run_id, "task_instances": instances}
+        return {"run_id": run_id, "task_instances": instances, "note": run.get("note")}
 
 
 def _mlflow(stack: Stack) -> Any:
@@ -206,6 +206,12 @@ def test_retrain_triggered_through_the_rest_api_registers_on_the_mlflow_server(
             # Its artifacts went through the server's proxy into the stack's artifact folder.
             assert version.source.startswith(("mlflow-artifacts:", "models:/")), version.source
     assert any(stack.config.artifacts.rglob("*")), "no artifact reached the server's artifact folder"
+    # The summary wrote the run's note (as cityml-runner, through the REST API): counts, then a line per model.
+    note = retrain_run["note"] or ""
+    assert re.match(r"\*\*\d+ promoted · \d+ kept the champion · 0 skipped · 0 failed\*\* — trips before ", note), note
+    for city in CITIES:
+        for target in TARGETS:
+            assert f"`{model_name(target, city)}` " in note, note
 
 
 def test_mapped_fits_ran_on_both_celery_workers(retrain_run: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ REQUIRED = {
     "GIT_SHA": "0123456789ab",
     "POSTGRES_PASSWORD": "pgpass0123",
     "AIRFLOW_ADMIN_PASSWORD": "admin-pass",
+    "AIRFLOW_RUNNER_PASSWORD": "runner-pass",
     "AIRFLOW_FERNET_KEY": "fernet-key",
     "AIRFLOW_JWT_SECRET": "jwt-secret",
     "AIRFLOW_SECRET_KEY": "api-secret",
@@ -270,6 +271,8 @@ def test_urls_name_services_and_databases_that_exist() -> None:
         for key, value in env_of(s).items():
             if "://" not in value or key.endswith("BASE_URL"):
                 continue
+            if key.startswith("AIRFLOW_CONN_"):  # an Airflow connection as JSON: its host is the URL
+                value = json.loads(interpolate(value))["host"]
             url = urlsplit(interpolate(value))
             assert url.hostname in names, f"{name}: {key} points at {url.hostname}, not a service"
             if url.scheme.startswith(("postgresql", "db+postgresql")):

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,29 @@ def test_a_label_shift_blocks_promotion_with_a_readable_reason() -> None:
         "(champion 100, tolerance 10%)"
     ]
     assert decide(GateInputs(**base, clean_window=CleanWindow("a", "b", 900, 105.0, 100.0)), S).promote
+
+
+def test_the_run_note_leads_with_counts_and_what_needs_a_look_within_airflows_limit() -> None:
+    from training.report import NOTE_LIMIT, run_note
+    from training.results import TrainResult
+
+    def result(i: int, status: str, reason: str = "all checks passed") -> TrainResult:
+        return TrainResult(f"eta-c{i:03d}", f"c{i:03d}", "eta", status, reason, metrics={"mae": 100.0 + i})  # type: ignore[arg-type]
+
+    fleet = [result(i, "promoted") for i in range(400)]
+    fleet += [result(400, "failed", "KeyError: 'x'"), result(401, "rejected", "does not beat champion: 9 > 8")]
+    note = run_note(fleet, "trips before 2026-12-06 (the form)", "/var/reports/gate/gate-1.md")
+    assert len(note) <= NOTE_LIMIT
+    assert note.startswith("**400 promoted · 1 kept the champion · 0 skipped · 1 failed** — trips before 2026-12-06")
+    lines = note.splitlines()
+    assert lines[2] == "- `eta-c400` FAILED (MAE 500): KeyError: 'x'"  # failures first, then what the gate kept
+    assert lines[3] == "- `eta-c401` kept (MAE 501): does not beat champion: 9 > 8"
+    assert lines[4] == "- `eta-c000` promoted (MAE 100)"
+    assert (
+        re.fullmatch(r"- … and \d+ more", lines[-3]) and lines[-1] == "Full gate report: `/var/reports/gate/gate-1.md`"
+    )
+    shown = sum(line.startswith("- `") for line in lines)
+    assert shown + int(lines[-3].split()[3]) == len(fleet)
+
+    small = run_note(fleet[:2], "w", "r")
+    assert "more" not in small and small.count("\n- `") == 2
