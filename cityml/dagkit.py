@@ -322,6 +322,20 @@ def hourly_retrain_dag(
 
         @task
         def plan(params: dict[str, Any] | None = None) -> list[list[str]]:
+            """The run's cities in chunks, once the target's FeatureService is known to Feast (a typo in the DAG
+            file fails here, naming it, rather than in every city's task)."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from cityml.features.featurestore import get_store
+            from cityml.settings import get_settings
+
+            try:
+                get_store(get_settings()).get_feature_service(spec["feature_service"])
+            except Exception as exc:  # Feast's own not-found error, or a registry it cannot read
+                raise AirflowFailException(
+                    f"feature_service: {spec['feature_service']!r} is not registered in Feast "
+                    f"(define it in feature_repo/services.py, then cityml features apply): {exc}"
+                ) from exc
             return plan_cities(params or {})
 
         @task(map_index_template="{{ model_label }}", pool=POOL)

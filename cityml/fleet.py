@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cityml.naming import GLOBAL, TARGETS, model_name
+from cityml.naming import GLOBAL, MODEL_PREFIX, TARGETS, model_name
 from cityml.registry import champion, client
 from cityml.settings import Settings
 
@@ -34,12 +34,14 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         target, _, city = name.partition("-")
-        if target not in TARGETS:
+        if target not in TARGETS and not MODEL_PREFIX.match(target):
             continue
         mv = champion(c, name)
         # Without a champion, show the newest version: its tags say why the gate kept it out.
         shown = mv or max(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
         tags = dict(shown.tags) if shown is not None else {}
+        if target not in TARGETS and tags.get("target") != target:
+            continue  # another team's model in a shared registry, not a cityml model added in a DAG file
         fallback = None
         if mv is None:
             fallback = (

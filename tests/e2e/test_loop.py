@@ -17,6 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import AirflowFailException
 from typer.testing import CliRunner
 
 from cityml.cli import app
@@ -379,6 +380,9 @@ def test_a_model_added_in_one_dag_file_trains_gates_and_registers_per_city(world
     forced = _run_dag("retrain_demand", {"cities": ["alpha"], "force_promote": True})
     mv = champion(c, "demand-alpha")
     assert mv is not None and mv.tags["force_promote_by"] == f"airflow:dag_test ({forced.run_id})"
+    listed = {r["name"]: r for r in _cli("models", "list")}
+    assert listed["demand-alpha"]["champion_version"] == str(mv.version)
+    assert listed["demand-beta-city"]["champion_version"] is None and listed["demand-beta-city"]["target"] == "demand"
     model = load_champion(c, "demand-alpha")
     assert model is not None
     spec = HourlyTarget(name="demand", feature_service="demand_v1")
@@ -387,3 +391,20 @@ def test_a_model_added_in_one_dag_file_trains_gates_and_registers_per_city(world
     test = time_split(hours.frame).test
     assert str(test["event_timestamp"].iloc[0]) == str(pd.Timestamp(mv.tags["test_start"]))
     assert float(abs(model.predict(test) - test["trips"]).mean()) == pytest.approx(float(mv.tags["mae"]), rel=1e-6)
+
+
+def test_a_model_whose_feature_service_is_missing_fails_its_plan_naming_it(world: Settings, tmp_path: Any) -> None:
+    """A typo in the DAG file's FeatureService fails the run's ``plan`` task (no retry), naming the field, before
+    any city's task would run."""
+    (tmp_path / "retrain_typo.py").write_text(
+        '"""A DAG file with a typo in its FeatureService (airflow dag)."""\n'
+        "from cityml.dagkit import hourly_retrain_dag\n"
+        "from cityml.targets import HourlyTarget\n\n"
+        'hourly_retrain_dag(HourlyTarget(name="typo", feature_service="demand_v9"), dag_id="retrain_typo", '
+        "doc_md=__doc__)\n"
+    )
+    dag = DagBag(dag_folder=str(tmp_path)).dags["retrain_typo"]
+    plan = dag.get_task("plan").python_callable  # type: ignore[attr-defined]
+    with pytest.raises(AirflowFailException, match=r"feature_service: 'demand_v9' is not registered in Feast"):
+        plan(params={"cities": ["alpha"]})
+    assert {t.task_id for t in dag.get_task("plan").downstream_list} == {"train", "summarise"}  # the cities map over it

@@ -417,7 +417,8 @@ def test_ops_retrain_one_city_from_the_trigger_form(stack: Stack, retrain_run: d
         expect(badge).to_have_text("Success")
         expect(page.get_by_role("row").filter(has_text="summarise")).to_contain_text("Success")
         # The summary's note, rendered on the run's page: what ops read first.
-        expect(page.get_by_text(re.compile(r"\d promoted · \d kept the champion · 0 skipped · 0 failed"))).to_be_visible()
+        note = re.compile(r"\d promoted · \d kept the champion · 0 skipped · 0 failed")
+        expect(page.get_by_text(note)).to_be_visible()
         page.set_viewport_size({"width": 1400, "height": 1000})
         _screenshot(page, "airflow-run-success.png")
         page.get_by_role("button", name=re.compile(r"^Show Graph")).click()
