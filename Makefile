@@ -7,7 +7,7 @@ UV := $(HOME)/.local/bin/uv
 endif
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: setup demo test test-fast bench lint format clean services services-down
+.PHONY: setup demo test test-fast bench bench-fleet lint format clean services services-down
 
 setup:  ## build .venv from uv.lock (quick when nothing changed)
 	@test -x "$(UV)" || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"
@@ -24,6 +24,9 @@ test-fast: setup  ## unit and DAG tests only
 
 bench: setup  ## benchmarks; writes bench/RESULTS.md
 	$(RUN) python -m bench.run
+
+bench-fleet: setup  ## 10, 100 and 1,000 synthetic cities through the real stack; writes bench/RESULTS.md (hours)
+	$(RUN) python -m bench.run --only fleet
 
 services: setup  ## MLflow server + Airflow (api-server, scheduler, dag-processor, triggerer, 2 Celery workers) over the local Postgres and Redis
 	$(RUN) cityml services up

@@ -3,6 +3,7 @@
     python -m bench.run                 # every benchmark at full size (about an hour on 2 cores)
     python -m bench.run --quick         # small sizes: a smoke test of the harness
     python -m bench.run --only pit      # one benchmark; the other sections stay as they are
+    python -m bench.run --only fleet    # 10, 100 and 1,000 cities through the real stack (make bench-fleet; hours)
 
 Every benchmark owns one section of RESULTS.md (see `bench.report`). To add one, write a module
 with a ``run(...) -> Section`` and register it in ``BENCHMARKS`` below; a benchmark that needs the
@@ -88,6 +89,14 @@ def _drift(ctx: Context) -> report.Section:
     return drift.run(ctx.args.quick, ctx.tmp)
 
 
+def _fleet(ctx: Context) -> report.Section:
+    from bench import fleet
+
+    a = ctx.args
+    sizes = a.fleet_sizes or ([3] if a.quick else list(fleet.SIZES))
+    return fleet.run(sizes, days=7 if a.quick else 30, trips_per_day=300, tmp=ctx.tmp)
+
+
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
 BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "pit": _pit,
@@ -96,7 +105,10 @@ BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "quality": _quality,
     "serve": _serve,
     "drift": _drift,
+    "fleet": _fleet,
 }
+#: What `make bench` runs without --only: the fleet's hours of runs are `make bench-fleet`.
+DEFAULT = [key for key in BENCHMARKS if key != "fleet"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -122,6 +134,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=[2],
         help="throughput: worker counts to compare, e.g. 1,2 (default 2)",
     )
+    parser.add_argument(
+        "--fleet-sizes",
+        type=lambda s: [int(n) for n in s.split(",")],
+        help="fleet: numbers of cities to measure (default 10,100,1000; quick 3)",
+    )
     parser.add_argument("--results", type=Path, default=report.RESULTS, help="markdown file to update")
     parser.add_argument("--out-dir", type=Path, default=report.OUT_DIR, help="raw JSON folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary cityml home (prints its path)")
@@ -141,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(args)
     failures: list[str] = []
     try:
-        for key in args.only or list(BENCHMARKS):
+        for key in args.only or DEFAULT:
             started = datetime.now(UTC)
             machine = report.machine()
             t0 = time.perf_counter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -29,6 +28,7 @@ from cityml.naming import model_name
 from cityml.targets import HourlyTarget
 from training.city import MIN_FIT_ROWS, Stopwatch, window
 from training.context import RunContext
+from training.datasets import TrainingSet
 from training.evaluate import mae, metrics, score_model
 from training.fit import fit_model, time_split
 from training.gate import GateInputs, decide
@@ -70,19 +70,7 @@ def hourly_labels(
     return pd.DataFrame({"event_timestamp": hours, target.label: values.to_numpy(dtype="float64")})
 
 
-@dataclass
-class HourlySet:
-    frame: pd.DataFrame
-    features: list[str]
-    label: str
-    feature_service: str
-
-    @property
-    def rows(self) -> int:
-        return len(self.frame)
-
-
-def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> HourlySet:
+def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> TrainingSet:
     """``city``'s hours in the run's window with their labels, calendar features and the service's features as
     Feast's point-in-time join gives them at each hour's start."""
     service = ctx.store.get_feature_service(target.feature_service)
@@ -91,7 +79,8 @@ def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> Hourly
     labels = hourly_labels(trips, target, ctx.start, ctx.until)
     labels = labels[labels[target.label].notna()].reset_index(drop=True)
     if labels.empty:
-        return HourlySet(pd.DataFrame(columns=["city", *features, target.label]), features, target.label, service.name)
+        empty = pd.DataFrame(columns=["city", "event_timestamp", *features, target.label])
+        return TrainingSet(empty, features, target.label, service.name)
     at = labels["event_timestamp"].astype("datetime64[us, UTC]")
     entity_df = pd.DataFrame({"_row": np.arange(len(labels)), "city": city, "event_timestamp": at})
     joined = ctx.store.get_historical_features(entity_df=entity_df, features=service, full_feature_names=True).to_df()
@@ -110,7 +99,7 @@ def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> Hourly
     for name in features[len(CALENDAR_FEATURES) :]:
         frame[name] = joined[name].to_numpy()
     frame[target.label] = labels[target.label].to_numpy()
-    return HourlySet(frame, features, target.label, service.name)
+    return TrainingSet(frame, features, target.label, service.name)
 
 
 def hour_of_week_baseline(train: pd.DataFrame, label: str, rows: pd.DataFrame) -> np.ndarray:
