@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         default=True,
         description="Also try each city model as a correction to the global champion; the validation window picks.",
     )
+    global_max_train_rows: int = Field(
+        default=2_000_000,
+        ge=1_000,
+        description="Training rows of a fleet (global) model at most: past it each city gives an equal share, "
+        "sampled from its training and validation windows (its test window stays whole).",
+    )
     tune_budget_s: float = Field(
         default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,40 @@ from training.results import TrainResult
 log = logging.getLogger(__name__)
 
 
+#: Cities per point-in-time join when the global unit builds its own training sets: its memory is one chunk's
+#: trips plus the bounded rows it keeps of each city, whatever the size of the catalog.
+JOIN_CITIES = 50
+
+
+def _city_sets(
+    ctx: RunContext, catalog: list[str], target: str, sets: dict[str, TrainingSet] | None
+) -> Iterator[tuple[str, TrainingSet]]:
+    """Every catalog city's training set of ``target``: the run's (when it built them all), else joined a chunk of
+    cities at a time, each chunk dropped once its rows are kept."""
+    if sets is not None and set(sets) == set(catalog):
+        yield from ((city, sets[city]) for city in catalog)
+        return
+    for i in range(0, len(catalog), JOIN_CITIES):
+        chunk = catalog[i : i + JOIN_CITIES]
+        built = city_sets(ctx, chunk, [target])
+        for city in chunk:
+            yield city, built.pop(city)[target]
+
+
+def _bounded(split: Split, cap: int) -> Split:
+    """A city's split with at most ``cap`` training rows (and the validation window in proportion), sampled evenly
+    over each window and kept in time order; the test window whole, so every city is judged on all of it."""
+    if len(split.train) <= cap:
+        return split
+    valid_cap = max(1, round(cap * len(split.valid) / len(split.train)))
+
+    def sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+        return frame if len(frame) <= n else frame.sample(n=n, random_state=0).sort_index()
+
+    # Copies: a slice would keep the city's whole joined frame alive for as long as the run holds the split.
+    return Split(sample(split.train, cap).copy(), sample(split.valid, valid_cap).copy(), split.test.copy())
+
+
 def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | None = None) -> TrainResult:
     """The fleet model ``<target>-global``: every catalog city's rows, the city as a categorical feature.
 
@@ -34,26 +69,27 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     city-local. Each city contributes its own time windows, so every city's test window is held
     out. The new version is promoted when there is no champion or it is at least as good on the
     union of the test windows (of the cities the champion serves). ``sets``: the run's training sets
-    of this target by city, when it built them for every catalog city already.
+    of this target by city, when it built them for every catalog city already; otherwise they are joined
+    :data:`JOIN_CITIES` cities at a time. Past ``global_max_train_rows`` training rows, each city gives an equal
+    share of them (:func:`_bounded`): a thousand cities' trips teach a fleet prior no more than two million do,
+    and neither memory nor the fit grows with the catalog beyond that.
     """
     started = time.perf_counter()
     name = model_name(target, GLOBAL)
     catalog = sorted(ctx.catalog.slugs)
-    if sets is None or set(sets) != set(catalog):
-        sets = {city: by_target[target] for city, by_target in city_sets(ctx, catalog, [target]).items()}
+    cap = max(MIN_FIT_ROWS, ctx.settings.global_max_train_rows // max(len(catalog), 1))
     parts: list[tuple[str, Split]] = []
     kept: list[TrainingSet] = []
     rates: dict[str, float] = {}
-    for city in catalog:
-        ts = sets[city]
+    for city, ts in _city_sets(ctx, catalog, target, sets):
         if ts.rows < MIN_FIT_ROWS:
             continue
-        city_split = time_split(ts.frame)
+        city_split = _bounded(time_split(ts.frame), cap)
         rate = RatePerKm.fit(city_split.train, ts.label).rate
         if not (np.isfinite(rate) and rate > 0):  # no distances: its label cannot be made unit-free
             log.warning("%s: %s has no positive %s per km; left out", name, city, ts.label)
             continue
-        kept.append(ts)
+        kept.append(TrainingSet(ts.frame.iloc[:0], ts.features, ts.label, ts.feature_service))
         parts.append((city, city_split))
         rates[city] = rate
     if not parts:
