@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from feast import FeatureView, FileSource
 
 from cityml.catalog import Catalog, load_catalog
 from cityml.data.trips import read_trips
@@ -104,8 +105,12 @@ def parity_check(
         scratch.feast_state_dir.mkdir(parents=True)
         shutil.copy2(settings.feast_state_dir / "registry.db", scratch.feast_state_dir / "registry.db")
         sstore = get_store(scratch)
-        # Create the scratch online tables (what `feast apply` does for the live store).
-        sstore.apply([*sstore.list_entities(), *sstore.list_feature_views()])
+        # The scratch views read this city's rows only: materializing every city's features for each sampled
+        # hour made the check grow with the catalog (20-29 s a city at 100 cities, against ~1 s at 3). Then the
+        # scratch online tables are created (what `feast apply` does for the live store).
+        join_keys = {e.name: e.join_key for e in sstore.list_entities()}
+        views = [_city_rows(view, city, Path(tmp), join_keys) for view in sstore.list_feature_views()]
+        sstore.apply([*sstore.list_entities(), *views])
         service = sstore.get_feature_service(service_name)
         reader = OnlineReader(sstore, service)
         longest = max(ttl for ttl in (sstore.get_feature_view(p.view).ttl for p in reader.projections) if ttl)
@@ -146,6 +151,26 @@ def parity_check(
         "mismatches": int(sum(counts.values())),
         "examples": examples,
     }
+
+
+def _city_rows(view: FeatureView, city: str, folder: Path, join_keys: dict[str, str]) -> FeatureView:
+    """``view`` reading a copy of its offline table with ``city``'s rows only (entity keys are the city's slug or
+    start with ``<slug>:``, ``cityml.naming``); Feast's own materialization then loads just those. ``join_keys``:
+    the join key of each entity by name, for a view that does not list its entity columns."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    source = view.batch_source
+    keys = list(view.join_keys) or [join_keys[e] for e in view.entities if e in join_keys]
+    if not isinstance(source, FileSource) or len(keys) != 1:
+        return view
+    table = pq.read_table(source.path)
+    column = table[keys[0]]
+    mine = pc.or_(pc.equal(column, city), pc.starts_with(column, f"{city}:"))
+    copy = folder / f"{view.name}.parquet"
+    pq.write_table(table.filter(mine), copy)
+    source.file_options.uri = str(copy)
+    return view
 
 
 def _values(column: pd.Series) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The gate's parity sample: few pickup hours (each costs a materialization), trips in time order."""
 
+from pathlib import Path
+
 import pandas as pd
 
-from training.parity import _pick
+from training.parity import _city_rows, _pick
 
 
 def _trips(hours: int, per_hour: int) -> pd.DataFrame:
@@ -26,3 +28,32 @@ def test_cli_sample_is_drawn_from_any_hour() -> None:
 def test_sample_larger_than_the_chosen_hours_takes_all_their_trips() -> None:
     picked = _pick(_trips(48, 3), sample=20, hours=2, seed=1)
     assert len(picked) == 6 and picked["trip_id"].is_unique
+
+
+def test_the_scratch_store_reads_the_citys_rows_only(tmp_path: Path) -> None:
+    """Each sampled hour materializes the scratch store: with every city's rows it grew with the catalog."""
+    from datetime import timedelta
+
+    import pyarrow.parquet as pq
+    from feast import Entity, FeatureView, Field, FileSource
+    from feast.types import Float64
+
+    table = tmp_path / "zone_hour.parquet"
+    keys = ["alpha:z01", "alphabet:z01", "alpha", "beta-city:z01", "alpha:z02"]
+    pd.DataFrame({"zone_key": keys, "event_timestamp": pd.Timestamp("2026-03-01", tz="UTC"), "v": 1.0}).to_parquet(
+        table
+    )
+    zone = Entity(name="zone", join_keys=["zone_key"])
+    view = FeatureView(
+        name="zone_traffic",
+        entities=[zone],
+        ttl=timedelta(hours=3),
+        schema=[Field(name="v", dtype=Float64)],
+        source=FileSource(name="s", path=str(table), timestamp_field="event_timestamp"),
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    filtered = _city_rows(view, "alpha", scratch, {"zone": "zone_key"})
+    assert filtered.batch_source.path == str(scratch / "zone_traffic.parquet")
+    assert pq.read_table(filtered.batch_source.path)["zone_key"].to_pylist() == ["alpha:z01", "alpha", "alpha:z02"]
+    assert pq.read_table(table).num_rows == 5  # the live table is left as it is
