@@ -71,7 +71,7 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     union of the test windows (of the cities the champion serves). ``sets``: the run's training sets
     of this target by city, when it built them for every catalog city already; otherwise they are joined
     :data:`JOIN_CITIES` cities at a time. Past ``global_max_train_rows`` training rows, each city gives an equal
-    share of them (:func:`_bounded`): a thousand cities' trips teach a fleet prior no more than two million do,
+    share of them (:func:`_bounded`): a thousand cities' trips teach a fleet prior little more than a million do,
     and neither memory nor the fit grows with the catalog beyond that.
     """
     started = time.perf_counter()
