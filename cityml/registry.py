@@ -130,9 +130,20 @@ def choose_serving(
     return None, None
 
 
-def fleet_version_learned(city: str) -> Callable[[ModelVersion], bool]:
-    """Whether a fleet model's registered version learned ``city`` (its ``cities`` tag)."""
-    return lambda mv: city in (mv.tags or {}).get("cities", "").split(",")
+def fleet_version_learned(c: MlflowClient, city: str) -> Callable[[ModelVersion], bool]:
+    """Whether a fleet model's registered version learned ``city``: the rule :meth:`LoadedModel.serves` applies,
+    read from the version's label scale (the rates of ``label_scale.json``) without loading the booster."""
+    return lambda mv: version_scale(c, mv).covers(city)
+
+
+def version_scale(c: MlflowClient, mv: ModelVersion) -> LabelScale:
+    """A registered version's label scale: its tag, and for ``per_km_city`` its rates file."""
+    tags = dict(mv.tags or {})
+    rates = None
+    if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
+        found = VersionFiles(c, mv).run_file(SCALE_FILE)
+        rates = str(found) if found is not None else None
+    return LabelScale.from_tags(tags, rates)
 
 
 @dataclass
@@ -213,11 +224,7 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
     files = VersionFiles(c, mv)
     booster = _native_booster(files.model_folder, mv.name, str(mv.version))
     tags = dict(mv.tags)
-    rates = None
-    if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
-        found = files.run_file(SCALE_FILE)
-        rates = str(found) if found is not None else None
-    scale = LabelScale.from_tags(tags, rates)
+    scale = version_scale(c, mv)
     loaded = LoadedModel(
         name=mv.name,
         version=str(mv.version),

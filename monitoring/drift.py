@@ -118,7 +118,7 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime, c: 
     c = c or client(settings)
     own = champion(c, name)
     fleet = champion(c, model_name(target, GLOBAL)) if own is None else None
-    mv, _ = choose_serving(target, city, own, fleet, fleet_version_learned(city))
+    mv, _ = choose_serving(target, city, own, fleet, fleet_version_learned(c, city))
     serving = name if own is not None else model_name(target, GLOBAL)
     base = {"city": city, "target": target, "model": serving}
     if mv is None or mv.run_id is None:
