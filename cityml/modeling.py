@@ -10,6 +10,9 @@ what the booster learns and back:
   better than a duration that grows with distance. A trip of unknown length has no prediction
   (serving asks for ``distance_km`` or the coordinates). City models use ``per_km``, or pick
   between it and ``none`` on their validation window (``training.fit``).
+- ``per_sqrt_km``: it learns the label per square root of the km, weighted by that root: between
+  the two above. A fare is a flag fall plus a rate per km, a short trip's duration is mostly
+  waiting: neither is proportional to the distance, nor independent of it.
 - ``per_km_city``: the fleet (global) models also divide by each city's median label per km, so
   they learn a currency-free ratio (a fare in Jakarta's rupiah and one in Lisbon's euros become
   comparable) and convert back per city. A city whose rate the model does not hold cannot be
@@ -17,12 +20,18 @@ what the booster learns and back:
 
 The scale of a registered version is its ``label_scale`` tag (and, for ``per_km_city``, the rates
 in the ``label_scale.json`` artifact). Versions from before the tag predict with ``none``.
+
+A *blended* model is several boosters learned on the same features and rows, each under its own
+scale, answering the mean of their predictions (:func:`blend`): their errors differ, the mean's is
+smaller (bench/RESULTS.md, quality). The first booster is the version's MLflow model; the others
+are LightGBM text files among the run's artifacts (:data:`MEMBER_FILE`), their scales in order in
+the ``blend`` tag.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,9 +51,13 @@ SCALE_TAG = "label_scale"
 SCALE_FILE = "label_scale.json"
 #: A pooled city model's tag naming its base model, ``<name>/<version>`` (e.g. ``eta-global/7``).
 BASE_TAG = "base_model"
+#: A blended version's tag: its members' scales in order, comma-separated (the first is the MLflow model's).
+BLEND_TAG = "blend"
+#: Run artifact of a blended version's member ``i`` (from 1; member 0 is the MLflow model).
+MEMBER_FILE = "members/{i}.txt"
 
-ScaleKind = Literal["none", "per_km", "per_km_city"]
-SCALE_KINDS: tuple[ScaleKind, ...] = ("none", "per_km", "per_km_city")
+ScaleKind = Literal["none", "per_sqrt_km", "per_km", "per_km_city"]
+SCALE_KINDS: tuple[ScaleKind, ...] = ("none", "per_sqrt_km", "per_km", "per_km_city")
 
 
 @dataclass(frozen=True)
@@ -70,20 +83,25 @@ class LabelScale:
         km = np.maximum(np.asarray(distance_km, dtype="float64"), MIN_KM)
         if self.kind == "per_km":
             return km
+        if self.kind == "per_sqrt_km":
+            return np.sqrt(km)
         rates = self.city_rates
         return km * np.array([rates.get(str(c), np.nan) for c in np.asarray(cities)], dtype="float64")
 
     def encode(self, y: pd.Series | np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """The booster's target and row weights (None: unweighted) for labels ``y`` of ``frame``'s rows.
 
-        Both per-km scales weigh each row by its km: for ``per_km`` the weighted L1 then equals the
-        label's absolute error; for ``per_km_city`` it is that error relative to the city's rate, so
-        every city counts alike whatever its currency.
+        ``per_km`` and ``per_sqrt_km`` weigh each row by its divisor: the weighted L1 then equals the
+        label's absolute error. ``per_km_city`` weighs it by its km: that error relative to the
+        city's rate, so every city counts alike whatever its currency.
         """
         y = np.asarray(y, dtype="float64")
         if self.kind == "none":
             return y, None
-        return y / self.denominator(frame), np.maximum(frame["distance_km"].to_numpy(dtype="float64"), MIN_KM)
+        divisor = self.denominator(frame)
+        if self.kind != "per_km_city":
+            return y / divisor, divisor
+        return y / divisor, np.maximum(frame["distance_km"].to_numpy(dtype="float64"), MIN_KM)
 
     def init_score(self, base: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         """A base model's predictions (label units) as a starting score in this scale."""
@@ -262,6 +280,16 @@ def predict_matrix(
     if base is not None:
         raw = raw + np.asarray(base, dtype="float64") / divisor
     return np.maximum(raw * divisor, 0.0)
+
+
+def blend(predictions: Sequence[np.ndarray]) -> np.ndarray:
+    """A blended model's answer from its members' predictions (label units): their mean.
+
+    NaN where any member has none (a per-km member for a trip of unknown length): no half answers.
+    """
+    if len(predictions) == 1:
+        return np.asarray(predictions[0], dtype="float64")
+    return np.mean(np.vstack(predictions), axis=0)
 
 
 def predict(booster: lgb.Booster, scale: LabelScale, frame: pd.DataFrame, base: np.ndarray | None = None) -> np.ndarray:

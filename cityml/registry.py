@@ -19,12 +19,15 @@ import numpy as np
 
 from cityml.modeling import (
     BASE_TAG,
+    BLEND_TAG,
     CITY_FEATURE,
+    MEMBER_FILE,
     SCALE_FILE,
     SCALE_TAG,
     FeatureEncoder,
     LabelScale,
     RawPredictor,
+    blend,
     predict_matrix,
 )
 from cityml.naming import CHAMPION, model_name
@@ -156,6 +159,7 @@ class LoadedModel:
     scale: LabelScale = field(default_factory=LabelScale)
     base: LoadedModel | None = None  # a pooled city model's base (the fleet model version it learned on)
     files: VersionFiles | None = field(default=None, repr=False)  # where its artifacts are
+    others: list[tuple[lgb.Booster, LabelScale]] = field(default_factory=list)  # a blend's other members
 
     @property
     def feature_service(self) -> str:
@@ -171,6 +175,11 @@ class LoadedModel:
     def raw(self) -> RawPredictor:
         """The booster's raw predictions, its single-row path prepared once (``load_version`` builds it)."""
         return RawPredictor(self.booster)
+
+    @cached_property
+    def members(self) -> list[tuple[RawPredictor, LabelScale]]:
+        """Every member's raw predictor and scale, the version's own booster first (one unless a blend)."""
+        return [(self.raw, self.scale), *((RawPredictor(b), s) for b, s in self.others)]
 
     @property
     def features(self) -> list[str]:
@@ -188,7 +197,8 @@ class LoadedModel:
             columns = {**columns, CITY_FEATURE: cities}
         base = self.base.predict_columns(columns, n) if self.base is not None else None
         x = self.encoder.matrix(columns, n)
-        return predict_matrix(self.raw, self.scale, x, columns.get("distance_km"), cities, base)
+        km = columns.get("distance_km")
+        return blend([predict_matrix(raw, scale, x, km, cities, base) for raw, scale in self.members])
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
@@ -225,6 +235,7 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
     booster = _native_booster(files.model_folder, mv.name, str(mv.version))
     tags = dict(mv.tags)
     scale = version_scale(c, mv)
+    others = _blend_members(files, booster, scale, mv)
     loaded = LoadedModel(
         name=mv.name,
         version=str(mv.version),
@@ -234,10 +245,41 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
         scale=scale,
         base=base,
         files=files,
+        others=others,
     )
     loaded.encoder  # noqa: B018 -- built now: a model whose categories do not add up fails to load, not to predict
-    loaded.raw  # noqa: B018 -- and its single-row predictor prepared before it serves
+    loaded.members  # noqa: B018 -- and its single-row predictors prepared before it serves
     return loaded
+
+
+def _blend_members(
+    files: VersionFiles, first: lgb.Booster, scale: LabelScale, mv: ModelVersion
+) -> list[tuple[lgb.Booster, LabelScale]]:
+    """A blended version's members after its first (``cityml.modeling``): none unless it has a ``blend`` tag.
+
+    Each must read the same features with the same categories as the first, since one input
+    matrix feeds them all; a member file that is missing or differs refuses the version.
+    """
+    import lightgbm as lgb
+
+    kinds = [k for k in str(mv.tags.get(BLEND_TAG, "")).split(",") if k]
+    label = f"{mv.name} v{mv.version}"
+    if kinds and kinds[0] != scale.kind:
+        raise UnsafeModelError(f"{label}: blend tag {kinds} does not start with its label_scale {scale.kind!r}")
+    others = []
+    for i, kind in enumerate(kinds[1:], start=1):
+        path = files.run_file(MEMBER_FILE.format(i=i))
+        if path is None:
+            raise UnsafeModelError(f"{label}: blend member {i} ({MEMBER_FILE.format(i=i)}) is missing")
+        try:
+            member = lgb.Booster(model_file=str(path))
+            member_scale = LabelScale(kind, scale.city_rates)  # type: ignore[arg-type]
+        except (lgb.basic.LightGBMError, ValueError) as exc:
+            raise UnsafeModelError(f"{label}: blend member {i} is unreadable: {exc}") from exc
+        if member.feature_name() != first.feature_name() or member.pandas_categorical != first.pandas_categorical:
+            raise UnsafeModelError(f"{label}: blend member {i} reads other features or categories than the model")
+        others.append((member, member_scale))
+    return others
 
 
 #: Rows and the predictions the model made of them when registered: a loaded version must repeat them.

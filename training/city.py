@@ -143,7 +143,14 @@ def _prepare(
         fleet = _pool_base(ctx, city, target, ts.features)
         base = None if fleet is None else functools.partial(_base_predictions, fleet, city)
         fitted = fit_model(
-            split, ts.features, ts.label, scales, refit=settings.train_refit, threads=settings.train_threads, base=base
+            split,
+            ts.features,
+            ts.label,
+            scales,
+            refit=settings.train_refit,
+            threads=settings.train_threads,
+            base=base,
+            blended=settings.train_blend,
         )
         if fitted.pooled and fleet is not None:
             pooled_on = f"{fleet.name}/{fleet.version}"

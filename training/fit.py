@@ -10,7 +10,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from cityml.modeling import LabelScale, model_frame, predict
+from cityml.modeling import LabelScale, blend, model_frame, predict
 
 DEFAULT_PARAMS: dict[str, Any] = {
     # The gate compares MAE. Huber is L1 for large errors (robust to the odd 3-hour trip) and L2
@@ -120,7 +120,11 @@ def fit_lgbm(
 
 @dataclass
 class Fitted:
-    """The booster to register, how it learned, and what the choice was based on."""
+    """The booster(s) to register, how they learned, and what the choice was based on.
+
+    A blend (``others`` not empty) answers the mean of its members' predictions
+    (``cityml.modeling.blend``); ``booster`` and ``scale`` are its first member.
+    """
 
     booster: lgb.Booster
     scale: LabelScale
@@ -128,13 +132,27 @@ class Fitted:
     refit: bool
     valid_mae: dict[str, float] = field(default_factory=dict)  # per candidate tried, in label units
     base: Base | None = None  # set when the kept candidate is pooled: it learned on the base's predictions
+    others: list[tuple[lgb.Booster, LabelScale]] = field(default_factory=list)  # a blend's other members
 
     @property
     def pooled(self) -> bool:
         return self.base is not None
 
+    @property
+    def members(self) -> list[tuple[lgb.Booster, LabelScale]]:
+        return [(self.booster, self.scale), *self.others]
+
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return predict(self.booster, self.scale, frame, self.base(frame) if self.base is not None else None)
+        start = self.base(frame) if self.base is not None else None
+        return blend([predict(b, s, frame, start) for b, s in self.members])
+
+
+@dataclass
+class _Candidate:
+    valid_mae: float
+    valid_pred: np.ndarray
+    members: list[tuple[lgb.Booster, dict[str, Any], LabelScale]]  # booster, its parameters, its scale
+    start: Base | None
 
 
 def fit_model(
@@ -147,12 +165,15 @@ def fit_model(
     params: dict[str, Any] | None = None,
     threads: int | None = None,
     base: Base | None = None,
+    blended: bool = False,
 ) -> Fitted:
     """Fit one early-stopped booster per candidate, keep the one with the lowest validation MAE.
 
     The candidates are the label scales, each alone and, given a ``base`` (the fleet model's
     predictions), each *pooled*: starting from the base and learning the city's correction to it,
-    which is what a small city's few trips can afford. Their validation MAE picks one.
+    which is what a small city's few trips can afford. With ``blended`` and several scales, the
+    mean of every scale's booster (alone, and pooled) is one more candidate. Their validation MAE
+    picks one.
 
     With ``refit``, the kept configuration is fitted again on the training *and* validation windows
     for as many rounds as early stopping chose, scaled by the extra rows: the validation window is
@@ -162,23 +183,38 @@ def fit_model(
     if not scales:
         raise ValueError("fit_model needs at least one label scale")
     y = split.valid[label].to_numpy(dtype="float64")
-    tried: dict[str, tuple[float, lgb.Booster, dict[str, Any], LabelScale, Base | None]] = {}
-    for scale in scales:
-        for start in (None, base) if base is not None else (None,):
-            key = scale.kind if start is None else f"{scale.kind}_pooled"
+
+    def valid_mae(pred: np.ndarray) -> float:
+        ok = np.isfinite(pred)
+        return float(np.mean(np.abs(y[ok] - pred[ok]))) if ok.any() else float("inf")
+
+    tried: dict[str, _Candidate] = {}
+    for start in (None, base) if base is not None else (None,):
+        suffix = "" if start is None else "_pooled"
+        singles = []
+        for scale in scales:
             # Parameters fixed from the training window, so the refit below learns exactly the same way.
             p = _params(params, threads, _dataset(split.train, features, label, scale, base=start)[1])
             booster = fit_lgbm(split, features, label, p, threads, scale, start)
             pred = predict(booster, scale, split.valid, start(split.valid) if start is not None else None)
-            ok = np.isfinite(pred)
-            tried[key] = (float(np.mean(np.abs(y[ok] - pred[ok]))), booster, p, scale, start)
-    key = min(tried, key=lambda k: tried[k][0])
-    _, booster, p, scale, start = tried[key]
-    rounds = max(1, booster.best_iteration or booster.current_iteration())
-    valid_mae = {k: v[0] for k, v in tried.items()}
-    if not refit or split.valid.empty:
-        return Fitted(booster, scale, rounds, False, valid_mae, start)
-    both = pd.concat([split.train, split.valid])
-    rounds = max(1, round(rounds * len(both) / max(len(split.train), 1)))
-    booster = lgb.train(p, _dataset(both, features, label, scale, base=start)[0], num_boost_round=rounds)
-    return Fitted(booster, scale, rounds, True, valid_mae, start)
+            singles.append(_Candidate(valid_mae(pred), pred, [(booster, p, scale)], start))
+            tried[scale.kind + suffix] = singles[-1]
+        if blended and len(singles) > 1:
+            pred = blend([c.valid_pred for c in singles])
+            tried["blend" + suffix] = _Candidate(valid_mae(pred), pred, [m for c in singles for m in c.members], start)
+    key = min(tried, key=lambda k: tried[k].valid_mae)
+    kept = tried[key]
+    scores = {k: v.valid_mae for k, v in tried.items()}
+    refitted = refit and not split.valid.empty
+    both = pd.concat([split.train, split.valid]) if refitted else split.train
+    members = []
+    rounds = 0
+    for booster, p, scale in kept.members:
+        n = max(1, booster.best_iteration or booster.current_iteration())
+        if refitted:
+            n = max(1, round(n * len(both) / max(len(split.train), 1)))
+            booster = lgb.train(p, _dataset(both, features, label, scale, base=kept.start)[0], num_boost_round=n)
+        members.append((booster, scale))
+        rounds = rounds or n
+    (first, scale), others = members[0], members[1:]
+    return Fitted(first, scale, rounds, refitted, scores, kept.start, others)

@@ -44,8 +44,7 @@ class Registration:
     """
 
     name: str
-    booster: lgb.Booster
-    scale: LabelScale
+    members: list[tuple[lgb.Booster, LabelScale]]  # one booster and its scale, or a blend's (cityml.modeling)
     example: pd.DataFrame
     features: list[str]
     metrics: dict[str, float]
@@ -104,8 +103,7 @@ def registration(
     selftest = selftest_doc({f: example[f].to_numpy() for f in inputs}, fitted.predict(example))
     return Registration(
         name=name,
-        booster=fitted.booster,
-        scale=fitted.scale,
+        members=fitted.members,
         example=split.test.head(5),
         features=features,
         metrics=m,
@@ -150,8 +148,7 @@ def publish(ctx: RunContext, result: TrainResult, reg: Registration | None) -> T
             c,
             experiment_id(c, ctx.settings),
             reg.name,
-            reg.booster,
-            reg.scale,
+            reg.members,
             reg.example,
             reg.features,
             reg.metrics,

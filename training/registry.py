@@ -86,8 +86,7 @@ def log_version(
     c: MlflowClient,
     experiment: str,
     name: str,
-    booster: lgb.Booster,
-    scale: LabelScale,
+    members: list[tuple[lgb.Booster, LabelScale]],
     example_frame: pd.DataFrame,
     features: list[str],
     metrics: dict[str, float],
@@ -103,16 +102,19 @@ def log_version(
     explicitly: inferring them would export the whole project lock for every model. The version
     is created with all its tags (``tags``, MAE, the label scale, then ``version_tags``) in one
     registry call; a fleet model's per-city rates go to ``label_scale.json`` beside the profile.
+    A blend's first member is the MLflow model, the others LightGBM text files beside it
+    (``cityml.modeling.MEMBER_FILE``), their scales in the ``blend`` tag.
     """
     import lightgbm
     import mlflow
     import mlflow.lightgbm
     from mlflow.models import infer_signature
 
-    from cityml.modeling import CATEGORICAL_FEATURES, SCALE_FILE, SCALE_TAG, model_frame
+    from cityml.modeling import BLEND_TAG, CATEGORICAL_FEATURES, MEMBER_FILE, SCALE_FILE, SCALE_TAG, model_frame
     from cityml.profile import PROFILE_FILE
     from cityml.registry import SELFTEST_FILE
 
+    (booster, scale), others = members[0], members[1:]
     example = example_frame.head(5)
     x = model_frame(example, features)
     with mlflow.start_run(experiment_id=experiment, run_name=name):
@@ -124,6 +126,8 @@ def log_version(
             mlflow.log_dict(scale.to_json(), SCALE_FILE)
         if selftest is not None:
             mlflow.log_dict(selftest, SELFTEST_FILE)
+        for i, (member, _) in enumerate(others, start=1):
+            mlflow.log_text(member.model_to_string(), MEMBER_FILE.format(i=i))
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",
@@ -137,6 +141,8 @@ def log_version(
         )
     mae: dict[str, float] = {k: metrics[k] for k in ("mae", *DAY_KIND_MAE, "baseline_mae") if k in metrics}
     all_tags: dict[str, Any] = {**tags, **mae, SCALE_TAG: scale.kind, **(version_tags or {})}
+    if others:
+        all_tags[BLEND_TAG] = ",".join(s.kind for _, s in members)
     registered = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in all_tags.items()})
     return str(registered.version)
 

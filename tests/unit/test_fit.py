@@ -36,6 +36,23 @@ def test_the_validation_window_picks_the_scale_and_the_refit_adds_its_rows() -> 
     assert np.isfinite(pred).all() and (pred >= 0).all()
 
 
+def test_a_blend_is_one_more_candidate_and_predicts_its_members_mean() -> None:
+    split = _split(seed=4)
+    scales = [LabelScale("per_km"), LabelScale("per_sqrt_km"), LabelScale("none")]
+    features = ["distance_km", "pickup_zone"]
+    fitted = fit_model(split, features, "duration_s", scales, threads=1, blended=True)
+    assert set(fitted.valid_mae) == {"per_km", "per_sqrt_km", "none", "blend"}
+    kept = min(fitted.valid_mae, key=fitted.valid_mae.get)  # type: ignore[arg-type]
+    assert [s.kind for _, s in fitted.members] == (["per_km", "per_sqrt_km", "none"] if kept == "blend" else [kept])
+    # However it was chosen, a blend of these members answers their mean (the rule serving applies).
+    many = fit_model(split, features, "duration_s", scales[:1], threads=1)
+    many.others = [fit_model(split, features, "duration_s", [s], threads=1).members[0] for s in scales[1:]]
+    each = [predict(b, s, split.test) for b, s in many.members]
+    np.testing.assert_allclose(many.predict(split.test), np.mean(each, axis=0), rtol=1e-12)
+    unblended = fit_model(split, features, "duration_s", scales, threads=1)
+    assert "blend" not in unblended.valid_mae and len(unblended.members) == 1  # without ``blended``, never
+
+
 def test_fit_model_needs_a_scale() -> None:
     with pytest.raises(ValueError, match="at least one label scale"):
         fit_model(_split(300), ["distance_km"], "duration_s", [])

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.modeling import FAST_ROWS, MIN_KM, FeatureEncoder, LabelScale, RawPredictor, model_frame, predict
+from cityml.modeling import FAST_ROWS, MIN_KM, FeatureEncoder, LabelScale, RawPredictor, blend, model_frame, predict
 
 
 def _trips(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -24,6 +24,26 @@ def test_per_km_learns_the_label_per_km_weighted_by_km_and_decodes_back() -> Non
     np.testing.assert_allclose(target, t["duration_s"] / km)
     np.testing.assert_allclose(weight, km)  # so the weighted L1 on the pace is the L1 on the duration
     np.testing.assert_allclose(scale.decode(target, t), t["duration_s"])
+
+
+def test_per_sqrt_km_weighs_by_its_divisor_so_the_weighted_l1_is_the_labels_absolute_error() -> None:
+    t = _trips()
+    scale = LabelScale("per_sqrt_km")
+    target, weight = scale.encode(t["duration_s"], t)
+    root = np.sqrt(np.maximum(t["distance_km"].to_numpy(), MIN_KM))
+    np.testing.assert_allclose(target, t["duration_s"] / root)
+    np.testing.assert_allclose(scale.decode(target, t), t["duration_s"])
+    guess = np.full(len(t), 120.0)  # any prediction in the scaled label
+    assert weight is not None
+    np.testing.assert_allclose(
+        np.abs(target - guess) * weight, np.abs(t["duration_s"].to_numpy() - scale.decode(guess, t))
+    )
+
+
+def test_a_blend_answers_its_members_mean_and_nothing_where_one_has_no_answer() -> None:
+    a, b, c = np.array([1.0, 2.0, np.nan]), np.array([3.0, 6.0, 1.0]), np.array([2.0, 1.0, 1.0])
+    np.testing.assert_allclose(blend([a, b, c]), [2.0, 3.0, np.nan])
+    np.testing.assert_allclose(blend([b]), b)
 
 
 def test_a_fleet_scale_divides_by_the_city_rate_and_serves_only_cities_it_knows() -> None:

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import pytest
 
+from cityml.modeling import model_frame
 from cityml.registry import UnsafeModelError, client, load_version
 from cityml.settings import Settings
 
@@ -74,6 +76,57 @@ def test_a_registered_pickle_that_would_run_code_is_never_opened(tmp_path: Path,
     with pytest.raises(Exception, match=r"eta-evil|model|Booster|parse|format"):
         load_version(c, mv)  # type: ignore[arg-type]
     assert not marker.exists()
+
+
+def _blended_version(settings: Settings, name: str = "eta-blend") -> tuple[object, pd.DataFrame, np.ndarray]:
+    """A three-member blend registered the way training registers it, and what it predicted before."""
+    from cityml.modeling import LabelScale
+    from training.fit import Fitted
+    from training.registry import experiment_id, log_version
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(
+        {"distance_km": rng.uniform(0.2, 20, 300), "pickup_zone": rng.choice(["a", "b", "c"], 300)}
+    ).assign(duration_s=lambda f: f.distance_km * f.pickup_zone.map({"a": 90, "b": 150, "c": 240}) + 60)
+    features = ["distance_km", "pickup_zone"]
+    members = []
+    for kind in ("per_km", "per_sqrt_km", "none"):
+        scale = LabelScale(kind)  # type: ignore[arg-type]
+        y, w = scale.encode(frame["duration_s"], frame)
+        data = lgb.Dataset(model_frame(frame, features), y, weight=w)
+        members.append((lgb.train({"verbosity": -1, "num_threads": 1}, data, num_boost_round=20), scale))
+    fitted = Fitted(members[0][0], members[0][1], 20, False, others=members[1:])
+    c = client(settings)
+    log_version(c, experiment_id(c, settings), name, fitted.members, frame, features, {"mae": 1.0}, {}, {}, {})
+    return c.get_model_version(name, "1"), frame, fitted.predict(frame)
+
+
+def test_a_blend_loads_with_every_member_and_predicts_what_training_predicted(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "var")
+    mv, frame, before = _blended_version(settings)
+    assert mv.tags["blend"] == "per_km,per_sqrt_km,none" and mv.tags["label_scale"] == "per_km"  # type: ignore[attr-defined]
+    loaded = load_version(client(settings), mv)  # type: ignore[arg-type]
+    assert [s.kind for _, s in loaded.members] == ["per_km", "per_sqrt_km", "none"]
+    np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+
+
+def test_a_blend_missing_a_member_or_with_a_stranger_is_refused_naming_it(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "var")
+    mv, _, _ = _blended_version(settings)
+    c = client(settings)
+    member = Path(c.get_run(mv.run_id).info.artifact_uri.removeprefix("file://")) / "members" / "2.txt"  # type: ignore[attr-defined]
+    text = member.read_text()
+    member.unlink()
+    with pytest.raises(UnsafeModelError, match=r"eta-blend v1: blend member 2 \(members/2.txt\) is missing"):
+        load_version(c, mv)  # type: ignore[arg-type]
+    # A booster of other features in its place: one input matrix could not feed both.
+    rng = np.random.default_rng(0)
+    stranger = lgb.train({"verbosity": -1}, lgb.Dataset(rng.normal(size=(50, 3)), rng.normal(size=50)), 3)
+    member.write_text(stranger.model_to_string())
+    with pytest.raises(UnsafeModelError, match="blend member 2 reads other features"):
+        load_version(c, mv)  # type: ignore[arg-type]
+    member.write_text(text)
+    assert load_version(c, mv).others  # type: ignore[arg-type]
 
 
 def test_a_second_process_creating_the_experiment_finds_it(tmp_path: Path) -> None:
