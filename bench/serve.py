@@ -246,7 +246,7 @@ def _features(model: Any, home: Path, instances: list[dict[str, Any]]) -> tuple[
 
     rows = trip_rows(reqs, catalog, datetime.now(UTC), [None] * len(reqs))
     reader = OnlineReader(get_store(settings), get_store(settings).get_feature_service(model.feature_service))
-    columns, _ = model_columns(reader, rows, {c.slug: c.timezone for c in catalog.cities})
+    columns, _ = model_columns(reader, rows, catalog.calendars())
     return _encoded(model, columns, len(reqs)), model.features
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -11,6 +12,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class LocalCalendar:
+    """A city's calendar, from the catalog: its IANA timezone and, optionally, whose public holidays
+    it keeps (``holidays``: an ISO 3166 country code, ``US``, or with a subdivision, ``US-NY``)."""
+
+    timezone: str
+    holidays: str | None = None
 
 
 class Tariff(BaseModel):
@@ -73,6 +83,11 @@ class City(BaseModel):
         description="The city's zone ids; in YAML a list or the path of a CSV zone table (first column, or one named "
         "zone_id / LocationID), relative to the catalog file. Synthetic cities have their grid.",
     )
+    holidays: str | None = Field(
+        default=None,
+        description="Whose public holidays the city keeps: an ISO 3166 country code (US) or country-subdivision "
+        "(US-NY), as the `holidays` package names them; the is_holiday feature. Without it the feature is missing.",
+    )
     synthetic: Synthetic | None = None
 
     @field_validator("slug")
@@ -91,6 +106,21 @@ class City(BaseModel):
             raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
+    @field_validator("holidays")
+    @classmethod
+    def _holidays(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import holidays
+
+        country, _, subdivision = value.partition("-")
+        supported = holidays.list_supported_countries()
+        if country not in supported:
+            raise ValueError(f"unknown holiday country {country!r} in {value!r} (an ISO 3166 code such as US)")
+        if subdivision and subdivision not in supported[country]:
+            raise ValueError(f"{country} has no subdivision {subdivision!r} in the holidays package")
+        return value
+
     @model_validator(mode="after")
     def _bbox(self) -> City:
         min_lat, min_lon, max_lat, max_lon = self.bbox
@@ -101,6 +131,11 @@ class City(BaseModel):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def calendar(self) -> LocalCalendar:
+        """What the local hour, weekday and holiday features are computed with."""
+        return LocalCalendar(self.timezone, self.holidays)
 
     def zone_of(self, lat: float, lon: float) -> str | None:
         """The synthetic grid zone holding a point, or None outside the bbox / without a grid."""
@@ -167,6 +202,10 @@ class Catalog(BaseModel):
     @property
     def slugs(self) -> list[str]:
         return [c.slug for c in self.cities]
+
+    def calendars(self) -> dict[str, LocalCalendar]:
+        """Every city's calendar by slug: the request features' local time and holidays."""
+        return {c.slug: c.calendar for c in self.cities}
 
     def select(self, spec: str | None) -> list[City]:
         """Cities named by ``a,b`` or ``all`` (None means all)."""

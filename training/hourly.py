@@ -22,7 +22,7 @@ import pandas as pd
 
 from cityml.data.trips import read_trips
 from cityml.features.featurestore import service_feature_names
-from cityml.features.request_features import local_calendar
+from cityml.features.request_features import holiday_flags, local_calendar
 from cityml.modeling import LabelScale
 from cityml.naming import model_name
 from cityml.targets import HourlyTarget
@@ -39,7 +39,7 @@ from training.results import TrainResult
 log = logging.getLogger(__name__)
 
 #: Calendar features every hourly model gets, in the city's local time (the same function trip requests use).
-CALENDAR_FEATURES = ["local_hour", "local_weekday", "is_weekend"]
+CALENDAR_FEATURES = ["local_hour", "local_weekday", "is_weekend", "is_holiday"]
 
 
 def hourly_labels(
@@ -86,7 +86,8 @@ def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> Traini
     joined = ctx.store.get_historical_features(entity_df=entity_df, features=service, full_feature_names=True).to_df()
     joined = joined.set_index("_row").reindex(np.arange(len(labels)))
     seconds = at.astype("int64").to_numpy() // 1_000_000
-    hour, weekday = local_calendar(seconds, ctx.catalog.get(city).timezone)
+    calendar = ctx.catalog.get(city).calendar
+    hour, weekday = local_calendar(seconds, calendar.timezone)
     frame = pd.DataFrame(
         {
             "city": city,
@@ -94,6 +95,7 @@ def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> Traini
             "local_hour": hour,
             "local_weekday": weekday,
             "is_weekend": (weekday >= 5).astype("int64"),
+            "is_holiday": holiday_flags(seconds, calendar),
         }
     )
     for name in features[len(CALENDAR_FEATURES) :]:

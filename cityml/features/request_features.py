@@ -6,14 +6,16 @@ instances of a predict request. There is no second copy of this code anywhere.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
+from cityml.catalog import LocalCalendar
 from cityml.geo import bearing_deg, haversine_km
 
 #: The request's zones, as given (or placed from coordinates): city models take them as
@@ -27,13 +29,50 @@ REQUEST_FEATURES: tuple[str, ...] = (
     "local_hour",
     "local_weekday",
     "is_weekend",
+    "is_holiday",
     *ZONE_FEATURES,
 )
 
 
 #: Request features that only depend on the calendar date. A drift window shorter than a week
 #: always differs from the reference in them, so drift reports but does not judge them.
-CALENDAR_FEATURES: frozenset[str] = frozenset({"local_weekday", "is_weekend"})
+CALENDAR_FEATURES: frozenset[str] = frozenset({"local_weekday", "is_weekend", "is_holiday"})
+
+
+#: City slug to its calendar; a bare timezone name is a calendar without holidays.
+Calendars = Mapping[str, "LocalCalendar | str"]
+
+
+@functools.lru_cache(maxsize=512)
+def holiday_dates(code: str, year: int) -> frozenset[date]:
+    """Public holidays of ``code`` (``US``, ``US-NY``, ``PT``...) in ``year``, by the ``holidays`` package.
+
+    Raises ``ValueError`` naming the code when the package does not know it.
+    """
+    import holidays
+
+    country, _, subdivision = code.partition("-")
+    try:
+        found = holidays.country_holidays(country, subdiv=subdivision or None, years=year)
+    except NotImplementedError as exc:  # what the package raises for a country or subdivision it lacks
+        raise ValueError(f"unknown holiday calendar {code!r}: {exc}") from exc
+    return frozenset(found)
+
+
+def holiday_flags(pickup_s: np.ndarray, calendar: LocalCalendar) -> np.ndarray:
+    """1.0 where the local date of a pickup is a public holiday, 0.0 where not; NaN for a city without a
+    holiday calendar (unknown, not "no holiday")."""
+    n = len(pickup_s)
+    if calendar.holidays is None:
+        return np.full(n, np.nan)
+    zone = ZoneInfo(calendar.timezone)
+    if n <= LOOP_ROWS:
+        days = [datetime.fromtimestamp(int(s), zone).date() for s in pickup_s]
+    else:
+        stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(pickup_s, dtype="int64"), unit="s", utc=True))
+        days = list(stamps.tz_convert(zone).date)
+    code = calendar.holidays
+    return np.fromiter((d in holiday_dates(code, d.year) for d in days), dtype="float64", count=n)
 
 
 def _coords(df: pd.DataFrame, name: str) -> np.ndarray:
@@ -102,7 +141,7 @@ def local_calendar(pickup_s: np.ndarray, tz: str) -> tuple[np.ndarray, np.ndarra
     return stamps.hour.to_numpy(dtype="int64"), stamps.weekday.to_numpy(dtype="int64")
 
 
-def request_columns(rows: TripRows, timezones: Mapping[str, str]) -> dict[str, np.ndarray]:
+def request_columns(rows: TripRows, calendars: Calendars) -> dict[str, np.ndarray]:
     """The request-time feature columns (:data:`REQUEST_FEATURES`) of ``rows``, by name.
 
     Distance is the straight line between the points when all four coordinates are known;
@@ -116,14 +155,18 @@ def request_columns(rows: TripRows, timezones: Mapping[str, str]) -> dict[str, n
     n = len(rows)
     hour = np.empty(n, dtype="int64")
     weekday = np.empty(n, dtype="int64")
+    holiday = np.empty(n, dtype="float64")
     cities = rows.city
     for city in dict.fromkeys(cities.tolist()):
         mask = cities == city
         try:
-            tz = timezones[city]
+            calendar = calendars[city]
         except KeyError as exc:
             raise KeyError(f"city {city!r} is not in the catalog") from exc
-        hour[mask], weekday[mask] = local_calendar(rows.pickup_s[mask], tz)
+        if isinstance(calendar, str):
+            calendar = LocalCalendar(calendar)
+        hour[mask], weekday[mask] = local_calendar(rows.pickup_s[mask], calendar.timezone)
+        holiday[mask] = holiday_flags(rows.pickup_s[mask], calendar)
 
     return {
         "distance_km": dist,
@@ -131,20 +174,21 @@ def request_columns(rows: TripRows, timezones: Mapping[str, str]) -> dict[str, n
         "local_hour": hour,
         "local_weekday": weekday,
         "is_weekend": (weekday >= 5).astype("int64"),
+        "is_holiday": holiday,
         "pickup_zone": rows.pickup_zone,
         "dropoff_zone": rows.dropoff_zone,
     }
 
 
-def request_features(df: pd.DataFrame, timezones: Mapping[str, str]) -> pd.DataFrame:
+def request_features(df: pd.DataFrame, calendars: Calendars) -> pd.DataFrame:
     """:func:`request_columns` of a frame's rows, as a frame on the same index.
 
     Args:
         df: rows with ``city``, ``pickup_ts`` (tz-aware or UTC-naive) and
             ``pickup_lat/lon``, ``dropoff_lat/lon`` and/or ``distance_km``.
-        timezones: city slug to IANA timezone, from the catalog.
+        calendars: city slug to its calendar (``Catalog.calendars``), or to its IANA timezone alone.
     """
-    return pd.DataFrame(request_columns(TripRows.from_frame(df), timezones), index=df.index)
+    return pd.DataFrame(request_columns(TripRows.from_frame(df), calendars), index=df.index)
 
 
 def _zones(df: pd.DataFrame, name: str) -> np.ndarray:

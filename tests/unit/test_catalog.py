@@ -22,6 +22,17 @@ def test_bad_entries_are_named(tmp_path: Path) -> None:
     assert str(bad) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("code", "message"), [("XX", "unknown holiday country 'XX'"), ("US-ZZ", "US has no subdivision 'ZZ'")]
+)
+def test_an_unknown_holiday_calendar_is_named(tmp_path: Path, code: str, message: str) -> None:
+    path = tmp_path / "cities.yaml"
+    path.write_text(f"cities:\n  - {{slug: a, timezone: UTC, holidays: {code}, currency: EUR, bbox: [1, 2, 3, 4]}}\n")
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    assert "cities.0.holidays" in str(err.value) and message in str(err.value)
+
+
 def test_duplicate_city_is_refused(tmp_path: Path) -> None:
     entry = "  - {slug: a, timezone: UTC, currency: EUR, bbox: [1, 2, 3, 4]}\n"
     path = tmp_path / "cities.yaml"
