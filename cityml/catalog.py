@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -15,12 +16,14 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 @dataclass(frozen=True)
-class LocalCalendar:
-    """A city's calendar, from the catalog: its IANA timezone and, optionally, whose public holidays
-    it keeps (``holidays``: an ISO 3166 country code, ``US``, or with a subdivision, ``US-NY``)."""
+class CityContext:
+    """What request-time features need to know about a city, from the catalog: its IANA timezone,
+    whose public holidays it keeps (``holidays``: an ISO 3166 country code, ``US``, or with a
+    subdivision, ``US-NY``) and the area of each zone (``zone_areas``: a borough, a district)."""
 
     timezone: str
     holidays: str | None = None
+    zone_areas: Mapping[str, str] | None = None
 
 
 class Tariff(BaseModel):
@@ -83,6 +86,11 @@ class City(BaseModel):
         description="The city's zone ids; in YAML a list or the path of a CSV zone table (first column, or one named "
         "zone_id / LocationID), relative to the catalog file. Synthetic cities have their grid.",
     )
+    zone_areas: dict[str, str] | None = Field(
+        default=None,
+        description="The area (borough, district) of each zone, for the area_pair feature; from the zone table's "
+        "area / borough / district column, or given here. Zones without one have no area pair.",
+    )
     holidays: str | None = Field(
         default=None,
         description="Whose public holidays the city keeps: an ISO 3166 country code (US) or country-subdivision "
@@ -122,6 +130,14 @@ class City(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _areas_of_known_zones(self) -> City:
+        if self.zone_areas and self.zones is not None:
+            unknown = sorted(set(self.zone_areas) - set(self.zones))[:5]
+            if unknown:
+                raise ValueError(f"zone_areas names zones the city does not have: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
     def _bbox(self) -> City:
         min_lat, min_lon, max_lat, max_lon = self.bbox
         if not (-90 <= min_lat < max_lat <= 90 and -180 <= min_lon < max_lon <= 180):
@@ -132,10 +148,10 @@ class City(BaseModel):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    @property
-    def calendar(self) -> LocalCalendar:
-        """What the local hour, weekday and holiday features are computed with."""
-        return LocalCalendar(self.timezone, self.holidays)
+    @cached_property
+    def context(self) -> CityContext:
+        """What the request-time features are computed with: local time, holidays, zone areas."""
+        return CityContext(self.timezone, self.holidays, self.zone_areas)
 
     def zone_of(self, lat: float, lon: float) -> str | None:
         """The synthetic grid zone holding a point, or None outside the bbox / without a grid."""
@@ -203,9 +219,9 @@ class Catalog(BaseModel):
     def slugs(self) -> list[str]:
         return [c.slug for c in self.cities]
 
-    def calendars(self) -> dict[str, LocalCalendar]:
-        """Every city's calendar by slug: the request features' local time and holidays."""
-        return {c.slug: c.calendar for c in self.cities}
+    def contexts(self) -> dict[str, CityContext]:
+        """Every city's :class:`CityContext` by slug: what its request-time features are computed with."""
+        return {c.slug: c.context for c in self.cities}
 
     def select(self, spec: str | None) -> list[City]:
         """Cities named by ``a,b`` or ``all`` (None means all)."""
@@ -219,6 +235,8 @@ class CatalogError(ValueError):
 
 
 ZONE_ID_COLUMNS = ("zone_id", "locationid")
+#: A zone table's column naming each zone's area (the first of these found, case-insensitively).
+ZONE_AREA_COLUMNS = ("area", "borough", "district")
 
 
 def read_zone_table(path: Path) -> tuple[str, ...]:
@@ -248,13 +266,37 @@ def read_zone_table(path: Path) -> tuple[str, ...]:
     return tuple(ids)
 
 
+def read_zone_areas(path: Path) -> dict[str, str] | None:
+    """Each zone's area from a zone table's ``area`` / ``borough`` / ``district`` column; None without one.
+
+    A zone whose cell is blank has no area. Call after :func:`read_zone_table` (which checks the ids).
+    """
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip().lower() for h in rows[0]]
+    area = next((header.index(c) for c in ZONE_AREA_COLUMNS if c in header), None)
+    if area is None:
+        return None
+    col = next((header.index(c) for c in ZONE_ID_COLUMNS if c in header), 0)
+    return {
+        row[col].strip(): row[area].strip()
+        for row in rows[1:]
+        if max(col, area) < len(row) and row[col].strip() and row[area].strip()
+    }
+
+
 def _zone_tables(raw: object, folder: Path) -> object:
     """The catalog document with each city's ``zones: <file.csv>`` replaced by the ids the file lists."""
     if not isinstance(raw, dict) or not isinstance(raw.get("cities"), list):
         return raw
     for city in raw["cities"]:
         if isinstance(city, dict) and isinstance(city.get("zones"), str):
-            city["zones"] = read_zone_table(folder / city["zones"])
+            table = folder / city["zones"]
+            city["zones"] = read_zone_table(table)
+            if "zone_areas" not in city:
+                city["zone_areas"] = read_zone_areas(table)
     return raw
 
 

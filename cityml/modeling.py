@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from cityml.features.request_features import ZONE_FEATURES
+from cityml.features.request_features import CITY_LOCAL_FEATURES
 
 if TYPE_CHECKING:
     import lightgbm as lgb
 
 CITY_FEATURE = "city"  # the fleet (global) models' categorical feature
-CATEGORICAL_FEATURES: frozenset[str] = frozenset({CITY_FEATURE, *ZONE_FEATURES})
+CATEGORICAL_FEATURES: frozenset[str] = frozenset({CITY_FEATURE, *CITY_LOCAL_FEATURES})
 #: Shorter trips count as this many km: a 50 m trip's pace is noise, and its weight should not vanish.
 MIN_KM = 0.5
 SCALE_TAG = "label_scale"

@@ -31,7 +31,7 @@ def evaluate_champion(settings: Settings, city: str, target: str, start: datetim
         raise ValueError(f"no {city} trips with a {label} between {start} and {end}")
     store = get_store(settings)
     service = store.get_feature_service(champion.tags.get("feature_service", feature_service_name(target)))
-    frame = historical_model_input(store, service, trips, catalog.calendars())
+    frame = historical_model_input(store, service, trips, catalog.contexts())
     frame[label] = trips[label]
     y = trips[label].to_numpy()
     run = c.get_run(champion.run_id) if champion.run_id else None

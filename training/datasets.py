@@ -11,7 +11,7 @@ import pandas as pd
 from cityml.catalog import Catalog, load_catalog
 from cityml.data.trips import read_trips
 from cityml.features.featurestore import entity_columns, get_store, service_feature_names
-from cityml.features.request_features import REQUEST_FEATURES, Calendars, request_features
+from cityml.features.request_features import REQUEST_FEATURES, CityContexts, request_features
 from cityml.naming import LABELS, feature_service_name
 from cityml.settings import Settings
 
@@ -76,7 +76,7 @@ def build_training_sets(
         empty = pd.DataFrame(columns=columns)
         return {city: TrainingSet(empty, features, label, service_name) for city in cities}
 
-    tz = catalog.calendars()
+    tz = catalog.contexts()
     joined = historical_model_input(store, service, trips, tz)
     frame = pd.concat([trips[["trip_id", "city"]], joined, trips[[label]]], axis=1)
     # A trip of unknown length (no points, no distance) says nothing about a pace or a fare per km,
@@ -92,7 +92,7 @@ def build_training_sets(
 
 
 def historical_model_input(
-    store: FeatureStore, service: FeatureService, trips: pd.DataFrame, calendars: Calendars
+    store: FeatureStore, service: FeatureService, trips: pd.DataFrame, contexts: CityContexts
 ) -> pd.DataFrame:
     """What a model sees for each trip at its pickup time, on ``trips``'s index.
 
@@ -113,4 +113,4 @@ def historical_model_input(
     joined = joined.set_index("_row").reindex(key.to_numpy())
     joined.index = trips.index
     names = service_feature_names(service)
-    return pd.concat([request_features(trips, calendars), joined[names], entity_df["event_timestamp"]], axis=1)
+    return pd.concat([request_features(trips, contexts), joined[names], entity_df["event_timestamp"]], axis=1)

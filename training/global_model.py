@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from cityml.features.request_features import ZONE_FEATURES
+from cityml.features.request_features import CITY_LOCAL_FEATURES
 from cityml.modeling import CITY_FEATURE, LabelScale
 from cityml.naming import CITY_MAE_METRIC, GLOBAL, model_name
 from training.city import MIN_FIT_ROWS, Stopwatch, city_sets, window
@@ -102,7 +102,7 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
         return out
 
     split = Split(stack("train"), stack("valid"), stack("test"))
-    features = [*(f for f in kept[0].features if f not in ZONE_FEATURES), CITY_FEATURE]
+    features = [*(f for f in kept[0].features if f not in CITY_LOCAL_FEATURES), CITY_FEATURE]
     label = kept[0].label
     clock = Stopwatch()
     scale = LabelScale("per_km_city", rates)

@@ -86,8 +86,8 @@ def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> Traini
     joined = ctx.store.get_historical_features(entity_df=entity_df, features=service, full_feature_names=True).to_df()
     joined = joined.set_index("_row").reindex(np.arange(len(labels)))
     seconds = at.astype("int64").to_numpy() // 1_000_000
-    calendar = ctx.catalog.get(city).calendar
-    hour, weekday = local_calendar(seconds, calendar.timezone)
+    context = ctx.catalog.get(city).context
+    hour, weekday = local_calendar(seconds, context.timezone)
     frame = pd.DataFrame(
         {
             "city": city,
@@ -95,7 +95,7 @@ def build_hourly_set(ctx: RunContext, city: str, target: HourlyTarget) -> Traini
             "local_hour": hour,
             "local_weekday": weekday,
             "is_weekend": (weekday >= 5).astype("int64"),
-            "is_holiday": holiday_flags(seconds, calendar),
+            "is_holiday": holiday_flags(seconds, context),
         }
     )
     for name in features[len(CALENDAR_FEATURES) :]:

@@ -90,7 +90,7 @@ def parity_check(
     """
     catalog = catalog or load_catalog(settings.catalog_path)
     catalog.get(city)
-    calendars = catalog.calendars()
+    contexts = catalog.contexts()
     trips = read_trips(settings.trips_dir, [city])
     if trips.empty:
         raise ValueError(f"no stored trips for city {city!r}")
@@ -98,7 +98,7 @@ def parity_check(
 
     store = store or get_store(settings)
     service_name = feature_service_name(target)
-    historical = historical_model_input(store, store.get_feature_service(service_name), picked, calendars)
+    historical = historical_model_input(store, store.get_feature_service(service_name), picked, contexts)
 
     with tempfile.TemporaryDirectory(prefix="cityml-parity-") as tmp:
         scratch = settings.model_copy(update={"home": Path(tmp), "online_store": "sqlite"})
@@ -122,7 +122,7 @@ def parity_check(
             with contextlib.redirect_stdout(io.StringIO()):  # Feast prints progress
                 materialize(scratch, end=hour.to_pydatetime(), start=start.to_pydatetime())
             previous = hour
-            parts.append(model_input(reader, group, calendars))
+            parts.append(model_input(reader, group, contexts))
         online = pd.concat(parts).reindex(picked.index)
     get_store(settings)  # restore the Feast environment of the live settings
 

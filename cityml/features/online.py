@@ -35,7 +35,7 @@ import pandas as pd
 from redis.exceptions import RedisError
 
 from cityml.features.featurestore import entity_keys
-from cityml.features.request_features import Calendars, TripRows, request_columns
+from cityml.features.request_features import CityContexts, TripRows, request_columns
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView
@@ -307,15 +307,15 @@ def _fail_fast(store: FeatureStore) -> None:
 
 
 def model_columns(
-    reader: OnlineReader, rows: TripRows, calendars: Calendars
+    reader: OnlineReader, rows: TripRows, contexts: CityContexts
 ) -> tuple[dict[str, np.ndarray], OnlineRows]:
     """Every input column a model of ``reader``'s service can take, for ``rows``: request-time and online."""
     online = reader.read(entity_keys(rows.city, rows.pickup_zone, rows.dropoff_zone), rows.pickup_s)
-    return {**request_columns(rows, calendars), **online.columns, "city": rows.city}, online
+    return {**request_columns(rows, contexts), **online.columns, "city": rows.city}, online
 
 
-def model_input(reader: OnlineReader, df: pd.DataFrame, calendars: Calendars) -> pd.DataFrame:
+def model_input(reader: OnlineReader, df: pd.DataFrame, contexts: CityContexts) -> pd.DataFrame:
     """Feature rows, on ``df``'s index, for trips with city, pickup_ts, zones and coordinates."""
-    columns, _ = model_columns(reader, TripRows.from_frame(df), calendars)
+    columns, _ = model_columns(reader, TripRows.from_frame(df), contexts)
     columns.pop("city")
     return pd.DataFrame(columns, index=df.index)

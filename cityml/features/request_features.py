@@ -15,12 +15,20 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from cityml.catalog import LocalCalendar
+from cityml.catalog import CityContext
 from cityml.geo import bearing_deg, haversine_km
 
 #: The request's zones, as given (or placed from coordinates): city models take them as
 #: categorical features (``cityml.modeling``), fleet models do not (zone names are city-local).
 ZONE_FEATURES: tuple[str, ...] = ("pickup_zone", "dropoff_zone")
+
+#: The areas (boroughs, districts: the catalog's ``zone_areas``) of the pickup and dropoff zones, as
+#: one category ``"<pickup area>><dropoff area>"``: a handful of values where zones are hundreds, so
+#: a city with few trips per zone still learns how long a trip between two boroughs takes.
+AREA_PAIR = "area_pair"
+
+#: Categorical features whose values mean something in one city only: the fleet model leaves them out.
+CITY_LOCAL_FEATURES: tuple[str, ...] = (*ZONE_FEATURES, AREA_PAIR)
 
 #: Names of the columns :func:`request_features` adds, in order.
 REQUEST_FEATURES: tuple[str, ...] = (
@@ -31,6 +39,7 @@ REQUEST_FEATURES: tuple[str, ...] = (
     "is_weekend",
     "is_holiday",
     *ZONE_FEATURES,
+    AREA_PAIR,
 )
 
 
@@ -39,8 +48,8 @@ REQUEST_FEATURES: tuple[str, ...] = (
 CALENDAR_FEATURES: frozenset[str] = frozenset({"local_weekday", "is_weekend", "is_holiday"})
 
 
-#: City slug to its calendar; a bare timezone name is a calendar without holidays.
-Calendars = Mapping[str, "LocalCalendar | str"]
+#: City slug to its context; a bare timezone name is a city without holidays or zone areas.
+CityContexts = Mapping[str, "CityContext | str"]
 
 
 @functools.lru_cache(maxsize=512)
@@ -59,19 +68,19 @@ def holiday_dates(code: str, year: int) -> frozenset[date]:
     return frozenset(found)
 
 
-def holiday_flags(pickup_s: np.ndarray, calendar: LocalCalendar) -> np.ndarray:
+def holiday_flags(pickup_s: np.ndarray, context: CityContext) -> np.ndarray:
     """1.0 where the local date of a pickup is a public holiday, 0.0 where not; NaN for a city without a
     holiday calendar (unknown, not "no holiday")."""
     n = len(pickup_s)
-    if calendar.holidays is None:
+    if context.holidays is None:
         return np.full(n, np.nan)
-    zone = ZoneInfo(calendar.timezone)
+    zone = ZoneInfo(context.timezone)
     if n <= LOOP_ROWS:
         days = [datetime.fromtimestamp(int(s), zone).date() for s in pickup_s]
     else:
         stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(pickup_s, dtype="int64"), unit="s", utc=True))
         days = list(stamps.tz_convert(zone).date)
-    code = calendar.holidays
+    code = context.holidays
     return np.fromiter((d in holiday_dates(code, d.year) for d in days), dtype="float64", count=n)
 
 
@@ -141,12 +150,13 @@ def local_calendar(pickup_s: np.ndarray, tz: str) -> tuple[np.ndarray, np.ndarra
     return stamps.hour.to_numpy(dtype="int64"), stamps.weekday.to_numpy(dtype="int64")
 
 
-def request_columns(rows: TripRows, calendars: Calendars) -> dict[str, np.ndarray]:
+def request_columns(rows: TripRows, contexts: CityContexts) -> dict[str, np.ndarray]:
     """The request-time feature columns (:data:`REQUEST_FEATURES`) of ``rows``, by name.
 
     Distance is the straight line between the points when all four coordinates are known;
     otherwise the row's own ``distance_km`` (a routed or metered estimate) is used. Zones pass
-    through as text (None where unknown); the rest are numbers.
+    through as text (None where unknown), and so does the area pair (None where either zone has
+    no area); the rest are numbers.
     """
     plat, plon, dlat, dlon = rows.pickup_lat, rows.pickup_lon, rows.dropoff_lat, rows.dropoff_lon
     dist = haversine_km(plat, plon, dlat, dlon)
@@ -156,17 +166,20 @@ def request_columns(rows: TripRows, calendars: Calendars) -> dict[str, np.ndarra
     hour = np.empty(n, dtype="int64")
     weekday = np.empty(n, dtype="int64")
     holiday = np.empty(n, dtype="float64")
+    pair = np.full(n, None, dtype=object)
     cities = rows.city
     for city in dict.fromkeys(cities.tolist()):
         mask = cities == city
         try:
-            calendar = calendars[city]
+            context = contexts[city]
         except KeyError as exc:
             raise KeyError(f"city {city!r} is not in the catalog") from exc
-        if isinstance(calendar, str):
-            calendar = LocalCalendar(calendar)
-        hour[mask], weekday[mask] = local_calendar(rows.pickup_s[mask], calendar.timezone)
-        holiday[mask] = holiday_flags(rows.pickup_s[mask], calendar)
+        if isinstance(context, str):
+            context = CityContext(context)
+        hour[mask], weekday[mask] = local_calendar(rows.pickup_s[mask], context.timezone)
+        holiday[mask] = holiday_flags(rows.pickup_s[mask], context)
+        if context.zone_areas:
+            pair[mask] = area_pairs(rows.pickup_zone[mask], rows.dropoff_zone[mask], context.zone_areas)
 
     return {
         "distance_km": dist,
@@ -177,18 +190,31 @@ def request_columns(rows: TripRows, calendars: Calendars) -> dict[str, np.ndarra
         "is_holiday": holiday,
         "pickup_zone": rows.pickup_zone,
         "dropoff_zone": rows.dropoff_zone,
+        AREA_PAIR: pair,
     }
 
 
-def request_features(df: pd.DataFrame, calendars: Calendars) -> pd.DataFrame:
+def area_pairs(pickup: np.ndarray, dropoff: np.ndarray, areas: Mapping[str, str]) -> np.ndarray:
+    """``"<pickup area>><dropoff area>"`` per row; None where either zone is unknown or has no area."""
+    out = np.full(len(pickup), None, dtype=object)
+    for i, (a, b) in enumerate(zip(pickup, dropoff, strict=True)):
+        from_area = areas.get(str(a)) if a is not None else None
+        to_area = areas.get(str(b)) if b is not None else None
+        if from_area is not None and to_area is not None:
+            out[i] = f"{from_area}>{to_area}"
+    return out
+
+
+def request_features(df: pd.DataFrame, contexts: CityContexts) -> pd.DataFrame:
     """:func:`request_columns` of a frame's rows, as a frame on the same index.
 
     Args:
         df: rows with ``city``, ``pickup_ts`` (tz-aware or UTC-naive) and
             ``pickup_lat/lon``, ``dropoff_lat/lon`` and/or ``distance_km``.
-        calendars: city slug to its calendar (``Catalog.calendars``), or to its IANA timezone alone.
+        contexts: city slug to its :class:`~cityml.catalog.CityContext` (``Catalog.contexts``), or to its
+            IANA timezone alone.
     """
-    return pd.DataFrame(request_columns(TripRows.from_frame(df), calendars), index=df.index)
+    return pd.DataFrame(request_columns(TripRows.from_frame(df), contexts), index=df.index)
 
 
 def _zones(df: pd.DataFrame, name: str) -> np.ndarray:

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityml.catalog import LocalCalendar
+from cityml.catalog import CityContext
 from cityml.features.request_features import (
     LOOP_ROWS,
     REQUEST_FEATURES,
@@ -47,7 +47,7 @@ def test_local_hour_and_weekday_follow_each_city_timezone() -> None:
 def test_is_holiday_reads_the_local_date_in_the_citys_country_and_is_missing_without_one() -> None:
     # 2026-07-04 (a Saturday) is Independence Day in the US, not in Portugal; 2026-06-10 is Portugal Day.
     # 03:30 UTC on 2026-07-05 is still the 4th in New York (UTC-4).
-    calendars = {"ny": LocalCalendar("America/New_York", "US"), "pt": LocalCalendar("Europe/Lisbon", "PT"), "x": "UTC"}
+    contexts = {"ny": CityContext("America/New_York", "US"), "pt": CityContext("Europe/Lisbon", "PT"), "x": "UTC"}
     df = pd.DataFrame(
         {
             "city": ["ny", "ny", "ny", "pt", "pt", "x"],
@@ -64,14 +64,14 @@ def test_is_holiday_reads_the_local_date_in_the_citys_country_and_is_missing_wit
             "distance_km": [1.0] * 6,
         }
     )
-    flags = request_features(df, calendars)["is_holiday"].to_numpy()
+    flags = request_features(df, contexts)["is_holiday"].to_numpy()
     np.testing.assert_array_equal(flags[:5], [1.0, 1.0, 0.0, 0.0, 1.0])
     assert np.isnan(flags[5])  # a city without a holiday calendar: unknown, not "no holiday"
 
 
 def test_holiday_flags_one_by_one_equal_the_vectorized_pass() -> None:
     seconds = np.arange(1_546_300_800, 1_609_459_200, 3_601 * 7, dtype="int64")  # 2019-2020, every ~7 h
-    calendar = LocalCalendar("America/New_York", "US-NY")
+    calendar = CityContext("America/New_York", "US-NY")
     whole = holiday_flags(seconds, calendar)
     assert len(seconds) > LOOP_ROWS and 0 < whole.sum() < len(seconds)
     by_request = np.concatenate([holiday_flags(seconds[i : i + 8], calendar) for i in range(0, len(seconds), 8)])

@@ -119,7 +119,7 @@ async def predict(request: Request) -> Response:
     except RequestError as exc:
         raise _refuse(state, 422, exc.index, exc.field, str(exc), exc.reason) from exc
 
-    calendars = {city: catalog.get(city).calendar for city in per_city}
+    contexts = {city: catalog.get(city).context for city in per_city}
     values = np.empty(len(instances))
     degraded = np.zeros(len(instances), dtype=bool)
     batches: list[PredictionBatch] = []
@@ -130,7 +130,7 @@ async def predict(request: Request) -> Response:
         index = np.asarray(members)
         model = served_by[members[0]].model
         part = rows.take(index)
-        columns, online = model_columns(state.online.reader(model.feature_service), part, calendars)
+        columns, online = model_columns(state.online.reader(model.feature_service), part, contexts)
         pred = model.predict_columns(columns, len(index))
         unknown = np.flatnonzero(~np.isfinite(pred))
         if unknown.size:  # a per-km model and a trip of unknown length
