@@ -175,6 +175,24 @@ def test_zone_tables(tmp_path: Path) -> None:
         load_catalog(catalog)
 
 
+def test_a_zone_tables_borough_column_gives_the_zone_areas(tmp_path: Path) -> None:
+    nyc = load_catalog(FIXTURES / "cities_real.yaml").get("nyc")
+    assert nyc.zone_areas is not None
+    assert (nyc.zone_areas["132"], nyc.zone_areas["161"], nyc.zone_areas["1"]) == ("Queens", "Manhattan", "EWR")
+    assert nyc.context.zone_areas is nyc.zone_areas
+    assert load_catalog(FIXTURES / "cities_real.yaml").get("chicago").zone_areas is None  # no area column
+    (tmp_path / "z.csv").write_text("zone_id,District\na,north\nb,\nc,south\n")
+    catalog = tmp_path / "cities.yaml"
+    catalog.write_text("cities:\n  - {slug: x, timezone: UTC, currency: EUR, bbox: [0, 0, 1, 1], zones: z.csv}\n")
+    assert load_catalog(catalog).get("x").zone_areas == {"a": "north", "c": "south"}  # b has none
+    catalog.write_text(
+        "cities:\n  - {slug: x, timezone: UTC, currency: EUR, bbox: [0, 0, 1, 1], zones: [a, b], "
+        "zone_areas: {a: n, q: s}}\n"
+    )
+    with pytest.raises(CatalogError, match=r"zone_areas names zones the city does not have: q"):
+        load_catalog(catalog)
+
+
 def trips_of(day: str, n: int, fare: float = 10.0) -> pd.DataFrame:
     t0 = pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=10)
     return pd.DataFrame(

@@ -69,12 +69,27 @@ def test_is_holiday_reads_the_local_date_in_the_citys_country_and_is_missing_wit
     assert np.isnan(flags[5])  # a city without a holiday calendar: unknown, not "no holiday"
 
 
+def test_the_area_pair_joins_both_zones_areas_and_is_missing_where_either_has_none() -> None:
+    contexts = {"ny": CityContext("America/New_York", zone_areas={"132": "Queens", "161": "Manhattan"}), "x": "UTC"}
+    df = pd.DataFrame(
+        {
+            "city": ["ny", "ny", "ny", "ny", "x"],
+            "pickup_ts": pd.to_datetime(["2026-07-04T12:00Z"] * 5),
+            "distance_km": [1.0] * 5,
+            "pickup_zone": ["132", "161", "132", None, "132"],
+            "dropoff_zone": ["161", "161", "999", "161", "161"],
+        }
+    )
+    out = request_features(df, contexts)["area_pair"].tolist()
+    assert out == ["Queens>Manhattan", "Manhattan>Manhattan", None, None, None]
+
+
 def test_holiday_flags_one_by_one_equal_the_vectorized_pass() -> None:
     seconds = np.arange(1_546_300_800, 1_609_459_200, 3_601 * 7, dtype="int64")  # 2019-2020, every ~7 h
-    calendar = CityContext("America/New_York", "US-NY")
-    whole = holiday_flags(seconds, calendar)
+    context = CityContext("America/New_York", "US-NY")
+    whole = holiday_flags(seconds, context)
     assert len(seconds) > LOOP_ROWS and 0 < whole.sum() < len(seconds)
-    by_request = np.concatenate([holiday_flags(seconds[i : i + 8], calendar) for i in range(0, len(seconds), 8)])
+    by_request = np.concatenate([holiday_flags(seconds[i : i + 8], context) for i in range(0, len(seconds), 8)])
     np.testing.assert_array_equal(by_request, whole)
 
 
