@@ -8,8 +8,8 @@ what the booster learns and back:
   weighs its distance, so that the L1 loss on the scaled label *is* the absolute error in seconds or
   currency. A trip's pace depends on zones and hours, its length mostly does not: trees fit that
   better than a duration that grows with distance. A trip of unknown length has no prediction
-  (serving asks for ``distance_km`` or the coordinates). City models use ``per_km``, or pick
-  between it and ``none`` on their validation window (``training.fit``).
+  (serving asks for ``distance_km`` or the coordinates). City models try it, ``per_sqrt_km``
+  and ``none`` (and their blend) and keep what their validation window picks (``training.fit``).
 - ``per_sqrt_km``: it learns the label per square root of the km, weighted by that root: between
   the two above. A fare is a flag fall plus a rate per km, a short trip's duration is mostly
   waiting: neither is proportional to the distance, nor independent of it.
