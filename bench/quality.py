@@ -17,7 +17,8 @@ have done, on the training window alone (70%).
 *Variants* re-fit on the same training set with one of cityml's modelling choices switched back,
 so each choice is judged on the same split: no zone categories, no area pair (the catalog's
 zone areas: NYC's boroughs), no trip-history features (the
-``_v1`` FeatureService's columns only), one label scale instead of the blend's candidates (per km,
+``_v1`` FeatureService's columns only), no blend candidate with members reading the request's
+features alone, one label scale instead of the blend's candidates (per km,
 or the label as is), plain L1 instead of Huber, no refit on train + validation. ``as landed``
 switches all of them back. The
 variants are standalone city models; the served one may be *pooled* (a correction to the global
@@ -47,7 +48,17 @@ if TYPE_CHECKING:
 NYC_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyc_tlc_sample_2019-03.csv"
 REF_FEATURES = ["distance_km", "local_hour", "local_weekday", "pickup_zone", "dropoff_zone"]
 TARGET_GAIN = 0.05  # the goal: the NYC champion at least 5% below the reference
-VARIANTS = ("no zones", "no area pair", "no history", "per km only", "label as is", "L1 loss", "no refit", "as landed")
+VARIANTS = (
+    "no zones",
+    "no area pair",
+    "no history",
+    "no narrow members",
+    "per km only",
+    "label as is",
+    "L1 loss",
+    "no refit",
+    "as landed",
+)
 
 
 @dataclass
@@ -88,7 +99,7 @@ def _reference(split: Any, label: str) -> tuple[float, float]:
 
 def _variants(split: Any, features: list[str], label: str, settings: Any) -> dict[str, float]:
     from cityml.features.featurestore import is_history_feature
-    from cityml.features.request_features import AREA_PAIR, ZONE_FEATURES
+    from cityml.features.request_features import AREA_PAIR, REQUEST_FEATURES, ZONE_FEATURES
     from cityml.modeling import LabelScale
     from training.fit import fit_model
 
@@ -96,7 +107,7 @@ def _variants(split: Any, features: list[str], label: str, settings: Any) -> dic
     y = split.test[label].to_numpy()
     kinds = list(settings.train_label_scales)
 
-    def score(feats: list[str], scales: list[str], objective: str, refit: bool) -> float:
+    def score(feats: list[str], scales: list[str], objective: str, refit: bool, narrow: bool = True) -> float:
         fitted = fit_model(
             split,
             feats,
@@ -106,6 +117,7 @@ def _variants(split: Any, features: list[str], label: str, settings: Any) -> dic
             params={"objective": objective},
             threads=settings.train_threads,
             blended=settings.train_blend,
+            narrow=REQUEST_FEATURES if narrow and settings.train_narrow_members else (),
         )
         return _mae(y, fitted.predict(split.test))
 
@@ -116,11 +128,12 @@ def _variants(split: Any, features: list[str], label: str, settings: Any) -> dic
         "no zones": score(no_zones, kinds, "huber", True),
         "no area pair": score([f for f in features if f != AREA_PAIR], kinds, "huber", True),
         "no history": score(no_history, kinds, "huber", True),
+        "no narrow members": score(features, kinds, "huber", True, narrow=False),
         "per km only": score(features, ["per_km"], "huber", True),
         "label as is": score(features, ["none"], "huber", True),
         "L1 loss": score(features, kinds, "regression_l1", True),
         "no refit": score(features, kinds, "huber", False),
-        "as landed": score(landed, ["none"], "regression_l1", False),
+        "as landed": score(landed, ["none"], "regression_l1", False, narrow=False),
     }
 
 

@@ -252,12 +252,12 @@ def _features(model: Any, home: Path, instances: list[dict[str, Any]]) -> tuple[
 
 def _in_process_rows_per_s(model: Any, x: np.ndarray, rounds: int = 30) -> float:
     """Rows a second through the model's own trees: every booster of a blend (``cityml.modeling``)."""
-    boosters = [model.booster, *(b for b, _ in model.others)]
+    members = [(raw.booster, cols) for raw, _, cols in model.members]
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        for booster in boosters:
-            booster.predict(x, num_threads=1)
+        for booster, cols in members:
+            booster.predict(x if cols is None else x[:, cols], num_threads=1)
         times.append(time.perf_counter() - t)
     return len(x) / statistics.median(times)
 
@@ -326,7 +326,7 @@ def run(quick: bool) -> report.Section:
     settings = Settings(home=home)
     built = _build(home, env, days=14 if quick else 21)
     uri, model = _mlflow_twin(settings, tmp)
-    built["members"] = [s.kind for _, s in model.members]
+    built["members"] = [s.kind for _, s, _ in model.members]
     instances = built["instances"]
     x, names = _features(model, home, instances)
     one = [json.dumps({"instances": [i]}) for i in instances]

@@ -20,6 +20,7 @@ import numpy as np
 from cityml.modeling import (
     BASE_TAG,
     BLEND_TAG,
+    CATEGORICAL_FEATURES,
     CITY_FEATURE,
     MEMBER_FILE,
     SCALE_FILE,
@@ -177,9 +178,16 @@ class LoadedModel:
         return RawPredictor(self.booster)
 
     @cached_property
-    def members(self) -> list[tuple[RawPredictor, LabelScale]]:
-        """Every member's raw predictor and scale, the version's own booster first (one unless a blend)."""
-        return [(self.raw, self.scale), *((RawPredictor(b), s) for b, s in self.others)]
+    def members(self) -> list[tuple[RawPredictor, LabelScale, np.ndarray | None]]:
+        """Every member's raw predictor, scale and columns of the version's input matrix (None: all of
+        them), the version's own booster first (one unless a blend)."""
+        names = self.encoder.names
+        out: list[tuple[RawPredictor, LabelScale, np.ndarray | None]] = [(self.raw, self.scale, None)]
+        for booster, scale in self.others:
+            own = list(booster.feature_name())
+            cols = None if own == names else np.array([names.index(f) for f in own], dtype=np.intp)
+            out.append((RawPredictor(booster), scale, cols))
+        return out
 
     @property
     def features(self) -> list[str]:
@@ -198,7 +206,12 @@ class LoadedModel:
         base = self.base.predict_columns(columns, n) if self.base is not None else None
         x = self.encoder.matrix(columns, n)
         km = columns.get("distance_km")
-        return blend([predict_matrix(raw, scale, x, km, cities, base) for raw, scale in self.members])
+        return blend(
+            [
+                predict_matrix(raw, scale, x if cols is None else x[:, cols], km, cities, base)
+                for raw, scale, cols in self.members
+            ]
+        )
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
@@ -257,8 +270,10 @@ def _blend_members(
 ) -> list[tuple[lgb.Booster, LabelScale]]:
     """A blended version's members after its first (``cityml.modeling``): none unless it has a ``blend`` tag.
 
-    Each must read the same features with the same categories as the first, since one input
-    matrix feeds them all; a member file that is missing or differs refuses the version.
+    One input matrix, the first booster's, feeds them all: each member must read some of its
+    features (all, or a narrower set: ``training.fit``) with the same category lists, so that a
+    zone's code means the same zone to every member. A member file that is missing, reads a feature
+    the first does not, or codes a category otherwise refuses the version.
     """
     import lightgbm as lgb
 
@@ -276,10 +291,28 @@ def _blend_members(
             member_scale = LabelScale(kind, scale.city_rates)  # type: ignore[arg-type]
         except (lgb.basic.LightGBMError, ValueError) as exc:
             raise UnsafeModelError(f"{label}: blend member {i} is unreadable: {exc}") from exc
-        if member.feature_name() != first.feature_name() or member.pandas_categorical != first.pandas_categorical:
-            raise UnsafeModelError(f"{label}: blend member {i} reads other features or categories than the model")
+        problem = _member_mismatch(member, first)
+        if problem:
+            raise UnsafeModelError(f"{label}: blend member {i} {problem}")
         others.append((member, member_scale))
     return others
+
+
+def _member_mismatch(member: lgb.Booster, first: lgb.Booster) -> str | None:
+    """Why a blend member cannot read the first booster's input matrix, or None when it can."""
+    names = list(first.feature_name())
+    own = list(member.feature_name())
+    unknown = [f for f in own if f not in names]
+    if unknown or len(set(own)) != len(own):
+        return f"reads features the model does not: {', '.join(unknown) or 'a feature twice'}"
+    lists = dict(zip([n for n in names if n in CATEGORICAL_FEATURES], first.pandas_categorical or [], strict=False))
+    own_cats = [n for n in own if n in CATEGORICAL_FEATURES]
+    member_lists = member.pandas_categorical or []
+    if len(member_lists) != len(own_cats) or any(
+        lists.get(n) != values for n, values in zip(own_cats, member_lists, strict=False)
+    ):
+        return "codes categories otherwise than the model"
+    return None
 
 
 #: Rows and the predictions the model made of them when registered: a loaded version must repeat them.

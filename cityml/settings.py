@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="With several label scales, also try the mean of their models (a blend); the validation "
         "window picks. A blend serves every member, so it costs that many boosters' predictions.",
     )
+    train_narrow_members: bool = Field(
+        default=True,
+        description="A blend candidate also holds a booster per label scale reading only the request's own "
+        "features (not Feast's); the validation window picks. Doubles a city model's fits.",
+    )
     train_refit: bool = Field(
         default=True, description="Refit the chosen model on training + validation windows before registering."
     )

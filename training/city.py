@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cityml.features.request_features import REQUEST_FEATURES
 from cityml.modeling import BASE_TAG, CITY_FEATURE, LabelScale
 from cityml.naming import GLOBAL, feature_service_name, model_name
 from cityml.profile import PROFILE_FILE
@@ -151,6 +152,7 @@ def _prepare(
             threads=settings.train_threads,
             base=base,
             blended=settings.train_blend,
+            narrow=REQUEST_FEATURES if settings.train_narrow_members else (),
         )
         if fitted.pooled and fleet is not None:
             pooled_on = f"{fleet.name}/{fleet.version}"

@@ -53,6 +53,33 @@ def test_a_blend_is_one_more_candidate_and_predicts_its_members_mean() -> None:
     assert "blend" not in unblended.valid_mae and len(unblended.members) == 1  # without ``blended``, never
 
 
+def test_narrow_members_join_a_blend_that_reads_every_feature_first() -> None:
+    # Thirty columns of noise stand for sparse stored features: trees on the request's own features
+    # (distance, zone) cannot overfit them, so the wide and narrow members' mean errs less.
+    split = _split(800, seed=5)
+    rng = np.random.default_rng(9)
+    noise = [f"noise_{i}" for i in range(30)]
+    windows = (split.train, split.valid, split.test)
+    split = Split(*(w.assign(**{n: rng.normal(size=len(w)) for n in noise}) for w in windows))
+    scales = [LabelScale("per_km"), LabelScale("none")]
+    features = ["distance_km", "pickup_zone", *noise]
+    request = ["pickup_zone", "distance_km"]
+    fitted = fit_model(split, features, "duration_s", scales, threads=1, blended=True, narrow=request)
+    assert set(fitted.valid_mae) == {"per_km", "none", "blend", "blend_narrow"}
+    assert min(fitted.valid_mae, key=fitted.valid_mae.get) == "blend_narrow"  # type: ignore[arg-type]
+    reads = [b.feature_name() for b, _ in fitted.members]
+    # Wide members first (the version's booster reads every feature), the narrow ones in the features' order.
+    assert reads == [features, features, ["distance_km", "pickup_zone"], ["distance_km", "pickup_zone"]]
+    assert [s.kind for _, s in fitted.members] == ["per_km", "none", "per_km", "none"]
+    each = [predict(b, s, split.test) for b, s in fitted.members]
+    np.testing.assert_allclose(fitted.predict(split.test), np.mean(each, axis=0), rtol=1e-12)
+    # No narrow set without a blend, and none when it is every feature.
+    alone = fit_model(split, features, "duration_s", scales, threads=1, narrow=request)
+    assert "blend_narrow" not in alone.valid_mae
+    same = fit_model(split, features, "duration_s", scales, threads=1, blended=True, narrow=features)
+    assert "blend_narrow" not in same.valid_mae
+
+
 def test_fit_model_needs_a_scale() -> None:
     with pytest.raises(ValueError, match="at least one label scale"):
         fit_model(_split(300), ["distance_km"], "duration_s", [])

@@ -78,8 +78,11 @@ def test_a_registered_pickle_that_would_run_code_is_never_opened(tmp_path: Path,
     assert not marker.exists()
 
 
-def _blended_version(settings: Settings, name: str = "eta-blend") -> tuple[object, pd.DataFrame, np.ndarray]:
-    """A three-member blend registered the way training registers it, and what it predicted before."""
+def _blended_version(
+    settings: Settings, name: str = "eta-blend", narrow: bool = False
+) -> tuple[object, pd.DataFrame, np.ndarray]:
+    """A three-member blend registered the way training registers it, and what it predicted before;
+    with ``narrow``, a fourth member reads the zone alone (``training.fit``)."""
     from cityml.modeling import LabelScale
     from training.fit import Fitted
     from training.registry import experiment_id, log_version
@@ -95,6 +98,9 @@ def _blended_version(settings: Settings, name: str = "eta-blend") -> tuple[objec
         y, w = scale.encode(frame["duration_s"], frame)
         data = lgb.Dataset(model_frame(frame, features), y, weight=w)
         members.append((lgb.train({"verbosity": -1, "num_threads": 1}, data, num_boost_round=20), scale))
+    if narrow:
+        data = lgb.Dataset(model_frame(frame, ["pickup_zone"]), frame["duration_s"])
+        members.append((lgb.train({"verbosity": -1, "num_threads": 1}, data, num_boost_round=20), LabelScale()))
     fitted = Fitted(members[0][0], members[0][1], 20, False, others=members[1:])
     c = client(settings)
     log_version(c, experiment_id(c, settings), name, fitted.members, frame, features, {"mae": 1.0}, {}, {}, {})
@@ -106,7 +112,7 @@ def test_a_blend_loads_with_every_member_and_predicts_what_training_predicted(tm
     mv, frame, before = _blended_version(settings)
     assert mv.tags["blend"] == "per_km,per_sqrt_km,none" and mv.tags["label_scale"] == "per_km"  # type: ignore[attr-defined]
     loaded = load_version(client(settings), mv)  # type: ignore[arg-type]
-    assert [s.kind for _, s in loaded.members] == ["per_km", "per_sqrt_km", "none"]
+    assert [s.kind for _, s, _ in loaded.members] == ["per_km", "per_sqrt_km", "none"]
     np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
 
 
@@ -123,10 +129,26 @@ def test_a_blend_missing_a_member_or_with_a_stranger_is_refused_naming_it(tmp_pa
     rng = np.random.default_rng(0)
     stranger = lgb.train({"verbosity": -1}, lgb.Dataset(rng.normal(size=(50, 3)), rng.normal(size=50)), 3)
     member.write_text(stranger.model_to_string())
-    with pytest.raises(UnsafeModelError, match="blend member 2 reads other features"):
+    with pytest.raises(UnsafeModelError, match="blend member 2 reads features the model does not: Column_0"):
         load_version(c, mv)  # type: ignore[arg-type]
     member.write_text(text)
     assert load_version(c, mv).others  # type: ignore[arg-type]
+
+
+def test_a_blend_member_may_read_fewer_features_but_must_code_zones_alike(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "var")
+    mv, frame, before = _blended_version(settings, narrow=True)
+    c = client(settings)
+    loaded = load_version(c, mv)  # type: ignore[arg-type]
+    assert [b.feature_name() for b, _ in loaded.others][-1] == ["pickup_zone"]
+    np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+    # The same zone column learned where only zones a and b were seen: code 1 would be b to it, c to the model.
+    member = Path(c.get_run(mv.run_id).info.artifact_uri.removeprefix("file://")) / "members" / "3.txt"  # type: ignore[attr-defined]
+    two = frame[frame.pickup_zone != "c"]
+    other = lgb.train({"verbosity": -1}, lgb.Dataset(model_frame(two, ["pickup_zone"]), two["duration_s"]), 5)
+    member.write_text(other.model_to_string())
+    with pytest.raises(UnsafeModelError, match="blend member 3 codes categories otherwise than the model"):
+        load_version(c, mv)  # type: ignore[arg-type]
 
 
 def test_a_second_process_creating_the_experiment_finds_it(tmp_path: Path) -> None:
