@@ -56,6 +56,12 @@ def _pit(ctx: Context) -> report.Section:
     return pit.run(ctx.fixture, a.rows, a.quick, a.mem_limit_gb, a.variants)
 
 
+def _pit_range(ctx: Context) -> report.Section:
+    from bench import pit_range
+
+    return pit_range.run(ctx.args.quick)
+
+
 def _online(ctx: Context) -> report.Section:
     from bench import online
 
@@ -100,6 +106,7 @@ def _fleet(ctx: Context) -> report.Section:
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
 BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "pit": _pit,
+    "pit_range": _pit_range,
     "online": _online,
     "throughput": _throughput,
     "quality": _quality,

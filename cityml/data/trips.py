@@ -32,12 +32,13 @@ def utc(value: datetime | date | str) -> pd.Timestamp:
     return ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write parquet to ``path`` through a temporary file and a rename."""
+def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    """Write parquet to ``path`` through a temporary file and a rename (row groups of ``row_group_size`` rows,
+    or pyarrow's default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=row_group_size)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -93,18 +93,55 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def asof_sql(specs: list[JoinSpec], entity: str, event_timestamp: str, dedupe: bool = False) -> str:
+#: Entity column -> (smallest, largest) key of the entity rows: the feature rows worth reading.
+KeyRanges = dict[str, tuple[str, str]]
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def key_ranges(entity_df: pd.DataFrame, columns: set[str]) -> KeyRanges:
+    """The range of each text key column's values in ``entity_df`` (columns without a value are left out).
+
+    cityml's feature tables are sorted by key and keys start with the city (``<city>:<zone>``), so
+    the rows of a few cities are a narrow range: a scan filtered to it reads only the parquet row
+    groups that hold those cities (their min/max statistics say which) — a run of one city's
+    trips no longer reads every city's feature rows.
+    """
+    out: KeyRanges = {}
+    for column in sorted(columns):
+        values = entity_df[column].dropna()
+        if len(values) and all(isinstance(v, str) for v in (values.iloc[0], values.iloc[-1])):
+            texts = values.astype(str)
+            out[column] = (str(texts.min()), str(texts.max()))
+    return out
+
+
+def asof_sql(
+    specs: list[JoinSpec], entity: str, event_timestamp: str, dedupe: bool = False, ranges: KeyRanges | None = None
+) -> str:
     """``SELECT entity.*, features`` with one ASOF LEFT JOIN per spec.
 
     ``dedupe`` keeps one row per (key, timestamp), the latest created, as Feast does; it is
     needed only when a source can hold several versions of a row (cityml's tables cannot).
+    ``ranges`` (:func:`key_ranges`) reads only feature rows whose key lies in the entity rows' range:
+    no row outside it can match, so the answer is the same.
     """
     ts = f"e.{_q(event_timestamp)}"
     columns = ["e.*"]
     joins = []
     for i, spec in enumerate(specs):
         alias = f"f{i}"
-        source = f"read_parquet('{spec.path.replace(chr(39), chr(39) * 2)}')"
+        source = f"read_parquet({_lit(spec.path)})"
+        bounds = [
+            f"{_q(col)} BETWEEN {_lit(lo)} AND {_lit(hi)}"
+            for col, entity_col in spec.keys.items()
+            if entity_col in (ranges or {})
+            for lo, hi in [(ranges or {})[entity_col]]
+        ]
+        if bounds:
+            source = f"(SELECT * FROM {source} WHERE {' AND '.join(bounds)})"
         if dedupe and spec.created:
             partition = ", ".join(_q(k) for k in [*spec.keys, spec.timestamp])
             source = (
@@ -230,7 +267,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         if missing:
             raise FeastEntityDFMissingColumnsError(needed, missing)
         entity_df = _utc(entity_df, ts_col)
-        sql = asof_sql(specs, "entity_df", ts_col, dedupe=True)
+        sql = asof_sql(specs, "entity_df", ts_col, dedupe=True, ranges=key_ranges(entity_df, needed))
         stamps: Any = entity_df[ts_col]
         metadata = RetrievalMetadata(
             features=feature_refs,

@@ -23,6 +23,10 @@ ZONE_PAIR_DAY_FILE = "zone_pair_day.parquet"
 ZONE_DAY_FILE = "zone_day.parquet"
 DEMAND_WEEKS = 4
 HISTORY_DAYS = 28
+#: Rows per parquet row group of a feature table. Tables are sorted by key, and keys begin with the
+#: city, so a group holds a few cities: a point-in-time join for some cities reads only their groups
+#: (``cityml.features.feast_asof.key_ranges``) instead of every city's rows.
+ROW_GROUP_ROWS = 65_536
 #: Trips shorter than this have no meaningful fare per km (a flag fall over 100 m).
 FARE_PER_KM_MIN_KM = 0.5
 
@@ -174,5 +178,5 @@ def build_feature_tables(trips_dir: Path, features_dir: Path) -> dict[str, int]:
             event_timestamp=df["event_timestamp"].astype("datetime64[us, UTC]"),
             created=pd.Timestamp.now(tz="UTC").floor("s"),
         ).astype({"created": "datetime64[us, UTC]"})
-        atomic_write_table(pa.Table.from_pandas(df, preserve_index=False), features_dir / name)
+        atomic_write_table(pa.Table.from_pandas(df, preserve_index=False), features_dir / name, ROW_GROUP_ROWS)
     return {name: len(df) for name, df in tables.items()}

@@ -153,3 +153,25 @@ def test_an_entity_frame_without_a_join_key_is_refused_by_name(world: World) -> 
         store.get_historical_features(
             entity_df=entity, features=store.get_feature_service("eta_v1"), full_feature_names=True
         ).to_df()
+
+
+@pytest.mark.parametrize("service_name", ["eta_v2", "price_v2"])
+def test_one_citys_rows_read_only_its_key_range_and_answer_as_the_stock_store(
+    world: World, tmp_path: Path, service_name: str
+) -> None:
+    """A retrain task of one city reads the feature rows of that city's keys only (cityml's tables are sorted
+    by ``<city>:...`` keys), and Feast's own store, which reads everything, gets the same values."""
+    ours_store = get_store(world.settings)
+    stock_store = _stock_store(world.settings, tmp_path)
+    entity = _entities(world)
+    city = entity["city"].iloc[-1]
+    entity = entity[(entity["city"] == city) & entity["pickup_zone_key"].str.startswith(f"{city}:")]
+    assert 0 < len(entity) < len(_entities(world))
+    job = ours_store.get_historical_features(
+        entity_df=entity.copy(), features=ours_store.get_feature_service(service_name), full_feature_names=True
+    )
+    assert f"BETWEEN '{city}:" in job.to_sql()  # every zone view reads its key range, not the whole table
+    stock = stock_store.get_historical_features(
+        entity_df=entity.copy(), features=stock_store.get_feature_service(service_name), full_feature_names=True
+    ).to_df()
+    _compare(job.to_df(), stock, service_feature_names(ours_store.get_feature_service(service_name)))

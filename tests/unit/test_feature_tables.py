@@ -1,6 +1,7 @@
 """The feature tables never use a trip that ends after the feature's timestamp."""
 
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,3 +109,24 @@ def test_no_history_row_uses_a_trip_that_ends_after_it() -> None:
         used = mine[mine["dropoff_ts"] >= last - pd.Timedelta(days=28)]
         assert row["zone_trips_28d"] == len(used)
         assert row["zone_median_duration_s"] == pytest.approx(used["duration_s"].median())
+
+
+def test_tables_are_sorted_by_key_in_small_row_groups(tmp_path: Path) -> None:
+    """What lets a join of a few cities skip the others' rows (``feast_asof.key_ranges``): keys in order, and
+    row groups small enough that one holds a few cities."""
+    import pyarrow.parquet as pq
+
+    from cityml.data.trips import write_trips
+    from cityml.features.feature_tables import ROW_GROUP_ROWS, build_feature_tables
+
+    catalog = load_catalog(SMALL_CATALOG)
+    for i, city in enumerate(catalog.cities[:3]):
+        write_trips(tmp_path / "trips", generate_city(city, date(2026, 3, 1), 2, seed=i))
+    rows = build_feature_tables(tmp_path / "trips", tmp_path / "features")
+    for name, n in rows.items():
+        meta = pq.ParquetFile(tmp_path / "features" / name).metadata
+        assert meta.num_rows == n and all(
+            meta.row_group(g).num_rows <= ROW_GROUP_ROWS for g in range(meta.num_row_groups)
+        )
+        keys = pd.read_parquet(tmp_path / "features" / name).iloc[:, 0]
+        assert keys.is_monotonic_increasing, name
