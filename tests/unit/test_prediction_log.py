@@ -98,3 +98,31 @@ def test_rows_go_to_their_city_and_utc_day(tmp_path: Path) -> None:
         "city=porto/date=2026-01-06",
     ]
     assert [r["trip_id"] for r in read_predictions(tmp_path, "porto")] == ["t2", "t3"]
+
+
+def test_features_read_back_as_the_values_served_whatever_they_hold(tmp_path: Path) -> None:
+    """The writer builds each row's JSON from column texts: every kind of value reads back as what it was."""
+    from cityml.prediction_log import write_batches
+
+    rng = np.random.default_rng(4)
+    floats = rng.normal(size=6) * 10.0 ** rng.integers(-12, 12, 6)
+    floats[[1, 4]] = [np.nan, np.inf]
+    columns = {
+        "x": floats,
+        "count": np.arange(6, dtype="int64"),
+        "flag": np.array([True, False] * 3),
+        "zone": np.array(['q"uote', "back\\slash", "é ü 東", None, np.nan, "\n"], dtype=object),
+        "mixed": np.array([1.5, 2, None, "z", np.nan, float("-inf")], dtype=object),
+        'we"ird key': np.zeros(6),
+    }
+    served = replace(_batch(0, 1, 2, 3, 4, 5), features=columns)
+    write_batches(tmp_path, [served, replace(_batch(9), features={})])
+    rows = sorted(read_predictions(tmp_path, "lisbon"), key=lambda r: r["trip_id"])
+    # Exactly the served floats (repr round-trips); NaN and infinity as missing.
+    assert [r["features"]["x"] for r in rows[:6]] == [floats[0], None, floats[2], floats[3], None, floats[5]]
+    assert [r["features"]["count"] for r in rows[:6]] == [0, 1, 2, 3, 4, 5]
+    assert [r["features"]["flag"] for r in rows[:6]] == [True, False] * 3
+    assert [r["features"]["zone"] for r in rows[:6]] == ['q"uote', "back\\slash", "é ü 東", None, None, "\n"]
+    assert [r["features"]["mixed"] for r in rows[:6]] == [1.5, 2, None, "z", None, None]
+    assert all(r["features"]['we"ird key'] == 0.0 for r in rows[:6])
+    assert rows[6]["features"] == {}
