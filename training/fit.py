@@ -147,6 +147,21 @@ class Fitted:
         return blend([predict(b, s, frame, start) for b, s in self.members])
 
 
+def _once_per_frame(base: Base) -> Base:
+    """``base``, asked once per window: every scale and feature set of a pooled fit starts from the same
+    predictions of the training and validation windows, and a fleet model's predictions of a big city's
+    rows take seconds. The fit's windows live as long as the call, so their ids stay theirs."""
+    seen: dict[int, tuple[pd.DataFrame, np.ndarray]] = {}
+
+    def cached(frame: pd.DataFrame) -> np.ndarray:
+        hit = seen.get(id(frame))
+        if hit is None or hit[0] is not frame:
+            hit = seen[id(frame)] = (frame, base(frame))
+        return hit[1]
+
+    return cached
+
+
 @dataclass
 class _Candidate:
     valid_mae: float
@@ -187,6 +202,9 @@ def fit_model(
     """
     if not scales:
         raise ValueError("fit_model needs at least one label scale")
+    given = base  # what the registered model starts from: the caller's, not this fit's cache of it
+    if base is not None:
+        base = _once_per_frame(base)
     y = split.valid[label].to_numpy(dtype="float64")
 
     def valid_mae(pred: np.ndarray) -> float:
@@ -236,4 +254,4 @@ def fit_model(
         members.append((booster, scale))
         rounds = rounds or n
     (first, scale), others = members[0], members[1:]
-    return Fitted(first, scale, rounds, refitted, scores, kept.start, others)
+    return Fitted(first, scale, rounds, refitted, scores, given if kept.start is not None else None, others)

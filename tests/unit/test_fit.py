@@ -99,6 +99,18 @@ def test_a_small_city_pools_on_the_fleet_model_when_the_validation_window_says_s
         return 0.9 * rows["distance_km"].to_numpy() * rows["pickup_zone"].map(paces).to_numpy()
 
     features = ["distance_km", "pickup_zone"]
+    asked: list[int] = []
+
+    def counted(rows: pd.DataFrame) -> np.ndarray:
+        asked.append(len(rows))
+        return fleet(rows)
+
+    fitted = fit_model(
+        split, features, "duration_s", [LabelScale("per_km"), LabelScale("none")], threads=1, base=counted
+    )
+    # The fleet model is asked once per window (training, validation, both for the refit), not per scale.
+    assert sorted(asked) == sorted([len(split.train), len(split.valid), len(split.train) + len(split.valid)])
+    assert fitted.base is counted
     fitted = fit_model(split, features, "duration_s", [LabelScale("per_km")], threads=1, base=fleet)
     assert set(fitted.valid_mae) == {"per_km", "per_km_pooled"}
     assert fitted.pooled and fitted.valid_mae["per_km_pooled"] < fitted.valid_mae["per_km"]
