@@ -20,6 +20,7 @@ into one ``ModelStore``, with the time and the process RSS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,7 +117,8 @@ def _server(cmd: list[str], env: dict[str, str], url: str, logfile: Path, ready:
                 raise RuntimeError(f"{cmd[0]} not ready: {logfile.read_text()[-2000:]}")
             yield proc.pid
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it exited on its own (the error above says why)
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
