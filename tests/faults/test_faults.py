@@ -108,12 +108,27 @@ def test_fares_multiplied_by_ten_are_refused_by_the_gate(world: tuple[Settings, 
 def _children(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return []
 
 
+def _cmdline(p: psutil.Process) -> str:
+    """The process's command line, or '' for one that exited (or became a zombie) between listing and reading."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _is_alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in procs if _is_alive(p)]
 
 
 def test_kill_9_of_a_two_worker_train_leaves_no_process_and_promotes_nothing(
@@ -127,23 +142,26 @@ def test_kill_9_of_a_two_worker_train_leaves_no_process_and_promotes_nothing(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # Wait (bounded in polls) until both pool workers run, then kill the parent the hard way.
-    workers: list[psutil.Process] = []
-    for _ in range(6000):
-        workers = [p for p in _children(proc.pid) if "multiprocessing" in " ".join(p.cmdline())]
-        workers = [p for p in workers if "resource_tracker" not in " ".join(p.cmdline())]
-        if len(workers) >= 2 or proc.poll() is not None:
-            break
-        time.sleep(POLL_S)
-    assert len(workers) >= 2, "the pool never started"
-    everything = _children(proc.pid)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        # Wait (bounded in polls) until both pool workers run, then kill the parent the hard way.
+        workers: list[psutil.Process] = []
+        for _ in range(6000):
+            lines = [(p, _cmdline(p)) for p in _children(proc.pid)]
+            workers = [p for p, line in lines if "multiprocessing" in line and "resource_tracker" not in line]
+            if len(workers) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(POLL_S)
+        assert len(workers) >= 2, "the pool never started"
+        everything = _children(proc.pid)
+    finally:
+        # Whatever happened above, no training of this test outlives it into the next one's registry.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     for _ in range(500):
         if not _alive(everything):
             break
         time.sleep(POLL_S)
-    assert _alive(everything) == [], [p.cmdline() for p in _alive(everything)]
+    assert _alive(everything) == [], [_cmdline(p) for p in _alive(everything)]
     assert _champions(settings) == before  # the parent registers and promotes; it died before that
 
     # The next run succeeds; a version an interrupted publication left pending is reported and closed.
