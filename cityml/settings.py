@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         default=True,
         description="Also try each city model as a correction to the global champion; the validation window picks.",
     )
+    train_chunk_cities: int = Field(
+        default=50,
+        ge=1,
+        description="Cities whose training sets a retrain holds at once: `cityml train` joins and fits the run's "
+        "cities this many at a time, and the global unit joins the catalog so, so memory follows this, not the "
+        "catalog's size.",
+    )
     global_max_train_rows: int = Field(
         # bench-fleet at 100 cities: 630k training rows held the global task at 2.0 GB and fitted in 235 s.
         default=1_000_000,

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from cityml.naming import GLOBAL, model_name
 from training.city import CityInputs, Prepared, Stopwatch, city_sets, prepare_city
 from training.context import RunContext
+from training.datasets import TrainingSet
 from training.global_model import train_global
 from training.publish import publish
 from training.results import TrainResult
@@ -65,40 +66,46 @@ def _prepare_in_worker(ctx: RunContext, city: str, targets: list[str], inputs: C
     return prepare_city(ctx, city, targets, inputs)
 
 
-def _in_pool(
-    ctx: RunContext,
-    workers: int,
-    targets: list[str],
-    inputs: dict[str, CityInputs],
-    progress: Callable[[TrainResult], None],
-) -> list[TrainResult]:
-    """The city unit for every city, ``workers`` cities at once in fresh processes.
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` fresh processes for the run's cities, started once and fed chunk after chunk.
 
-    Spawned, not forked: no MLflow or Feast connections are inherited. The cores are shared out
-    between the workers so LightGBM threads do not fight over them. Workers only fit and gate;
-    this process registers and promotes what they return, and they die with it.
+    Spawned, not forked: no MLflow or Feast connections are inherited. They die with this process.
     """
-    share = ctx.for_worker(train_threads=max(1, ctx.settings.train_threads // workers))
-    results: list[TrainResult] = []
-    with ProcessPoolExecutor(
+    return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_die_with_parent,
         initargs=(os.getpid(),),
-    ) as pool:
-        futures = {city: pool.submit(_prepare_in_worker, share, city, targets, x) for city, x in inputs.items()}
-        for city, future in futures.items():
-            try:
-                published = [publish(ctx, result, reg) for result, reg in future.result()]
-            except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
-                log.exception("training %s failed in its worker", city)
-                published = [
-                    TrainResult.failure(model_name(t, city), city, t, f"worker: {type(exc).__name__}: {exc}")
-                    for t in targets
-                ]
-            for result in published:
-                progress(result)
-            results += published
+    )
+
+
+def _in_pool(
+    ctx: RunContext,
+    pool: ProcessPoolExecutor,
+    share: RunContext,
+    targets: list[str],
+    inputs: dict[str, CityInputs],
+    progress: Callable[[TrainResult], None],
+) -> list[TrainResult]:
+    """The city unit for every city of ``inputs``, as many at once as ``pool`` has workers.
+
+    Workers only fit and gate (with ``share``: the run's context with their share of the cores, so
+    LightGBM threads do not fight over them); this process registers and promotes what they return.
+    """
+    results: list[TrainResult] = []
+    futures = {city: pool.submit(_prepare_in_worker, share, city, targets, x) for city, x in inputs.items()}
+    for city, future in futures.items():
+        try:
+            published = [publish(ctx, result, reg) for result, reg in future.result()]
+        except Exception as exc:  # a worker that died (out of memory, killed): the city's models fail alone
+            log.exception("training %s failed in its worker", city)
+            published = [
+                TrainResult.failure(model_name(t, city), city, t, f"worker: {type(exc).__name__}: {exc}")
+                for t in targets
+            ]
+        for result in published:
+            progress(result)
+        results += published
     return results
 
 
@@ -115,11 +122,14 @@ def train_fleet(
     """The global units first when the run retrains them (:func:`retrains_global`; the gate compares each city
     with them), then the city unit of every city.
 
-    Training sets are built once per target (one join for all the run's cities, and for the whole catalog when
-    the global models are retrained) and shared by the global and the city units. With ``workers > 1`` the
-    cities are fitted in that many processes at once. ``phases``, when given, receives the wall seconds of
-    each phase: ``datasets``, ``global`` and ``cities``. ``progress`` is called with each model's result as it
-    is published (the CLI's progress bar).
+    The run holds at most ``train_chunk_cities`` cities' training sets at once, so its memory does not grow with
+    the catalog: when every city it needs fits in one chunk, their sets are built once per target (one join) and
+    shared by the global and the city units; otherwise the global unit joins the catalog chunk by chunk, keeping
+    its bounded share of each city, and the run's cities are then joined and fitted a chunk at a time. A chunk
+    whose join fails fails its cities' models alone. With ``workers > 1`` the cities are fitted in that many
+    processes at once, started once for the run. ``phases``, when given, receives the wall seconds of each phase:
+    ``datasets``, ``global`` and ``cities``. ``progress`` is called with each model's result as it is published
+    (the CLI's progress bar).
     """
     done_one = progress or (lambda _: None)
     for city in cities:
@@ -132,18 +142,23 @@ def train_fleet(
     from training.registry import experiment_id
 
     experiment_id(ctx.client, ctx.settings)
-    try:
-        sets = city_sets(ctx, sorted(set(ctx.catalog.slugs) | set(cities)) if fleet else cities, targets)
-    except Exception as exc:
-        log.exception("training sets failed")
-        names = [GLOBAL, *cities] if fleet else cities
-        return [TrainResult.failure(model_name(t, c), c, t, exc) for t in targets for c in names]
-    clock.lap("datasets")
+    size = ctx.settings.train_chunk_cities
+    needed = sorted(set(ctx.catalog.slugs) | set(cities)) if fleet else list(cities)
+    shared: dict[str, dict[str, TrainingSet]] | None = None
+    if len(needed) <= size:
+        try:
+            shared = city_sets(ctx, needed, targets)
+        except Exception as exc:
+            log.exception("training sets failed")
+            names = [GLOBAL, *cities] if fleet else cities
+            return [TrainResult.failure(model_name(t, c), c, t, exc) for t in targets for c in names]
+        clock.lap("datasets")
     global_mae: dict[str, dict[str, float]] = {city: {} for city in cities}
     if fleet:
         for target in targets:
             try:
-                done = train_global(ctx, target, {city: by_target[target] for city, by_target in sets.items()})
+                given = {city: by_target[target] for city, by_target in shared.items()} if shared is not None else None
+                done = train_global(ctx, target, given)
             except Exception as exc:
                 log.exception("training %s failed", model_name(target, GLOBAL))
                 done = TrainResult.failure(model_name(target, GLOBAL), GLOBAL, target, exc)
@@ -154,15 +169,31 @@ def train_fleet(
                     if city in done.per_city_mae:
                         global_mae[city][target] = done.per_city_mae[city]
     clock.lap("global")
-    inputs = {city: CityInputs(sets[city], global_mae[city]) for city in cities}
-    if workers <= 1 or len(cities) <= 1:
-        for city in cities:
-            for result, reg in prepare_city(ctx, city, targets, inputs[city]):
-                results.append(publish(ctx, result, reg))
-                done_one(results[-1])
-    else:
-        results += _in_pool(ctx, workers, targets, inputs, done_one)
-    clock.lap("cities")
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(_pool(workers)) if workers > 1 and len(cities) > 1 else None
+        share = ctx.for_worker(train_threads=max(1, ctx.settings.train_threads // workers))
+        for i in range(0, len(cities), size):
+            chunk = cities[i : i + size]
+            try:
+                sets = {city: shared[city] for city in chunk} if shared is not None else city_sets(ctx, chunk, targets)
+            except Exception as exc:
+                log.exception("training sets failed for %s", ", ".join(chunk))
+                failed = [TrainResult.failure(model_name(t, c), c, t, exc) for c in chunk for t in targets]
+                for result in failed:
+                    done_one(result)
+                results += failed
+                continue
+            if shared is None:
+                clock.lap("datasets")
+            inputs = {city: CityInputs(sets.pop(city), global_mae[city]) for city in chunk}
+            if pool is None:
+                for city in chunk:
+                    for result, reg in prepare_city(ctx, city, targets, inputs.pop(city)):
+                        results.append(publish(ctx, result, reg))
+                        done_one(results[-1])
+            else:
+                results += _in_pool(ctx, pool, share, targets, inputs, done_one)
+            clock.lap("cities")
     if phases is not None:
         phases.update(clock.laps)
     return results

@@ -26,21 +26,18 @@ from training.results import TrainResult
 log = logging.getLogger(__name__)
 
 
-#: Cities per point-in-time join when the global unit builds its own training sets: its memory is one chunk's
-#: trips plus the bounded rows it keeps of each city, whatever the size of the catalog.
-JOIN_CITIES = 50
-
-
 def _city_sets(
     ctx: RunContext, catalog: list[str], target: str, sets: dict[str, TrainingSet] | None
 ) -> Iterator[tuple[str, TrainingSet]]:
-    """Every catalog city's training set of ``target``: the run's (when it built them all), else joined a chunk of
-    cities at a time, each chunk dropped once its rows are kept."""
+    """Every catalog city's training set of ``target``: the run's (when it built them all), else joined
+    ``train_chunk_cities`` cities at a time, each chunk dropped once its rows are kept: the unit's memory is one
+    chunk's trips plus the bounded rows it keeps of each city, whatever the size of the catalog."""
     if sets is not None and set(sets) == set(catalog):
         yield from ((city, sets[city]) for city in catalog)
         return
-    for i in range(0, len(catalog), JOIN_CITIES):
-        chunk = catalog[i : i + JOIN_CITIES]
+    size = ctx.settings.train_chunk_cities
+    for i in range(0, len(catalog), size):
+        chunk = catalog[i : i + size]
         built = city_sets(ctx, chunk, [target])
         for city in chunk:
             yield city, built.pop(city)[target]
@@ -70,7 +67,7 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     out. The new version is promoted when there is no champion or it is at least as good on the
     union of the test windows (of the cities the champion serves). ``sets``: the run's training sets
     of this target by city, when it built them for every catalog city already; otherwise they are joined
-    :data:`JOIN_CITIES` cities at a time. Past ``global_max_train_rows`` training rows, each city gives an equal
+    ``train_chunk_cities`` cities at a time. Past ``global_max_train_rows`` training rows, each city gives an equal
     share of them (:func:`_bounded`): a thousand cities' trips teach a fleet prior little more than a million do,
     and neither memory nor the fit grows with the catalog beyond that.
     """
