@@ -62,6 +62,12 @@ def _pit_range(ctx: Context) -> report.Section:
     return pit_range.run(ctx.args.quick)
 
 
+def _train_sets(ctx: Context) -> report.Section:
+    from bench import train_sets
+
+    return train_sets.run(ctx.args.quick)
+
+
 def _online(ctx: Context) -> report.Section:
     from bench import online
 
@@ -109,6 +115,7 @@ BENCHMARKS: dict[str, Callable[[Context], report.Section]] = {
     "pit_range": _pit_range,
     "online": _online,
     "throughput": _throughput,
+    "train_sets": _train_sets,
     "quality": _quality,
     "serve": _serve,
     "drift": _drift,
