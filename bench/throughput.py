@@ -26,7 +26,8 @@ from bench import report
 STAGES = ("dataset", "fit", "evaluate", "gate_models", "parity", "register")
 
 
-def _setup(home: Path, names: list[str], days: int, trips_per_day: int) -> Any:
+def synthetic_home(home: Path, names: list[str], days: int, trips_per_day: int) -> Any:
+    """A cityml home of ``names`` (random synthetic cities): trips generated, feature tables built, Feast applied."""
     from cityml.catalog import load_catalog
     from cityml.data.synth import generate_city, random_catalog
     from cityml.data.trips import write_trips
@@ -52,7 +53,7 @@ def measure(cities: int, days: int, trips_per_day: int, workers: int) -> dict[st
     names = [f"bench-{i:03d}" for i in range(cities)]
     with tempfile.TemporaryDirectory(prefix="cityml-bench-") as tmp:
         t0 = time.perf_counter()
-        settings = _setup(Path(tmp), names, days, trips_per_day)
+        settings = synthetic_home(Path(tmp), names, days, trips_per_day)
         setup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         phases: dict[str, float] = {}

@@ -16,10 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import date, timedelta
 from pathlib import Path
-
-import yaml
 
 from bench import report
 
@@ -47,23 +44,10 @@ print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
 
 
 def _prepare(root: Path, cities: int) -> tuple[Path, Path]:
-    from cityml.catalog import load_catalog
-    from cityml.data.synth import generate_city, random_catalog
-    from cityml.data.trips import write_trips
-    from cityml.features.feature_tables import build_feature_tables
-    from cityml.features.featurestore import apply
-    from cityml.settings import Settings
+    from bench.throughput import synthetic_home
 
-    catalog = root / "cities.yaml"
-    names = [f"s{i:04d}" for i in range(cities)]
-    catalog.write_text(yaml.safe_dump(random_catalog(names, seed=5, trips_per_day=TRIPS_PER_DAY)))
-    settings = Settings(home=root / "var", catalog_path=catalog)
-    start = date.today() - timedelta(days=DAYS)
-    for city in load_catalog(catalog).cities:
-        write_trips(settings.trips_dir, generate_city(city, start, DAYS, seed=3))
-    build_feature_tables(settings.trips_dir, settings.features_dir)
-    apply(settings)
-    return settings.home, catalog
+    settings = synthetic_home(root, [f"s{i:04d}" for i in range(cities)], DAYS, TRIPS_PER_DAY)
+    return settings.home, settings.catalog_path
 
 
 def _measure(home: Path, catalog: Path, chunk: int) -> dict[str, float]:
