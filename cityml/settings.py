@@ -121,9 +121,9 @@ class Settings(BaseSettings):
     train_chunk_cities: int = Field(
         default=50,
         ge=1,
-        description="Cities whose training sets a retrain holds at once: `cityml train` joins and fits the run's "
-        "cities this many at a time, and the global unit joins the catalog so, so memory follows this, not the "
-        "catalog's size.",
+        description="Cities whose training sets a retrain holds at once: `cityml train` joins and fits its cities "
+        "this many at a time, the global unit joins the catalog this many at a time; memory follows this number, "
+        "not the catalog's size.",
     )
     global_max_train_rows: int = Field(
         # bench-fleet at 100 cities: 630k training rows held the global task at 2.0 GB and fitted in 235 s.
