@@ -151,19 +151,21 @@ def cut_off(params: dict[str, Any]) -> tuple[str, str]:
 
 
 def plan_cities(params: dict[str, Any]) -> list[list[str]]:
-    """The run's cities (the form's, or the whole catalog), in chunks to map over (one city per task up to 512)."""
+    """The run's cities (the form's, or the whole catalog), in chunks to map over (one city per task up to the
+    setting ``train_max_tasks``)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from cityml.catalog import load_catalog
     from cityml.settings import get_settings
     from training.fleet import plan_chunks
 
-    catalog = load_catalog(get_settings().catalog_path)
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_path)
     picked = params.get("cities") or []
     unknown = [c for c in picked if c not in catalog]
     if unknown:  # the catalog changed since the form was drawn
         raise AirflowFailException(f"cities: not in the catalog {catalog.slugs}: {unknown}")
-    chunks = plan_chunks(list(picked or catalog.slugs))
+    chunks = plan_chunks(list(picked or catalog.slugs), settings.train_max_tasks)
     print(f"{sum(map(len, chunks))} cities in {len(chunks)} mapped tasks")
     return chunks
 

@@ -125,6 +125,17 @@ class Settings(BaseSettings):
         "this many at a time, the global unit joins the catalog this many at a time; memory follows this number, "
         "not the catalog's size.",
     )
+    # bench-fleet: a mapped task pays ~13 s to start and ~6 s for its first parity check, so 512 one-city tasks
+    # of small cities spent more on starting than on fitting; 64 tasks keep 2 pool slots busy at ~1% of that.
+    train_max_tasks: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Mapped `train_city` tasks a retrain run plans at most (Airflow refuses more than its "
+        "`max_map_length`, 1,024): one city per task up to this many cities, chunks of near-equal size beyond. "
+        "About 8 times the `cityml_training` pool's slots keeps them busy while each task's start-up is paid "
+        "once per chunk.",
+    )
     global_max_train_rows: int = Field(
         # bench-fleet at 100 cities: 630k training rows held the global task at 2.0 GB and fitted in 235 s.
         default=1_000_000,

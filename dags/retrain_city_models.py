@@ -84,7 +84,7 @@ COMMON = city_params(catalog_slugs(), " (which also retrains the global models)"
 def retrain_city_models() -> None:
     @task
     def plan(params: dict[str, Any] | None = None) -> list[list[str]]:
-        """The run's cities, in chunks to map over (one city per task up to 512 cities)."""
+        """The run's cities, in chunks to map over (one city per task up to `CITYML_TRAIN_MAX_TASKS`, 64)."""
         return plan_cities(params or {})
 
     @task(multiple_outputs=True)

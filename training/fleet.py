@@ -5,8 +5,8 @@ units (dags/retrain_city_models.py) and plans its mapped tasks with :func:`plan_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
-import math
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -22,17 +22,16 @@ from training.results import TrainResult
 
 log = logging.getLogger(__name__)
 
-#: Mapped tasks a retrain plans at most: under Airflow's default ``max_map_length`` (1,024) with room to spare.
-MAX_MAPPED_TASKS = 512
 
-
-def plan_chunks(cities: list[str], max_tasks: int = MAX_MAPPED_TASKS) -> list[list[str]]:
-    """Cities grouped into at most ``max_tasks`` chunks of near-equal size, in order: one city per chunk while
-    they fit, so each mapped task is named by its city."""
+def plan_chunks(cities: list[str], max_tasks: int) -> list[list[str]]:
+    """Cities grouped into at most ``max_tasks`` chunks (the setting ``train_max_tasks``) of near-equal size, in
+    order: one city per chunk while they fit, so each mapped task is named by its city."""
     if max_tasks < 1:
         raise ValueError("max_tasks must be >= 1")
-    size = max(1, math.ceil(len(cities) / max_tasks))
-    return [cities[i : i + size] for i in range(0, len(cities), size)]
+    tasks = min(len(cities), max_tasks)
+    size, extra = divmod(len(cities), tasks) if tasks else (0, 0)
+    bounds = [i * size + min(i, extra) for i in range(tasks + 1)]  # the first ``extra`` chunks hold one more
+    return [cities[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def retrains_global(ctx: RunContext, cities: list[str], targets: list[str], with_global: bool | None = None) -> bool:

@@ -13,7 +13,7 @@ from airflow.dag_processing.dagbag import DagBag
 
 from cityml.data.synth import random_catalog
 from cityml.settings import PROJECT_ROOT, get_settings
-from training.fleet import MAX_MAPPED_TASKS, plan_chunks
+from training.fleet import plan_chunks
 
 
 def _dag(monkeypatch: pytest.MonkeyPatch, catalog: Path) -> Any:
@@ -50,22 +50,27 @@ def test_1500_cities_plan_under_the_mapping_cap(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("CITYML_CATALOG_PATH", str(path))
     get_settings.cache_clear()
     chunks = dag.get_task("plan").python_callable(params=_validated(dag, {}))
-    get_settings.cache_clear()
-    cap = conf.getint("core", "max_map_length")
-    assert 0 < len(chunks) <= MAX_MAPPED_TASKS < cap
+    assert len(chunks) == get_settings().train_max_tasks < conf.getint("core", "max_map_length")
     assert [c for chunk in chunks for c in chunk] == names  # every city once, in catalog order
-    assert max(map(len, chunks)) - min(map(len, chunks)) <= 2
+    assert max(map(len, chunks)) - min(map(len, chunks)) <= 1
+    # The setting bounds the tasks; a run of a few cities still maps one city per task.
+    monkeypatch.setenv("CITYML_TRAIN_MAX_TASKS", "1000")
+    get_settings.cache_clear()
+    assert len(dag.get_task("plan").python_callable(params=_validated(dag, {}))) == 1000
+    picked = dag.get_task("plan").python_callable(params=_validated(dag, {"cities": names[:3]}))
+    get_settings.cache_clear()
+    assert picked == [[n] for n in names[:3]]
 
 
 def test_chunks_are_one_city_each_while_they_fit() -> None:
-    assert plan_chunks(["a", "b", "c"]) == [["a"], ["b"], ["c"]]
+    assert plan_chunks(["a", "b", "c"], max_tasks=64) == [["a"], ["b"], ["c"]]
     assert plan_chunks([f"x{i}" for i in range(10)], max_tasks=4) == [
         ["x0", "x1", "x2"],
         ["x3", "x4", "x5"],
-        ["x6", "x7", "x8"],
-        ["x9"],
+        ["x6", "x7"],
+        ["x8", "x9"],
     ]
-    assert plan_chunks([]) == []
+    assert plan_chunks([], max_tasks=64) == []
 
 
 def test_the_form_refuses_bad_params(monkeypatch: pytest.MonkeyPatch) -> None:
