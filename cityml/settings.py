@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,15 @@ class Settings(BaseSettings):
         default=2.0,
         ge=0,
         description="Serving reuses an online-store row this long after reading it (0: read every time).",
+    )
+    serve_shards: int = Field(
+        default=1, ge=1, description="Serving replicas the cities are spread over (cityml/shards.py); 1: no sharding."
+    )
+    serve_shard: int = Field(
+        default=0,
+        ge=0,
+        description="This server's shard (0 .. serve_shards-1): it loads and answers its cities only, plus the "
+        "global fallbacks; another city's request gets 421 naming its shard.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body served (413 past it).")
     prediction_log_queue: int = Field(
@@ -175,6 +184,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> Settings:
+        if self.serve_shard >= self.serve_shards:
+            raise ValueError(
+                f"serve_shard: {self.serve_shard} is not a shard of serve_shards={self.serve_shards} "
+                f"(0 .. {self.serve_shards - 1})"
+            )
+        return self
 
     @field_validator("home", "feast_repo_path", "dags_folder", "catalog_path", mode="after")
     @classmethod

@@ -34,6 +34,7 @@ from cityml.registry import (
     self_test,
 )
 from cityml.settings import Settings
+from cityml.shards import shard_of
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -101,6 +102,14 @@ class ModelStore:
         own, fleet = models.get((target, city)), models.get((target, GLOBAL))
         return choose_serving(target, city, own, fleet, lambda held: held.model.serves(city))
 
+    def shard_of(self, city: str) -> int:
+        """The serving shard that holds ``city`` (this one when the fleet is not sharded)."""
+        return shard_of(city, self._settings.serve_shards)
+
+    def owns(self, city: str) -> bool:
+        """Whether this server holds ``city``'s models (the global fallbacks are held by every shard)."""
+        return city == GLOBAL or self.shard_of(city) == self._settings.serve_shard
+
     def all(self) -> list[Served]:
         return sorted(self._models.values(), key=lambda s: (s.city, s.target))
 
@@ -123,7 +132,7 @@ class ModelStore:
                     listed = champions(c)
                 except RegistryError as exc:  # keep what is held: a failing registry is not "no champion"
                     errors.append(str(exc))
-            for city in [*self.catalog.slugs, GLOBAL]:
+            for city in [*filter(self.owns, self.catalog.slugs), GLOBAL]:
                 for target in TARGETS:
                     name = model_name(target, city)
                     if (only is not None and name not in only) or (only is None and listed is None):

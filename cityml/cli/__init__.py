@@ -488,6 +488,31 @@ def serve(
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+@app.command("serve-routes")
+def serve_routes(
+    shards: Annotated[int, typer.Option(min=1, help="Serving shards (CITYML_SERVE_SHARDS of the servers).")],
+    server: Annotated[
+        str, typer.Option(help="Address of shard {shard}'s server (its replicas, behind one name).")
+    ] = "api-{shard}:8000",
+    out: Annotated[Path | None, typer.Option(help="Write the routes here (atomically); default: print them.")] = None,
+) -> None:
+    """The proxy's routes of a sharded fleet: nginx upstreams and a ``map`` from ``X-City`` to the city's shard."""
+    from cityml.shards import nginx_routes
+
+    cities = load_catalog(get_settings().catalog_path).slugs
+    try:
+        text = nginx_routes(cities, shards, server)
+    except ValueError as exc:
+        raise _fail(f"--{exc}") from exc
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)  # nginx never reads half a file
+    typer.echo(f"{out}: {len(cities)} cities over {shards} shards")
+
+
 @drift_app.callback()
 def drift(
     ctx: typer.Context,

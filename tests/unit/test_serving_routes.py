@@ -86,7 +86,7 @@ def booster() -> lgb.Booster:
     return _booster()
 
 
-def _state(tmp_path: Path, booster: lgb.Booster) -> AppState:
+def _state(tmp_path: Path, booster: lgb.Booster, **settings_over: Any) -> AppState:
     settings = Settings(
         home=tmp_path / "var",
         catalog_path=SMALL_CATALOG,
@@ -94,6 +94,7 @@ def _state(tmp_path: Path, booster: lgb.Booster) -> AppState:
         api_keys=[SecretStr(KEY)],
         admin_key=SecretStr(ADMIN),
         max_body_bytes=200_000,
+        **settings_over,
     )
     models = ModelStore(settings)
     model = LoadedModel(
@@ -303,7 +304,13 @@ def test_a_500_is_counted_logged_and_leaks_nothing(api: TestClient, state: AppSt
 def test_readyz_lists_stale_versions_and_models_lists_what_serves(api: TestClient, state: AppState) -> None:
     from serving.model_store import Stale
 
-    assert api.get("/readyz").json() == {"ready": True, "models": 1, "stale": [], "registry_error": None}
+    assert api.get("/readyz").json() == {
+        "ready": True,
+        "models": 1,
+        "stale": [],
+        "registry_error": None,
+        "shard": "0/1",
+    }
     state.models.stale["eta-alpha"] = Stale("eta-alpha", "4", "self-test: predicts 1e6 for row 0, recorded 812")
     body = api.get("/readyz").json()
     assert body["stale"][0]["version"] == "4" and "self-test" in body["stale"][0]["reason"]
@@ -352,6 +359,26 @@ def test_a_signed_registry_event_reloads_just_that_model(api: TestClient, state:
     assert api.post("/admin/registry-events", content=body, headers=signed("s", old)).status_code == 401  # replay
     r = api.post("/admin/registry-events", content=body, headers=signed("s", now))
     assert r.status_code == 200 and r.json() == {"changed": {"eta-alpha": "v4"}} and asked == [{"eta-alpha"}]
+
+
+def test_a_city_held_by_another_shard_gets_421_naming_that_shard(tmp_path: Path, booster: lgb.Booster) -> None:
+    from cityml.shards import shard_of
+
+    shard = shard_of("alpha", 2)
+    other = shard_of("beta-city", 2)
+    assert other != shard  # the small catalog's two cities sit on different shards of 2
+    state = _state(tmp_path, booster, serve_shards=2, serve_shard=shard)
+    app = create_app(state=state)
+    app.dependency_overrides[get_state] = lambda: state
+    with TestClient(app, raise_server_exceptions=False) as api:
+        assert post(api, {"instances": [trip()]}).status_code == 200
+        r = post(api, {"instances": [trip(), trip(city="beta-city")]})
+        assert r.status_code == 421
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "instances", 1, "city"] and detail["type"] == "other_shard"
+        assert f"served by shard {other}" in detail["msg"]
+        assert api.get("/readyz").json()["shard"] == f"{shard}/2"
+    state.log.close()
 
 
 def test_keys_rotate_by_overlap() -> None:

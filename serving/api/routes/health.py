@@ -17,13 +17,20 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(state: StateDep, response: Response) -> dict[str, object]:
-    """Ready once models loaded; lists champion versions that do not serve (``stale``) and registry errors."""
+    """Ready once models loaded; lists champion versions that do not serve (``stale``), registry errors, and
+    which shard of the fleet this server is (``i/n``; ``0/1`` unsharded)."""
     served = state.models.all()
     ready = state.models.loaded_once and bool(served)
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     stale = [{"name": s.name, "version": s.version, "reason": s.reason} for s in state.models.stale.values()]
-    return {"ready": ready, "models": len(served), "stale": stale, "registry_error": state.models.registry_error}
+    return {
+        "ready": ready,
+        "models": len(served),
+        "stale": stale,
+        "registry_error": state.models.registry_error,
+        "shard": f"{state.settings.serve_shard}/{state.settings.serve_shards}",
+    }
 
 
 @router.get("/metrics")

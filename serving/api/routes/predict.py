@@ -106,6 +106,10 @@ async def predict(request: Request) -> Response:
         if hit is None:
             if inst.city not in catalog:
                 raise _refuse(state, 422, i, "city", f"unknown city {inst.city[:40]!r}", "unknown_city")
+            if not state.models.owns(inst.city):  # a sharded fleet: the proxy routes by X-City
+                shard = state.models.shard_of(inst.city)
+                message = f"{inst.city!r} is served by shard {shard}: send X-City: {inst.city} through the proxy"
+                raise _refuse(state, status.HTTP_421_MISDIRECTED_REQUEST, i, "city", message, "other_shard")
             served, fallback = state.models.get(target, inst.city)
             if served is None:
                 message = f"no {target} model for {inst.city!r} and no global fallback"
