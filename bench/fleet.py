@@ -305,6 +305,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(sizes: list[int], days: int, trips_per_day: int, tmp: Path) -> report.Section:
+    from cityml.settings import Settings
+
     rows = []
     for n in sizes:
         log.info("fleet: %d cities x %d days x %d trips a day", n, days, trips_per_day)
@@ -325,7 +327,7 @@ def run(sizes: list[int], days: int, trips_per_day: int, tmp: Path) -> report.Se
         f"`bench/fleet.py`). Plot: `{png.name}`. Training profile: "
         + ", ".join(f"`{k}={v}`" for k, v in STACK_ENV.items())
         + " (2 fits a city model; the default profile's ~12 are judged by the quality section). Mapped "
-        "`train_city` tasks at most: `CITYML_TRAIN_MAX_TASKS` (64).",
+        f"`train_city` tasks at most: `CITYML_TRAIN_MAX_TASKS` ({Settings().train_max_tasks}).",
         "",
         report.table(["cities", "stage", "wall s", "s per city", "peak RSS of its largest process (MB)"], table_rows),
         "",

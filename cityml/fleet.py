@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cityml.naming import GLOBAL, MODEL_PREFIX, TARGETS, model_name
+from cityml.naming import GLOBAL, MODEL_PREFIX, TARGETS, model_name, split_model_name
 from cityml.registry import champion, client
 from cityml.settings import Settings
 
@@ -33,7 +33,7 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     names.sort()
     rows = []
     for name in names:
-        target, _, city = name.partition("-")
+        target, city = split_model_name(name)
         if target not in TARGETS and not MODEL_PREFIX.match(target):
             continue
         mv = champion(c, name)

@@ -34,6 +34,12 @@ def model_name(target: str, city: str) -> str:
     return f"{target}-{city}"
 
 
+def split_model_name(name: str) -> tuple[str, str]:
+    """A registry model name's target and city (or ``global``): ``eta-lisbon`` -> ``("eta", "lisbon")``."""
+    target, _, city = name.partition("-")
+    return target, city
+
+
 def champion_uri(target: str, city: str) -> str:
     return f"models:/{model_name(target, city)}@{CHAMPION}"
 

@@ -140,8 +140,9 @@ class Settings(BaseSettings):
         default=64,
         ge=1,
         le=1024,
-        description="Mapped `train_city` tasks a retrain run plans at most (Airflow refuses more than its "
-        "`max_map_length`, 1,024): one city per task up to this many cities, chunks of near-equal size beyond. "
+        description="Mapped city tasks a retrain run (retrain_city_models, retrain_demand) plans at most "
+        "(Airflow refuses more than its `max_map_length`, 1,024): one city per task up to this many cities, "
+        "chunks of near-equal size beyond. "
         "About 8 times the `cityml_training` pool's slots keeps them busy while each task's start-up is paid "
         "once per chunk.",
     )

@@ -44,25 +44,42 @@ def shard_of(city: str, shards: int) -> int:
     return owners[bisect.bisect_left(hashes, _point(city)) % len(hashes)]
 
 
-def nginx_routes(cities: Iterable[str], shards: int, server: str = "api-{shard}:8000") -> str:
+#: Words nginx's ``map`` reads as its own parameters, not as a source value.
+_MAP_WORDS = frozenset({"default", "hostnames", "include", "volatile"})
+
+
+def _map_key(city: str) -> str:
+    """A city as a ``map`` source value: a city named like one of map's own words is escaped with ``\\``
+    (only those: nginx's parser reads ``\\t``, ``\\n`` and ``\\r`` as characters in any token)."""
+    return f"\\{city}" if city in _MAP_WORDS else city
+
+
+def nginx_routes(cities: Iterable[str], shards: int, server: str = "api-{shard}:8000", resolve: bool = False) -> str:
     """The proxy's half of the rule, for nginx's ``http {}`` block: an upstream per shard (``cityml_shard_<i>``,
     at ``server`` with the shard's number) and a ``map`` from the ``X-City`` header to the upstream holding that
     city (``$cityml_shard``; docker/nginx-shards.conf proxies to it).
 
-    A city missing from the map (added to the catalog since) goes to shard 0, which answers 421 naming the shard
-    that holds it: regenerate the file and reload nginx when the catalog changes.
+    ``resolve`` (nginx 1.27.3 and later, with a ``resolver``): look the servers' names up again as they change
+    (a restarted replica's new address), rather than once when nginx loads the file. A city missing from the
+    map (added to the catalog since) goes to shard 0, which answers 421 naming the shard that holds it:
+    regenerate the file and reload nginx when the catalog changes.
     """
     if "{shard}" not in server:
         raise ValueError(f"server: {server!r} must contain {{shard}}")
     lines = [f"# cityml serve-routes --shards {shards}: X-City -> the shard holding that city (cityml/shards.py)."]
     for i in range(shards):
-        lines += [f"upstream {UPSTREAM}{i} {{", f"    server {server.format(shard=i)};", "    keepalive 16;", "}"]
+        lines += [f"upstream {UPSTREAM}{i} {{"]
+        if resolve:
+            lines += [f"    zone {UPSTREAM}{i} 64k;", f"    server {server.format(shard=i)} resolve;"]
+        else:
+            lines += [f"    server {server.format(shard=i)};"]
+        lines += ["    keepalive 16;", "}"]
     lines += [
         "map_hash_max_size 65536;",
         "map_hash_bucket_size 128;",
         "map $http_x_city $cityml_shard {",
         f"    default {UPSTREAM}0;",
-        *(f"    {city} {UPSTREAM}{shard_of(city, shards)};" for city in cities),
+        *(f"    {_map_key(city)} {UPSTREAM}{shard_of(city, shards)};" for city in cities),
         "}",
     ]
     return "\n".join(lines) + "\n"

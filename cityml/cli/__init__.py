@@ -490,18 +490,25 @@ def serve(
 
 @app.command("serve-routes")
 def serve_routes(
-    shards: Annotated[int, typer.Option(min=1, help="Serving shards (CITYML_SERVE_SHARDS of the servers).")],
+    shards: Annotated[
+        int | None, typer.Option(min=1, help="Serving shards; default: CITYML_SERVE_SHARDS, as the servers read it.")
+    ] = None,
     server: Annotated[
-        str, typer.Option(help="Address of shard {shard}'s server (its replicas, behind one name).")
+        str, typer.Option(help="Address of shard {shard}'s servers (its replicas, behind one name).")
     ] = "api-{shard}:8000",
+    resolve: Annotated[
+        bool, typer.Option(help="Re-resolve the servers' names as they change (nginx 1.27.3+, with a resolver).")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Write the routes here (atomically); default: print them.")] = None,
 ) -> None:
     """The proxy's routes of a sharded fleet: nginx upstreams and a ``map`` from ``X-City`` to the city's shard."""
     from cityml.shards import nginx_routes
 
-    cities = load_catalog(get_settings().catalog_path).slugs
+    settings = get_settings()
+    shards = shards or settings.serve_shards
+    cities = load_catalog(settings.catalog_path).slugs
     try:
-        text = nginx_routes(cities, shards, server)
+        text = nginx_routes(cities, shards, server, resolve=resolve)
     except ValueError as exc:
         raise _fail(f"--{exc}") from exc
     if out is None:

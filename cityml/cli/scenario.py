@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from cityml.cli.demo import Runner, StageFailed, say, serve_and_replay
+from cityml.naming import split_model_name
 from cityml.prediction_log import read_predictions
 from cityml.settings import Settings
 
@@ -144,7 +145,7 @@ def run_scenario(settings: Settings, runner: Runner, slugs: list[str], days: int
         f"{'realized/test after':>20} {'drift after':>12}"
     )
     for model in sorted(m for m in champions_before if not m.endswith("-global")):
-        c, target = model.split("-", 1)[1], model.split("-", 1)[0]
+        target, c = split_model_name(model)
         versions = f"v{champions_before[model]}" + (
             f" -> v{champions_after[model]}" if champions_after.get(model) != champions_before[model] else ""
         )

@@ -28,7 +28,8 @@ from tests.conftest import debian_package
 pytestmark = pytest.mark.integration
 
 SHARDS = 3
-CITIES = [f"town-{i:03d}" for i in range(60)]
+#: Two cities named like nginx map's own words: the generated map must still route them as cities.
+CITIES = [*(f"town-{i:03d}" for i in range(60)), "default", "include"]
 
 
 def _free_port() -> int:
@@ -71,11 +72,16 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     backend_port, proxy_port = _free_port(), _free_port()
     backends = [_backend(i, backend_port) for i in range(SHARDS)]
     routes = tmp / "cityml-routes.conf"
-    env = {**os.environ, "CITYML_CATALOG_PATH": str(catalog), "CITYML_HOME": str(tmp / "var")}
+    env = {
+        **os.environ,
+        "CITYML_CATALOG_PATH": str(catalog),
+        "CITYML_HOME": str(tmp / "var"),
+        "CITYML_SERVE_SHARDS": str(SHARDS),  # the servers' setting: the routes follow it
+    }
     cli = Path(sys.executable).with_name("cityml")
     server = f"127.0.{{shard}}.1:{backend_port}"
     subprocess.run(
-        [str(cli), "serve-routes", "--shards", str(SHARDS), "--server", server, "--out", str(routes)],
+        [str(cli), "serve-routes", "--server", server, "--out", str(routes)],
         env=env,
         check=True,
         capture_output=True,
@@ -114,7 +120,10 @@ http {{
                 if httpx.get(f"{url}/proxy-healthz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"nginx did not answer: {(tmp / 'error.log').read_text()[-2000:]}")
         yield url
     finally:
         nginx.terminate()

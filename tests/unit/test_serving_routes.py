@@ -326,30 +326,36 @@ def test_docs_are_served_from_the_package(api: TestClient) -> None:
     assert api.get(asset).status_code == 200
 
 
-def test_a_signed_registry_event_reloads_just_that_model(api: TestClient, state: AppState) -> None:
+def _alias_event(name: str) -> bytes:
+    import json
+
+    data = {"name": name, "alias": "champion", "version": "4"}
+    return json.dumps({"entity": "model_version_alias", "action": "created", "data": data}).encode()
+
+
+def _signed(body: bytes, secret: str, stamp: str) -> dict[str, str]:
+    """MLflow's webhook headers for ``body``: an HMAC-SHA256 of delivery id, timestamp and body."""
     import base64
     import hashlib
     import hmac
-    import json
+
+    mac = hmac.new(secret.encode(), f"d1.{stamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "X-MLflow-Signature": "v1," + base64.b64encode(mac).decode(),
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Delivery-Id": "d1",
+    }
+
+
+def test_a_signed_registry_event_reloads_just_that_model(api: TestClient, state: AppState) -> None:
     import time
 
     asked: list[Any] = []
     state.models.refresh = lambda only=None: asked.append(only) or {"eta-alpha": "v4"}  # type: ignore[method-assign]
-    body = json.dumps(
-        {
-            "entity": "model_version_alias",
-            "action": "created",
-            "data": {"name": "eta-alpha", "alias": "champion", "version": "4"},
-        }
-    ).encode()
+    body = _alias_event("eta-alpha")
 
     def signed(secret: str, stamp: str) -> dict[str, str]:
-        mac = hmac.new(secret.encode(), f"d1.{stamp}.".encode() + body, hashlib.sha256).digest()
-        return {
-            "X-MLflow-Signature": "v1," + base64.b64encode(mac).decode(),
-            "X-MLflow-Timestamp": stamp,
-            "X-MLflow-Delivery-Id": "d1",
-        }
+        return _signed(body, secret, stamp)
 
     now = str(int(time.time()))
     assert api.post("/admin/registry-events", content=body, headers=signed("s", now)).status_code == 404  # off
@@ -378,6 +384,20 @@ def test_a_city_held_by_another_shard_gets_421_naming_that_shard(tmp_path: Path,
         assert detail["loc"] == ["body", "instances", 1, "city"] and detail["type"] == "other_shard"
         assert f"served by shard {other}" in detail["msg"]
         assert api.get("/readyz").json()["shard"] == f"{shard}/2"
+        # Each shard has its own webhook: an event for the other shard's model reloads nothing here.
+        import time
+
+        asked: list[Any] = []
+        state.models.refresh = lambda only=None: asked.append(only) or {}  # type: ignore[method-assign]
+        state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+        now = str(int(time.time()))
+        theirs = _alias_event("price-beta-city")
+        r = api.post("/admin/registry-events", content=theirs, headers=_signed(theirs, "s", now))
+        assert r.status_code == 200 and r.json() == {"ignored": f"price-beta-city is held by shard {other}"}
+        assert asked == []
+        mine = _alias_event("eta-alpha")
+        assert api.post("/admin/registry-events", content=mine, headers=_signed(mine, "s", now)).status_code == 200
+        assert asked == [{"eta-alpha"}]
     state.log.close()
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
 
-from cityml.naming import CHAMPION
+from cityml.naming import CHAMPION, split_model_name
 from serving.api.deps import AdminDep, StateDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -77,5 +77,8 @@ async def registry_event(
         ) from exc
     if entity != "model_version_alias" or alias != CHAMPION:
         return {"ignored": f"{entity}.{action} {name}@{alias}"}
+    _, city = split_model_name(name)
+    if not state.models.owns(city):  # a sharded fleet: that model's shard has its own webhook
+        return {"ignored": f"{name} is held by shard {state.models.shard_of(city)}"}
     changes = await state.reload({name}, tell_others=True)  # MLflow called one worker; the others follow
     return {"changed": changes}
