@@ -153,6 +153,14 @@ class Settings(BaseSettings):
         description="Training rows of a fleet (global) model at most: past it each city gives an equal share, "
         "sampled from its training and validation windows (its test window stays whole).",
     )
+    global_max_test_rows: int = Field(
+        # bench-fleet at 1,000 cities: whole test windows (1.35M rows) beside the training rows held each global
+        # task at ~5 GB.
+        default=500_000,
+        ge=1_000,
+        description="Test rows a fleet (global) model is judged on at most: past it each city's test window "
+        "gives an equal share, sampled evenly over it (its MAE an estimate on that sample).",
+    )
     tune_budget_s: float = Field(
         default=0.0, ge=0, description="Seconds of Optuna search per city model (training/tune.py); 0: no search."
     )

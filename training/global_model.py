@@ -43,18 +43,19 @@ def _city_sets(
             yield city, built.pop(city)[target]
 
 
-def _bounded(split: Split, cap: int) -> Split:
-    """A city's split with at most ``cap`` training rows (and the validation window in proportion), sampled evenly
-    over each window and kept in time order; the test window whole, so every city is judged on all of it."""
-    if len(split.train) <= cap:
+def _bounded(split: Split, cap: int, test_cap: int | None = None) -> Split:
+    """A city's split with at most ``cap`` training rows (and the validation window in proportion) and at most
+    ``test_cap`` test rows (None: all of them), each sampled evenly over its window and kept in time order."""
+    test_cap = len(split.test) if test_cap is None else test_cap
+    if len(split.train) <= cap and len(split.test) <= test_cap:
         return split
-    valid_cap = max(1, round(cap * len(split.valid) / len(split.train)))
+    valid_cap = max(1, round(cap * len(split.valid) / len(split.train))) if len(split.train) > cap else len(split.valid)
 
     def sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
-        return frame if len(frame) <= n else frame.sample(n=n, random_state=0).sort_index()
+        # Copies: a slice would keep the city's whole joined frame alive as long as the run holds the split.
+        return (frame if len(frame) <= n else frame.sample(n=n, random_state=0).sort_index()).copy()
 
-    # Copies: a slice would keep the city's whole joined frame alive for as long as the run holds the split.
-    return Split(sample(split.train, cap).copy(), sample(split.valid, valid_cap).copy(), split.test.copy())
+    return Split(sample(split.train, cap), sample(split.valid, valid_cap), sample(split.test, test_cap))
 
 
 def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | None = None) -> TrainResult:
@@ -69,36 +70,51 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     of this target by city, when it built them for every catalog city already; otherwise they are joined
     ``train_chunk_cities`` cities at a time. Past ``global_max_train_rows`` training rows, each city gives an equal
     share of them (:func:`_bounded`): a thousand cities' trips teach a fleet prior little more than a million do,
-    and neither memory nor the fit grows with the catalog beyond that.
+    and neither memory nor the fit grows with the catalog beyond that; likewise its test windows past
+    ``global_max_test_rows`` (each city's MAE is then measured on an even sample of its window).
     """
     started = time.perf_counter()
     name = model_name(target, GLOBAL)
     catalog = sorted(ctx.catalog.slugs)
-    cap = max(MIN_FIT_ROWS, ctx.settings.global_max_train_rows // max(len(catalog), 1))
-    parts: list[tuple[str, Split]] = []
+    cities = max(len(catalog), 1)
+    cap = max(MIN_FIT_ROWS, ctx.settings.global_max_train_rows // cities)
+    test_cap = max(MIN_FIT_ROWS, ctx.settings.global_max_test_rows // cities)
+    windows: dict[str, list[pd.DataFrame]] = {"train": [], "valid": [], "test": []}
     kept: list[TrainingSet] = []
     rates: dict[str, float] = {}
+    # What the baselines need of each city's own windows, computed while they are at hand: the unit keeps
+    # one stacked copy of the rows, not the cities' splits beside it.
+    parts: list[tuple[str, int]] = []  # (city, test rows), in stacking order
+    baseline: list[float] = []
+    medians: list[np.ndarray] = []
     for city, ts in _city_sets(ctx, catalog, target, sets):
         if ts.rows < MIN_FIT_ROWS:
             continue
-        city_split = _bounded(time_split(ts.frame), cap)
-        rate = RatePerKm.fit(city_split.train, ts.label).rate
+        city_split = _bounded(time_split(ts.frame.drop(columns=["trip_id"], errors="ignore")), cap, test_cap)
+        per_km = RatePerKm.fit(city_split.train, ts.label)
+        rate = per_km.rate
         if not (np.isfinite(rate) and rate > 0):  # no distances: its label cannot be made unit-free
             log.warning("%s: %s has no positive %s per km; left out", name, city, ts.label)
             continue
         kept.append(TrainingSet(ts.frame.iloc[:0], ts.features, ts.label, ts.feature_service))
-        parts.append((city, city_split))
+        test_y = city_split.test[ts.label].to_numpy()
+        baseline.append(mae(test_y, per_km.predict(city_split.test)))
+        medians.append(Median.fit(city_split.train, ts.label).predict(city_split.test))
+        for attr, frames in windows.items():
+            frames.append(getattr(city_split, attr).assign(**{CITY_FEATURE: city}))
+        parts.append((city, len(city_split.test)))
         rates[city] = rate
     if not parts:
         return TrainResult(name, GLOBAL, target, "skipped", "no city has enough rows")
 
-    def stack(attr: str) -> pd.DataFrame:
-        frames = [getattr(s, attr).assign(**{CITY_FEATURE: city}) for city, s in parts]
+    def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
         out = pd.concat(frames, ignore_index=True)
+        frames.clear()  # the cities' copies go as soon as they are stacked
         out[CITY_FEATURE] = pd.Categorical(out[CITY_FEATURE], categories=catalog)
         return out
 
-    split = Split(stack("train"), stack("valid"), stack("test"))
+    split = Split(stack(windows["train"]), stack(windows["valid"]), stack(windows["test"]))
+    bounds = np.cumsum([0, *(n for _, n in parts)])
     features = [*(f for f in kept[0].features if f not in CITY_LOCAL_FEATURES), CITY_FEATURE]
     label = kept[0].label
     clock = Stopwatch()
@@ -109,17 +125,19 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     y = split.test[label].to_numpy()
     # Each city's test window as the city unit will score it (same rows, the city as a plain value);
     # in stacking order, so the pieces make up the fleet's test predictions.
-    preds = [fitted.predict(s.test.assign(city=city)) for city, s in parts]
+    test = split.test
+    preds = [
+        fitted.predict(test.iloc[a:b].assign(city=city))
+        for (city, _), a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)
+    ]
     pred = np.concatenate(preds)
     m = metrics(y, pred)
-    m["baseline_mae"] = float(
-        np.mean([mae(s.test[label].to_numpy(), RatePerKm.fit(s.train, label).predict(s.test)) for _, s in parts])
-    )
-    m["median_mae"] = mae(y, np.concatenate([Median.fit(s.train, label).predict(s.test) for _, s in parts]))
-    per_city = {city: mae(s.test[label].to_numpy(), p) for (city, s), p in zip(parts, preds, strict=True)}
+    m["baseline_mae"] = float(np.mean(baseline))
+    m["median_mae"] = mae(y, np.concatenate(medians))
+    per_city = {city: mae(y[a:b], p) for (city, _), a, b, p in zip(parts, bounds[:-1], bounds[1:], preds, strict=True)}
     held = ctx.champion(name)
     # Compared on the cities both serve: a champion cannot be judged on a city it never learned.
-    both = np.concatenate([np.full(len(s.test), held is None or held.serves(city)) for city, s in parts])
+    both = np.concatenate([np.full(n, held is None or held.serves(city)) for city, n in parts])
     champion_mae = score_model(held, split.test[both], label)
     decision = decide_global(mae(y[both], pred[both]), champion_mae, settings)
     if champion_mae is not None:
