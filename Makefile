@@ -25,8 +25,8 @@ test-fast: setup  ## unit and DAG tests only
 bench: setup  ## benchmarks; writes bench/RESULTS.md
 	$(RUN) python -m bench.run
 
-bench-fleet: setup  ## 10, 100 and 1,000 synthetic cities through the real stack; writes bench/RESULTS.md (hours)
-	$(RUN) python -m bench.run --only fleet
+bench-fleet: setup  ## 10, 100 and 1,000 synthetic cities through the real stack; writes bench/RESULTS.md (hours; ARGS=--resume keeps finished sizes)
+	$(RUN) python -m bench.run --only fleet $(ARGS)
 
 services: setup  ## MLflow server + Airflow (api-server, scheduler, dag-processor, triggerer, 2 Celery workers) over the local Postgres and Redis
 	$(RUN) cityml services up

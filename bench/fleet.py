@@ -304,14 +304,39 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(sizes: list[int], days: int, trips_per_day: int, tmp: Path) -> report.Section:
-    from cityml.settings import Settings
+#: Each size's row, saved as it is measured and kept in git: the 1,000-city size alone takes hours.
+ROWS_DIR = report.RESULTS.with_name("fleet-rows")
 
+
+def run(
+    sizes: list[int], days: int, trips_per_day: int, tmp: Path, rows_dir: Path = ROWS_DIR, resume: bool = False
+) -> report.Section:
+    """Measure each size (a fresh home each) and write the section. Each size's row is saved as it is measured
+    (``rows_dir/fleet-<n>.json``): a run that stops keeps the sizes it finished, and ``resume`` reuses a saved
+    row measured with the same days, trips a day and training profile instead of measuring it again."""
     rows = []
     for n in sizes:
+        path = rows_dir / f"fleet-{n}.json"
+        if resume and path.exists():
+            row = json.loads(path.read_text())
+            if (row["days"], row["trips_per_day"], row.get("profile")) == (days, trips_per_day, STACK_ENV):
+                log.info("fleet: %d cities: reusing the row measured %s (%s)", n, row.get("measured"), path)
+                rows.append(row)
+                continue
         log.info("fleet: %d cities x %d days x %d trips a day", n, days, trips_per_day)
-        rows.append(measure(n, days, trips_per_day, tmp))
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        row = {**measure(n, days, trips_per_day, tmp), "measured": started, "profile": STACK_ENV}
         shutil.rmtree(tmp / f"fleet-{n}", ignore_errors=True)
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=2, default=str))
+        rows.append(row)
+    return section(rows, days, trips_per_day)
+
+
+def section(rows: list[dict[str, Any]], days: int, trips_per_day: int, note: str = "") -> report.Section:
+    """The section from measured rows (one per size), with the plot beside RESULTS.md."""
+    from cityml.settings import Settings
+
     png = report.RESULTS.with_name("fleet-scaling.png")
     plot(rows, png)
     stage_names = list(rows[0]["stages"])
@@ -322,12 +347,14 @@ def run(sizes: list[int], days: int, trips_per_day: int, tmp: Path) -> report.Se
             table_rows.append(
                 [r["cities"], stage, s["seconds"], round(s["seconds"] / r["cities"], 2), s.get("peak_rss_mb")]
             )
+    measured = ", ".join(f"{r['cities']} cities {r.get('measured', '?')}" for r in rows)
     body = [
         f"Synthetic cities of {days} days × {trips_per_day} trips a day; each stage as its own process (see "
         f"`bench/fleet.py`). Plot: `{png.name}`. Training profile: "
         + ", ".join(f"`{k}={v}`" for k, v in STACK_ENV.items())
         + " (2 fits a city model; the default profile's ~12 are judged by the quality section). Mapped "
-        f"`train_city` tasks at most: `CITYML_TRAIN_MAX_TASKS` ({Settings().train_max_tasks}).",
+        f"`train_city` tasks at most: `CITYML_TRAIN_MAX_TASKS` ({Settings().train_max_tasks}). Sizes measured: "
+        f"{measured}.",
         "",
         report.table(["cities", "stage", "wall s", "s per city", "peak RSS of its largest process (MB)"], table_rows),
         "",
@@ -372,6 +399,8 @@ def run(sizes: list[int], days: int, trips_per_day: int, tmp: Path) -> report.Se
         body += ["", f"Retrain time per city, 100 → {big} cities: {growth:+.0%} (goal ≤ +25%)."]
         if growth > 0.25:
             failures.append(f"fleet: retrain time per city grew {growth:+.0%} from 100 to {big} cities")
+    if note:
+        body += ["", note]
     if failures:
         body += ["", "Not met in this run:", *[f"- {f}" for f in failures]]
     return report.Section("fleet", "Fleet scale", "\n".join(body), raw={"sizes": rows}, failures=failures)

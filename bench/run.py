@@ -4,6 +4,7 @@
     python -m bench.run --quick         # small sizes: a smoke test of the harness
     python -m bench.run --only pit      # one benchmark; the other sections stay as they are
     python -m bench.run --only fleet    # 10, 100 and 1,000 cities through the real stack (make bench-fleet; hours)
+    python -m bench.run --only fleet --resume   # the sizes a stopped fleet run did not finish
 
 Every benchmark owns one section of RESULTS.md (see `bench.report`). To add one, write a module
 with a ``run(...) -> Section`` and register it in ``BENCHMARKS`` below; a benchmark that needs the
@@ -106,7 +107,9 @@ def _fleet(ctx: Context) -> report.Section:
 
     a = ctx.args
     sizes = a.fleet_sizes or ([3] if a.quick else list(fleet.SIZES))
-    return fleet.run(sizes, days=7 if a.quick else 30, trips_per_day=300, tmp=ctx.tmp)
+    return fleet.run(
+        sizes, days=7 if a.quick else 30, trips_per_day=300, tmp=ctx.tmp, out_dir=a.out_dir, resume=a.resume
+    )
 
 
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
@@ -152,6 +155,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--fleet-sizes",
         type=lambda s: [int(n) for n in s.split(",")],
         help="fleet: numbers of cities to measure (default 10,100,1000; quick 3)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="fleet: reuse the sizes a stopped run saved (bench/fleet-rows/fleet-<n>.json), measure the others",
     )
     parser.add_argument("--results", type=Path, default=report.RESULTS, help="markdown file to update")
     parser.add_argument("--out-dir", type=Path, default=report.OUT_DIR, help="raw JSON folder")

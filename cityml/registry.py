@@ -134,10 +134,14 @@ def choose_serving(
     return None, None
 
 
-def fleet_version_learned(c: MlflowClient, city: str) -> Callable[[ModelVersion], bool]:
+def fleet_version_learned(
+    c: MlflowClient, city: str, scale_of: Callable[[ModelVersion], LabelScale] | None = None
+) -> Callable[[ModelVersion], bool]:
     """Whether a fleet model's registered version learned ``city``: the rule :meth:`LoadedModel.serves` applies,
-    read from the version's label scale (the rates of ``label_scale.json``) without loading the booster."""
-    return lambda mv: version_scale(c, mv).covers(city)
+    read from the version's label scale (the rates of ``label_scale.json``) without loading the booster.
+    ``scale_of``: how to read that scale (a run over many cities reads it once); default :func:`version_scale`."""
+    read = scale_of or (lambda mv: version_scale(c, mv))
+    return lambda mv: read(mv).covers(city)
 
 
 def version_scale(c: MlflowClient, mv: ModelVersion) -> LabelScale:

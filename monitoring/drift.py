@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from cityml.features.request_features import CALENDAR_FEATURES
 from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
 from cityml.profile import build_profile, pick_segment
-from cityml.registry import champion, choose_serving, client, fleet_version_learned, read_profile
+from cityml.registry import champion, choose_serving, client, fleet_version_learned, read_profile, version_scale
 from cityml.settings import Settings
 from monitoring.accuracy import AccuracyFlag
 from monitoring.stats import categorical_score, category_counts, judge, numeric_score
@@ -108,17 +109,39 @@ def _summary(scores: dict[str, dict[str, Any]], rows: int, min_rows: int) -> dic
     return {"verdict": overall, "rows": rows, "drifted": drifted, "features": scores}
 
 
-def drift_model(settings: Settings, city: str, target: str, since: datetime, c: Any | None = None) -> dict[str, Any]:
+def _once(memo: dict[tuple[str, ...], Any], key: tuple[str, ...], read: Callable[[], Any]) -> Any:
+    """``read()`` the first time ``key`` is asked for in a run, the kept answer after."""
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
+
+
+def drift_model(
+    settings: Settings,
+    city: str,
+    target: str,
+    since: datetime,
+    c: Any | None = None,
+    memo: dict[tuple[str, ...], Any] | None = None,
+) -> dict[str, Any]:
     """Drift of the model serving a city: logged live features vs the profile saved with it.
 
     A city without a champion is served by the global model; its live traffic is then compared
-    with that city's slice of the global model's reference.
+    with that city's slice of the global model's reference. ``memo``: what a run has read already (the global
+    model's champion, label scale and profile, the same for every city it serves: read once per run, not per
+    city — its profile holds a segment per city).
     """
     name = model_name(target, city)
     c = c or client(settings)
+    memo = {} if memo is None else memo
     own = champion(c, name)
-    fleet = champion(c, model_name(target, GLOBAL)) if own is None else None
-    mv, _ = choose_serving(target, city, own, fleet, fleet_version_learned(c, city))
+    fleet_name = model_name(target, GLOBAL)
+    fleet = _once(memo, ("champion", fleet_name), lambda: champion(c, fleet_name)) if own is None else None
+
+    def scale_of(mv: Any) -> Any:
+        return _once(memo, ("scale", mv.name, str(mv.version)), lambda: version_scale(c, mv))
+
+    mv, _ = choose_serving(target, city, own, fleet, fleet_version_learned(c, city, scale_of))
     serving = name if own is not None else model_name(target, GLOBAL)
     base = {"city": city, "target": target, "model": serving}
     if mv is None or mv.run_id is None:
@@ -131,7 +154,7 @@ def drift_model(settings: Settings, city: str, target: str, since: datetime, c: 
         if r["model"] == serving and str(r["version"]) == version
     ]
     live = pd.DataFrame([r["features"] for r in records])
-    profile = read_profile(c, mv)
+    profile = _once(memo, ("profile", mv.name, version), lambda: read_profile(c, mv))
     if serving != name and f"city={city}" in profile.get("segments", {}):
         segment, reference = f"city={city}", profile["segments"][f"city={city}"]
     elif "is_weekend" in live:
@@ -265,7 +288,8 @@ def run_drift(
 
     now = datetime.now(UTC)
     c = client(settings)
-    results = [drift_model(settings, city, t, now - window, c) for city in cities for t in targets]
+    memo: dict[tuple[str, ...], Any] = {}
+    results = [drift_model(settings, city, t, now - window, c, memo) for city in cities for t in targets]
     labels = run_labels(settings, cities, targets, now - window, client=c)
     drifted = sorted({r["city"] for r in results if r["verdict"] == "drift"})
     why = reasons(results, labels.flagged, settings.drift_threshold)

@@ -1,3 +1,4 @@
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,43 @@ def test_trip_history_medians_are_scored_but_not_judged() -> None:
     live = feature_scores(profile, pd.DataFrame({name: rng.normal(25, 1, 800), "x": rng.normal(0, 1, 800)}))
     assert live[name]["psi"] >= 0.25 and live[name]["verdict"] == "history"
     assert live["x"]["verdict"] == "stable"
+
+
+def test_a_drift_run_reads_the_global_models_profile_once_for_every_city_it_serves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Cities without a champion of their own are judged against the global model's profile, which holds a
+    segment per city: a run over many cities reads it (and its scale, and its champion) once, not per city."""
+    from types import SimpleNamespace
+
+    import monitoring.drift as drift
+    from cityml.settings import Settings
+
+    cities = [f"town-{i}" for i in range(6)]
+    fleet = SimpleNamespace(name="eta-global", version="3", run_id="r1", tags={})
+    reads: list[str] = []
+
+    def champion(c: object, name: str) -> object:
+        reads.append(f"champion {name}")
+        return fleet if name == "eta-global" else None
+
+    def profile(c: object, mv: object) -> dict[str, object]:
+        reads.append("profile")
+        return {"segments": {f"city={c}": {"features": {}, "prediction": {}} for c in cities}}
+
+    def scale(c: object, mv: object) -> object:
+        reads.append("scale")
+        return SimpleNamespace(covers=lambda city: city in cities)
+
+    monkeypatch.setattr(drift, "champion", champion)
+    monkeypatch.setattr(drift, "read_profile", profile)
+    monkeypatch.setattr(drift, "version_scale", scale)
+    monkeypatch.setattr(drift, "read_predictions", lambda *a, **k: [])
+    settings = Settings(home=tmp_path)
+    memo: dict[tuple[str, ...], object] = {}
+    since = datetime(2026, 3, 1, tzinfo=UTC)
+    results = [drift.drift_model(settings, city, "eta", since, c=object(), memo=memo) for city in cities]
+    assert [r["model"] for r in results] == ["eta-global"] * len(cities)
+    assert [r["reference"] for r in results] == [f"city={c}" for c in cities]  # each city its own segment
+    assert reads.count("profile") == 1 and reads.count("scale") == 1 and reads.count("champion eta-global") == 1
+    assert reads.count("champion eta-town-0") == 1  # a city's own champion is still asked for, once
