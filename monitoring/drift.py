@@ -289,7 +289,7 @@ def run_drift(
     now = datetime.now(UTC)
     c = client(settings)
     memo: dict[tuple[str, ...], Any] = {}
-    results = [drift_model(settings, city, t, now - window, c, memo) for city in cities for t in targets]
+    results = [drift_model(settings, city, t, now - window, c, memo=memo) for city in cities for t in targets]
     labels = run_labels(settings, cities, targets, now - window, client=c)
     drifted = sorted({r["city"] for r in results if r["verdict"] == "drift"})
     why = reasons(results, labels.flagged, settings.drift_threshold)

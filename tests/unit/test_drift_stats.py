@@ -132,7 +132,9 @@ def test_the_drift_job_records_its_requests_and_waits_for_the_cooldown(
 
     settings = small_settings
 
-    def drifting(s: object, city: str, target: str, since: object, c: object = None) -> dict[str, object]:
+    def drifting(
+        s: object, city: str, target: str, since: object, c: object = None, memo: object = None
+    ) -> dict[str, object]:
         return {"city": city, "target": target, "model": f"{target}-{city}", "verdict": "drift", "features": {}}
 
     monkeypatch.setattr(drift, "drift_model", drifting)
