@@ -39,10 +39,10 @@ def test_the_scratch_store_reads_the_citys_rows_only(tmp_path: Path) -> None:
     from feast.types import Float64
 
     table = tmp_path / "zone_hour.parquet"
-    keys = ["alpha:z01", "alphabet:z01", "alpha", "beta-city:z01", "alpha:z02"]
-    pd.DataFrame({"zone_key": keys, "event_timestamp": pd.Timestamp("2026-03-01", tz="UTC"), "v": 1.0}).to_parquet(
-        table
-    )
+    # "alpha-2" sorts between "alpha" and "alpha:" ("-" comes before ":"): inside the range read, dropped after.
+    keys = ["alpha:z01", "alphabet:z01", "alpha", "alpha-2:z01", "beta-city:z01", "alpha:z02"]
+    frame = pd.DataFrame({"zone_key": keys, "event_timestamp": pd.Timestamp("2026-03-01", tz="UTC"), "v": 1.0})
+    frame.to_parquet(table, row_group_size=1)  # one row group a key: the range read skips the others
     zone = Entity(name="zone", join_keys=["zone_key"])
     view = FeatureView(
         name="zone_traffic",
@@ -56,4 +56,4 @@ def test_the_scratch_store_reads_the_citys_rows_only(tmp_path: Path) -> None:
     filtered = _city_rows(view, "alpha", scratch, {"zone": "zone_key"})
     assert filtered.batch_source.path == str(scratch / "zone_traffic.parquet")
     assert pq.read_table(filtered.batch_source.path)["zone_key"].to_pylist() == ["alpha:z01", "alpha", "alpha:z02"]
-    assert pq.read_table(table).num_rows == 5  # the live table is left as it is
+    assert pq.read_table(table).num_rows == 6  # the live table is left as it is
