@@ -123,13 +123,13 @@ def retrain_city_models() -> None:
         cities: list[str], until: str, params: dict[str, Any] | None = None, run_id: str | None = None
     ) -> list[dict[str, Any]]:
         """The city unit for each city of the chunk: both targets trained, gated and registered."""
-        from training.city import train_city as train
+        from training.city import train_cities
 
         chunk_label(cities)
         p = params or {}
         ctx = run_context(p, run_id or "airflow", until)
         targets = list(p.get("targets") or TARGETS)
-        return finish([r.to_dict() for city in cities for r in train(ctx, city, targets)])
+        return finish([r.to_dict() for r in train_cities(ctx, cities, targets)])
 
     @task(trigger_rule="all_done")
     def summarise(
