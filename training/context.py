@@ -35,6 +35,7 @@ class RunContext:
     _store: FeatureStore | None = field(default=None, repr=False)
     _client: MlflowClient | None = field(default=None, repr=False)
     _models: dict[tuple[str, str], LoadedModel] = field(default_factory=dict, repr=False)
+    _experiment: str | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -75,6 +76,15 @@ class RunContext:
             self._client = client(self.settings)
         return self._client
 
+    @property
+    def experiment(self) -> str:
+        """The cityml experiment's id, looked up (or created) once per run, not once per registered version."""
+        if self._experiment is None:
+            from training.registry import experiment_id
+
+            self._experiment = experiment_id(self.client, self.settings)
+        return self._experiment
+
     def champion(self, name: str) -> LoadedModel | None:
         """``name@champion``, loaded once per version in this run: every city is compared with the same global
         model, which is downloaded and parsed once."""
@@ -96,6 +106,7 @@ class RunContext:
             _store=None,
             _client=None,
             _models={},
+            _experiment=None,
         )
 
     def describe_window(self) -> str:

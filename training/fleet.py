@@ -138,9 +138,7 @@ def train_fleet(
     fleet = retrains_global(ctx, cities, targets, with_global)
     # The registry's schema and the experiment are created here, once: pool workers opening a new SQLite store
     # at the same moment would each try to migrate it.
-    from training.registry import experiment_id
-
-    experiment_id(ctx.client, ctx.settings)
+    ctx.experiment  # noqa: B018 - created now, by this process, before any worker needs it
     size = ctx.settings.train_chunk_cities
     needed = sorted(set(ctx.catalog.slugs) | set(cities)) if fleet else list(cities)
     shared: dict[str, dict[str, TrainingSet]] | None = None

@@ -158,7 +158,7 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     }
     # Each city's test MAE is logged too: realized accuracy compares a city served by the fallback with it.
     logged = {**m, **{f"{CITY_MAE_METRIC}{city}": v for city, v in per_city.items()}}
-    reg = registration(name, fitted, split, features, logged, tags, decision, "", {}, label)
+    reg = registration(name, fitted, split, features, logged, tags, decision, "", {}, label, pred)
     result = TrainResult(
         name,
         GLOBAL,

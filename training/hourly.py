@@ -166,7 +166,7 @@ def _train(ctx: RunContext, city: str, target: HourlyTarget, name: str) -> Train
         "refit": "train+valid" if fitted.refit else "no",
         **window(split),
     }
-    reg = registration(name, fitted, split, hs.features, m, tags, decision, ctx.forced_by, {}, hs.label)
+    reg = registration(name, fitted, split, hs.features, m, tags, decision, ctx.forced_by, {}, hs.label, pred)
     log.info("%s: mae %.4g hour-of-week baseline %.4g -> %s", name, m["mae"], m["baseline_mae"], decision.summary)
     result = TrainResult(
         name,

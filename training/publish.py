@@ -16,7 +16,7 @@ from cityml.profile import build_profile, day_segments, feature_profile
 from cityml.registry import selftest_doc
 from training.fit import DEFAULT_PARAMS, Fitted, Split
 from training.gate import Decision, label_reference
-from training.registry import experiment_id, log_version, set_champion
+from training.registry import log_version, set_champion
 from training.results import TrainResult
 
 if TYPE_CHECKING:
@@ -68,8 +68,11 @@ def registration(
     forced_by: str,
     params: dict[str, Any],
     label: str,
+    test_pred: np.ndarray,
 ) -> Registration:
-    """What registering a fitted model needs: its reference profile, self-test and gate tags."""
+    """What registering a fitted model needs: its reference profile, self-test and gate tags. ``test_pred``: the
+    model's predictions of ``split.test``, which the caller made for its metrics (a fleet model's half a million
+    test rows take minutes to predict again)."""
     # Quantile bins need a sample, not every row: a fleet model's million rows would cost more
     # to predict than to fit.
     train = split.train
@@ -87,7 +90,7 @@ def registration(
         profile["label"] = label_reference(split.train[label].to_numpy(), split.train["distance_km"].to_numpy())
     # The model's absolute errors on its test window: what realized errors on completed trips are read against.
     if len(split.test):
-        errors = np.abs(fitted.predict(split.test) - split.test[label].to_numpy())
+        errors = np.abs(test_pred - split.test[label].to_numpy())
         profile["test_error"] = feature_profile(pd.Series(errors))
     forced = bool(forced_by) and not decision.promote
     promote = decision.promote or forced
@@ -146,7 +149,7 @@ def publish(ctx: RunContext, result: TrainResult, reg: Registration | None) -> T
         result.abandoned_versions = close_abandoned(c, reg.name)
         result.version = log_version(
             c,
-            experiment_id(c, ctx.settings),
+            ctx.experiment,
             reg.name,
             reg.members,
             reg.example,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,6 +109,7 @@ def log_version(
     import lightgbm
     import mlflow
     import mlflow.lightgbm
+    from mlflow.entities import Metric, Param, RunTag
     from mlflow.models import infer_signature
 
     from cityml.modeling import BLEND_TAG, CATEGORICAL_FEATURES, MEMBER_FILE, SCALE_FILE, SCALE_TAG, model_frame
@@ -117,10 +119,13 @@ def log_version(
     (booster, scale), others = members[0], members[1:]
     example = example_frame.head(5)
     x = model_frame(example, features)
-    with mlflow.start_run(experiment_id=experiment, run_name=name):
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
-        mlflow.log_params({**params, "features": ",".join(features)})
-        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+    with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
+        run_id = run.info.run_id
+        c.log_batch(
+            run_id,
+            params=[Param(k, str(v)) for k, v in {**params, "features": ",".join(features)}.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
         mlflow.log_dict(profile, PROFILE_FILE)
         if scale.city_rates:
             mlflow.log_dict(scale.to_json(), SCALE_FILE)
@@ -139,6 +144,11 @@ def log_version(
             # fail there; cityml's server builds the frame itself (cityml.modeling).
             validate_serving_input=not CATEGORICAL_FEATURES & set(features),
         )
+        # Logged after the model and linked to it in the same request: metrics logged before it are linked by
+        # MLflow reading each one's history back, one request per metric (a fleet model logs one per city).
+        stamp = int(time.time() * 1000)
+        finite = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+        c.log_batch(run_id, metrics=[Metric(k, v, stamp, 0, model_id=info.model_id) for k, v in finite.items()])
     mae: dict[str, float] = {k: metrics[k] for k in ("mae", *DAY_KIND_MAE, "baseline_mae") if k in metrics}
     all_tags: dict[str, Any] = {**tags, **mae, SCALE_TAG: scale.kind, **(version_tags or {})}
     if others:

@@ -1,6 +1,7 @@
 """Loading a registered version never unpickles: only a LightGBM Booster in text format is read."""
 
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -163,3 +164,40 @@ def test_a_second_process_creating_the_experiment_finds_it(tmp_path: Path) -> No
     # The second process looked before the first created it.
     with mock.patch.object(c, "get_experiment_by_name", side_effect=[None, c.get_experiment_by_name("cityml")]):
         assert experiment_id(c, settings) == first
+
+
+def test_a_versions_metrics_params_and_tags_are_on_its_run_and_its_metrics_on_its_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logged in two batches around the model (MLflow links metrics logged before it by reading each one's history
+    back: one request per metric, 1,000 for a fleet model of 1,000 cities)."""
+    import mlflow
+
+    from cityml.modeling import LabelScale
+    from training.registry import experiment_id, log_version
+
+    settings = Settings(home=tmp_path / "var")
+    c = client(settings)
+    frame = pd.DataFrame({"distance_km": np.linspace(0.5, 20, 120)}).assign(duration_s=lambda f: f.distance_km * 120)
+    booster = lgb.train({"verbosity": -1}, lgb.Dataset(frame[["distance_km"]], frame["duration_s"]), 5)
+    metrics = {"mae": 1.5, "baseline_mae": 2.0, "city_mae_a": 3.0, "broken": float("nan")}
+    tags = {"city": "alpha", "train_rows": 120}
+    experiment = experiment_id(c, settings)
+    read_back: list[str] = []
+    real = mlflow.MlflowClient.get_metric_history
+
+    def history(self: mlflow.MlflowClient, run_id: str, key: str) -> list[Any]:
+        read_back.append(key)
+        return real(self, run_id, key)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_metric_history", history)
+    members = [(booster, LabelScale())]
+    log_version(c, experiment, "eta-alpha", members, frame, ["distance_km"], metrics, tags, {}, {"p": 1})
+    mv = c.get_model_version("eta-alpha", "1")
+    run = c.get_run(mv.run_id)  # type: ignore[arg-type]
+    assert run.data.metrics == {"mae": 1.5, "baseline_mae": 2.0, "city_mae_a": 3.0}
+    assert run.data.params == {"p": "1", "features": "distance_km"}
+    assert {k: run.data.tags[k] for k in tags} == {"city": "alpha", "train_rows": "120"}
+    (model,) = c.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{mv.run_id}'")
+    assert {m.key: m.value for m in model.metrics or []} == run.data.metrics
+    assert read_back == []
