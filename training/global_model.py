@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,54 @@ def _bounded(split: Split, cap: int, test_cap: int | None = None) -> Split:
     return Split(sample(split.train, cap), sample(split.valid, valid_cap), sample(split.test, test_cap))
 
 
+@dataclass
+class _Kept:
+    """What the unit keeps of each city as the catalog streams past: bounded copies of its windows (stacked for
+    the fit) and what the baselines need of them, computed while the city's split is at hand."""
+
+    first: TrainingSet | None = None  # the first kept city's set, rows dropped: its features, label and service
+    windows: dict[str, list[pd.DataFrame]] = field(default_factory=lambda: {"train": [], "valid": [], "test": []})
+    rates: dict[str, float] = field(default_factory=dict)
+    parts: list[tuple[str, int]] = field(default_factory=list)  # (city, test rows), in stacking order
+    baseline: list[float] = field(default_factory=list)
+    medians: list[np.ndarray] = field(default_factory=list)
+
+
+def _collect(
+    ctx: RunContext,
+    name: str,
+    catalog: list[str],
+    target: str,
+    sets: dict[str, TrainingSet] | None,
+    cap: int,
+    test_cap: int,
+) -> _Kept:
+    """Each catalog city's bounded windows and baselines. A function of its own so that no name outlives it: the
+    last city's joined frame (a loop's variable) would otherwise stay alive through the fit."""
+    kept = _Kept()
+    for city, ts in _city_sets(ctx, catalog, target, sets):
+        if ts.rows < MIN_FIT_ROWS:
+            continue
+        city_split = _bounded(time_split(ts.frame.drop(columns=["trip_id"], errors="ignore")), cap, test_cap)
+        per_km = RatePerKm.fit(city_split.train, ts.label)
+        rate = per_km.rate
+        if not (np.isfinite(rate) and rate > 0):  # no distances: its label cannot be made unit-free
+            log.warning("%s: %s has no positive %s per km; left out", name, city, ts.label)
+            continue
+        if kept.first is None:
+            # A copy: ``iloc[:0]`` is a view that keeps the city's whole joined frame alive (a list of those kept
+            # every city's: the whole catalog's trips, ~4 GB at 1,000 cities).
+            kept.first = TrainingSet(ts.frame.iloc[:0].copy(), ts.features, ts.label, ts.feature_service)
+        test_y = city_split.test[ts.label].to_numpy()
+        kept.baseline.append(mae(test_y, per_km.predict(city_split.test)))
+        kept.medians.append(Median.fit(city_split.train, ts.label).predict(city_split.test))
+        for attr, frames in kept.windows.items():
+            frames.append(getattr(city_split, attr).assign(**{CITY_FEATURE: city}))
+        kept.parts.append((city, len(city_split.test)))
+        kept.rates[city] = rate
+    return kept
+
+
 def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | None = None) -> TrainResult:
     """The fleet model ``<target>-global``: every catalog city's rows, the city as a categorical feature.
 
@@ -79,32 +128,9 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     cities = max(len(catalog), 1)
     cap = max(MIN_FIT_ROWS, ctx.settings.global_max_train_rows // cities)
     test_cap = max(MIN_FIT_ROWS, ctx.settings.global_max_test_rows // cities)
-    windows: dict[str, list[pd.DataFrame]] = {"train": [], "valid": [], "test": []}
-    kept: list[TrainingSet] = []
-    rates: dict[str, float] = {}
-    # What the baselines need of each city's own windows, computed while they are at hand: the unit keeps
-    # one stacked copy of the rows, not the cities' splits beside it.
-    parts: list[tuple[str, int]] = []  # (city, test rows), in stacking order
-    baseline: list[float] = []
-    medians: list[np.ndarray] = []
-    for city, ts in _city_sets(ctx, catalog, target, sets):
-        if ts.rows < MIN_FIT_ROWS:
-            continue
-        city_split = _bounded(time_split(ts.frame.drop(columns=["trip_id"], errors="ignore")), cap, test_cap)
-        per_km = RatePerKm.fit(city_split.train, ts.label)
-        rate = per_km.rate
-        if not (np.isfinite(rate) and rate > 0):  # no distances: its label cannot be made unit-free
-            log.warning("%s: %s has no positive %s per km; left out", name, city, ts.label)
-            continue
-        kept.append(TrainingSet(ts.frame.iloc[:0], ts.features, ts.label, ts.feature_service))
-        test_y = city_split.test[ts.label].to_numpy()
-        baseline.append(mae(test_y, per_km.predict(city_split.test)))
-        medians.append(Median.fit(city_split.train, ts.label).predict(city_split.test))
-        for attr, frames in windows.items():
-            frames.append(getattr(city_split, attr).assign(**{CITY_FEATURE: city}))
-        parts.append((city, len(city_split.test)))
-        rates[city] = rate
-    if not parts:
+    kept = _collect(ctx, name, catalog, target, sets, cap, test_cap)
+    first = kept.first
+    if first is None:
         return TrainResult(name, GLOBAL, target, "skipped", "no city has enough rows")
 
     def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -113,10 +139,11 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
         out[CITY_FEATURE] = pd.Categorical(out[CITY_FEATURE], categories=catalog)
         return out
 
+    windows, parts, rates = kept.windows, kept.parts, kept.rates
     split = Split(stack(windows["train"]), stack(windows["valid"]), stack(windows["test"]))
     bounds = np.cumsum([0, *(n for _, n in parts)])
-    features = [*(f for f in kept[0].features if f not in CITY_LOCAL_FEATURES), CITY_FEATURE]
-    label = kept[0].label
+    features = [*(f for f in first.features if f not in CITY_LOCAL_FEATURES), CITY_FEATURE]
+    label = first.label
     clock = Stopwatch()
     scale = LabelScale("per_km_city", rates)
     settings = ctx.settings
@@ -132,8 +159,8 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     ]
     pred = np.concatenate(preds)
     m = metrics(y, pred)
-    m["baseline_mae"] = float(np.mean(baseline))
-    m["median_mae"] = mae(y, np.concatenate(medians))
+    m["baseline_mae"] = float(np.mean(kept.baseline))
+    m["median_mae"] = mae(y, np.concatenate(kept.medians))
     per_city = {city: mae(y[a:b], p) for (city, _), a, b, p in zip(parts, bounds[:-1], bounds[1:], preds, strict=True)}
     held = ctx.champion(name)
     # Compared on the cities both serve: a champion cannot be judged on a city it never learned.
@@ -146,7 +173,7 @@ def train_global(ctx: RunContext, target: str, sets: dict[str, TrainingSet] | No
     tags = {
         "city": GLOBAL,
         "target": target,
-        "feature_service": kept[0].feature_service,
+        "feature_service": first.feature_service,
         "git_sha": git_sha(),
         "feast_registry": feast_registry_version(settings),
         "train_rows": len(split.train),

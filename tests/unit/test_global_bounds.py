@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import gc
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from training.fit import time_split
+import numpy as np
+import pandas as pd
+import pytest
+
+from cityml.settings import Settings
+from training.datasets import TrainingSet
+from training.fit import Split, time_split
 from training.global_model import _bounded
 
 
@@ -38,3 +49,53 @@ def test_a_test_window_past_its_share_is_sampled_evenly_and_the_training_rows_st
     assert bounded.test["event_timestamp"].max() > split.test["event_timestamp"].quantile(0.95)
     both = _bounded(split, 700, test_cap=300)
     assert (len(both.train), len(both.valid), len(both.test)) == (700, 150, 300)
+
+
+def test_no_citys_joined_frame_is_alive_when_the_global_fit_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The unit keeps its bounded copies of each city's rows, not the city's joined frame: a view of it (even an
+    empty one) kept the whole catalog's trips alive through the fit (~4 GB at 1,000 cities)."""
+    import training.global_model as unit
+
+    cities = [f"c{i}" for i in range(6)]
+    frames: list[weakref.ref[np.ndarray]] = []  # the memory of each city's joined rows
+
+    def memory_of(frame: pd.DataFrame) -> weakref.ref[np.ndarray]:
+        """The array that holds ``frame``'s numbers: alive as long as any view of them is (an empty slice too)."""
+        values = frame["distance_km"].to_numpy()
+        while values.base is not None:
+            values = values.base
+        return weakref.ref(values)
+
+    def city_sets(ctx: Any, catalog: list[str], target: str, sets: Any) -> Iterator[tuple[str, TrainingSet]]:
+        rng = np.random.default_rng(0)
+        for city in catalog:
+            n = 400
+            frame = pd.DataFrame(
+                {
+                    "trip_id": [f"{city}-{i}" for i in range(n)],
+                    "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
+                    "distance_km": rng.uniform(1, 10, n),
+                }
+            ).assign(duration_s=lambda f: f.distance_km * 100)
+            frames.append(memory_of(frame))
+            yield city, TrainingSet(frame, ["distance_km"], "duration_s", "eta_v1")
+
+    class FitStarted(Exception):
+        pass
+
+    alive: list[int] = []
+
+    def fit_model(split: Split, *args: Any, **kwargs: Any) -> None:
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in frames))
+        assert len(split.train) == 6 * 280  # every city's training window, stacked
+        raise FitStarted
+
+    monkeypatch.setattr(unit, "_city_sets", city_sets)
+    monkeypatch.setattr(unit, "fit_model", fit_model)
+    ctx = SimpleNamespace(settings=Settings(home=tmp_path), catalog=SimpleNamespace(slugs=cities))
+    with pytest.raises(FitStarted):
+        unit.train_global(ctx, "eta")  # type: ignore[arg-type]
+    assert alive == [0]
