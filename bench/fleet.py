@@ -253,6 +253,15 @@ def measure(cities: int, days: int, trips_per_day: int, tmp: Path) -> dict[str, 
         gate = json.loads(sorted((var / "reports" / "gate").glob("gate-*.json"))[-1].read_text())
         results = gate["results"]
         fits = sum(r.get("timings", {}).get("fit", 0.0) for r in results)
+        # Where a model's time went (summed over the run's models, by the stage its unit timed), and the global
+        # units' whole time: what the next change to the per-city cost starts from.
+        stage_seconds: dict[str, float] = {}
+        for r in results:
+            if r.get("city") == "global":
+                stage_seconds[f"global {r['target']}"] = r.get("seconds", 0.0)
+                continue
+            for stage, seconds in r.get("timings", {}).items():
+                stage_seconds[stage] = round(stage_seconds.get(stage, 0.0) + seconds, 1)
         disk = {
             "trips_mb": _du_mb(settings.trips_dir),
             "features_mb": _du_mb(settings.features_dir),
@@ -274,6 +283,7 @@ def measure(cities: int, days: int, trips_per_day: int, tmp: Path) -> dict[str, 
         "stages": stages,
         "models": {k: v for k, v in gate["counts"].items()},
         "fit_seconds": round(fits, 1),
+        "model_stage_seconds": stage_seconds,
         "retrain_over_fits": round(stages["retrain"]["seconds"] / fits, 2) if fits else None,
         "disk": disk,
         "drift_flagged": len(drift_doc.get("flagged", [])) if isinstance(drift_doc, dict) else None,
