@@ -107,9 +107,7 @@ def _fleet(ctx: Context) -> report.Section:
 
     a = ctx.args
     sizes = a.fleet_sizes or ([3] if a.quick else list(fleet.SIZES))
-    return fleet.run(
-        sizes, days=7 if a.quick else 30, trips_per_day=300, tmp=ctx.tmp, out_dir=a.out_dir, resume=a.resume
-    )
+    return fleet.run(sizes, days=7 if a.quick else 30, trips_per_day=300, tmp=ctx.tmp, resume=a.resume)
 
 
 #: key -> benchmark; the key names its RESULTS.md section and its bench/out/<key>.json.
