@@ -35,6 +35,7 @@ import httpx
 import yaml
 
 from bench import report
+from cityml.naming import GLOBAL
 
 log = logging.getLogger("bench.fleet")
 
@@ -257,7 +258,7 @@ def measure(cities: int, days: int, trips_per_day: int, tmp: Path) -> dict[str, 
         # units' whole time: what the next change to the per-city cost starts from.
         stage_seconds: dict[str, float] = {}
         for r in results:
-            if r.get("city") == "global":
+            if r.get("city") == GLOBAL:
                 stage_seconds[f"global {r['target']}"] = r.get("seconds", 0.0)
                 continue
             for stage, seconds in r.get("timings", {}).items():
