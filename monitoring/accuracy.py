@@ -216,51 +216,75 @@ def read_logged(settings: Settings, cities: list[str], targets: list[str], since
     return frame
 
 
+@dataclass(frozen=True)
+class _CityJoin:
+    """One city's predictions since a time, joined to its trips."""
+
+    matched: pd.DataFrame
+    predictions: int
+    start: pd.Timestamp  # the earliest of the window's start and the city's first logged pickup time
+
+    @property
+    def versions(self) -> set[tuple[str, str, str]]:
+        """The (model, version, city) of the matched predictions."""
+        if self.matched.empty:
+            return set()
+        return set(self.matched[["model", "version", "city"]].itertuples(index=False, name=None))
+
+
+def _join_city(settings: Settings, city: str, targets: list[str], since: datetime) -> _CityJoin:
+    logged = read_logged(settings, [city], targets, since)
+    # The trips of the pickup times the predictions were for (a quote is for now, a replay or a booking not).
+    first = logged["pickup_ts"].min()
+    start = min(first, pd.Timestamp(since)) if pd.notna(first) else pd.Timestamp(since)
+    slack = pd.Timedelta(seconds=settings.labels_tolerance_s)
+    trips = read_trips(settings.trips_dir, [city], start=(start - slack).to_pydatetime()) if len(logged) else None
+    parts = [
+        join_outcomes(logged[logged["target"] == t], trips, settings.labels_tolerance_s)
+        for t in targets
+        if trips is not None and (logged["target"] == t).any()
+    ]
+    matched = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return _CityJoin(matched, len(logged), start)
+
+
 def run_labels(
     settings: Settings, cities: list[str], targets: list[str], since: datetime, client: Any | None = None
 ) -> LabelsRun:
     """Join the completed trips to the predictions served since ``since``; store each day's MAE; flag cities.
 
-    Flags read the stored days of the window, not only this run's: a city two bad days in a row is flagged even
-    when the days were measured by two runs; days before the window (a version long gone, a city that stopped
-    sending traffic) are not judged again.
+    One city at a time: a run holds one city's predictions and trips, whatever the size of the fleet (all the
+    cities' trips of a week at once were 2 GB at 1,000 small cities). Flags read the stored days of the window,
+    not only this run's: a city two bad days in a row is flagged even when the days were measured by two runs;
+    days before the window (a version long gone, a city that stopped sending traffic) are not judged again.
     """
     from cityml.registry import client as make_client
     from monitoring import history
 
-    logged = read_logged(settings, cities, targets, since)
-    # The trips of the pickup times the predictions were for (a quote is for now, a replay or a booking not).
-    slack = pd.Timedelta(seconds=settings.labels_tolerance_s)
-    first = logged["pickup_ts"].min()
-    start = min(first, pd.Timestamp(since)) - slack if pd.notna(first) else pd.Timestamp(since) - slack
-    trips = read_trips(settings.trips_dir, cities, start=start.to_pydatetime()) if len(logged) else pd.DataFrame()
-    parts = [
-        join_outcomes(logged[logged["target"] == t], trips, settings.labels_tolerance_s)
-        for t in targets
-        if (logged["target"] == t).any()
-    ]
-    matched = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    keys = ["model", "version", "city"]
-    versions = set(matched[keys].itertuples(index=False, name=None)) if len(matched) else set()
-    c = client if client is not None or not versions else make_client(settings)
-    days = realized_days(matched, {(m, v, city): _test_mae(c, m, v, city) for m, v, city in versions})
+    days: list[RealizedDay] = []
+    predictions = by_trip_id = by_time = 0
+    first_day = pd.Timestamp(since).date()
+    c = client
+    for city in cities:
+        joined = _join_city(settings, city, targets, since)
+        if joined.versions and c is None:
+            c = make_client(settings)
+        days += realized_days(joined.matched, {key: _test_mae(c, *key) for key in joined.versions})
+        counts = joined.matched["matched_by"].value_counts() if len(joined.matched) else pd.Series(dtype=int)
+        predictions += joined.predictions
+        by_trip_id += int(counts.get("trip_id", 0))
+        by_time += int(counts.get("time_and_zones", 0))
+        first_day = min(first_day, joined.start.date())
     history.record_accuracy(settings.metadata_db, days)
     stored = history.read_accuracy(settings.metadata_db, cities, since=_days_ago(HISTORY_DAYS))
-    first_day = (start + slack).date()
     flagged = flag(
         [d for d in stored if d.target in targets and d.day >= first_day],
         settings.accuracy_factor,
         settings.accuracy_days,
         settings.accuracy_min_trips,
     )
-    counts = matched["matched_by"].value_counts() if len(matched) else pd.Series(dtype=int)
     return LabelsRun(
-        days=days,
-        flagged=flagged,
-        predictions=len(logged),
-        by_trip_id=int(counts.get("trip_id", 0)),
-        by_time=int(counts.get("time_and_zones", 0)),
-        history=stored,
+        days=days, flagged=flagged, predictions=predictions, by_trip_id=by_trip_id, by_time=by_time, history=stored
     )
 
 

@@ -167,6 +167,33 @@ def test_run_labels_stores_each_day_once_and_flags_from_the_stored_history(small
     assert later.flagged == [] and len(later.history) == 2
 
 
+def test_run_labels_holds_one_citys_trips_at_a_time(small_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The join reads each city's trips alone (all the cities' week at once was 2 GB at 1,000 cities), and the
+    days, counts and flags are those of each city's own trips."""
+    import monitoring.accuracy as accuracy
+
+    s = small_settings.model_copy(update={"accuracy_min_trips": 10, "accuracy_factor": 1.5})
+    today = pd.Timestamp.now(tz="UTC").floor("D")
+    alpha = _trips(30, start=today - pd.Timedelta(days=1), step_s=300)
+    beta = _trips(20, city="beta", start=today - pd.Timedelta(days=1), step_s=300)
+    write_trips(s.trips_dir, pd.concat([alpha, beta], ignore_index=True))
+    _log(s.predictions_dir, alpha, prediction=170.0, trip_ids=True)
+    _log(s.predictions_dir, beta, prediction=-50.0, trip_ids=False)
+    reads: list[list[str]] = []
+    real = accuracy.read_trips
+
+    def spy(trips_dir: Path, cities: list[str], **kw: Any) -> pd.DataFrame:
+        reads.append(list(cities))
+        return real(trips_dir, cities, **kw)
+
+    monkeypatch.setattr(accuracy, "read_trips", spy)
+    run = run_labels(s, ["alpha", "beta", "gamma"], ["eta"], datetime.now(UTC) - timedelta(days=3), client=_Registry())
+    assert reads == [["alpha"], ["beta"]]  # gamma logged nothing: no trips read
+    assert (run.predictions, run.by_trip_id, run.by_time) == (50, 30, 20)
+    assert [(d.city, d.trips, d.mae) for d in run.days] == [("alpha", 30, 170.0), ("beta", 20, 50.0)]
+    assert [f.city for f in run.flagged] == []  # one bad day of alpha's: not two yet
+
+
 @pytest.mark.integration
 def test_realized_accuracy_is_a_postgres_table_when_configured() -> None:
     from monitoring import history
