@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -208,9 +208,21 @@ class Catalog(BaseModel):
     def get(self, slug: str) -> City:
         city = self._by_slug.get(slug)
         if city is None:
-            known = ", ".join(c.slug for c in self.cities[:20]) + (", ..." if len(self.cities) > 20 else "")
-            raise KeyError(f"unknown city {slug[:64]!r} (catalog has: {known})")
+            raise KeyError(self.unknown([slug]))
         return city
+
+    def unknown(self, slugs: Iterable[str], show: int = 20) -> str | None:
+        """None when every slug is a catalog city, else the error to show: the unknown ones and a few known ones,
+        at most ``show`` of each (a 1,000-city catalog is not printed whole)."""
+        missing = [s for s in slugs if s not in self]
+        if not missing:
+            return None
+
+        def some(names: list[str]) -> str:
+            more = f" and {len(names) - show} more" if len(names) > show else ""
+            return ", ".join(repr(n[:64]) for n in names[:show]) + more
+
+        return f"unknown {'city' if len(missing) == 1 else 'cities'} {some(missing)} (catalog has {some(self.slugs)})"
 
     def __contains__(self, slug: object) -> bool:
         return slug in self._by_slug

@@ -162,9 +162,9 @@ def plan_cities(params: dict[str, Any]) -> list[list[str]]:
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
     picked = params.get("cities") or []
-    unknown = [c for c in picked if c not in catalog]
+    unknown = catalog.unknown(picked)
     if unknown:  # the catalog changed since the form was drawn
-        raise AirflowFailException(f"cities: not in the catalog {catalog.slugs}: {unknown}")
+        raise AirflowFailException(f"cities: {unknown}")
     chunks = plan_chunks(list(picked or catalog.slugs), settings.train_max_tasks)
     print(f"{sum(map(len, chunks))} cities in {len(chunks)} mapped tasks")
     return chunks

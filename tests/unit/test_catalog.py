@@ -56,3 +56,16 @@ def test_zone_of_grid_and_outside() -> None:
 def test_select_names_unknown_city() -> None:
     with pytest.raises(KeyError, match="gotham"):
         load_catalog(SMALL_CATALOG).select("alpha,gotham")
+
+
+def test_an_unknown_city_error_names_it_without_printing_a_large_catalog() -> None:
+    from cityml.catalog import Catalog
+    from cityml.data.synth import random_catalog
+
+    catalog = Catalog.model_validate(random_catalog([f"c{i:04d}" for i in range(1000)], trips_per_day=10))
+    assert catalog.unknown(["c0001", "c0999"]) is None
+    message = catalog.unknown(["gotham", "c0001", "metropolis"])
+    assert message is not None and message.startswith("unknown cities 'gotham', 'metropolis' (catalog has 'c0000',")
+    assert message.endswith("and 980 more)") and len(message) < 400
+    with pytest.raises(KeyError, match="unknown city 'gotham'"):
+        catalog.get("gotham")
