@@ -123,13 +123,14 @@ def retrain_city_models() -> None:
         cities: list[str], until: str, params: dict[str, Any] | None = None, run_id: str | None = None
     ) -> list[dict[str, Any]]:
         """The city unit for each city of the chunk: both targets trained, gated and registered."""
-        from training.city import train_cities
+        from training.fleet import train_fleet
 
         chunk_label(cities)
         p = params or {}
         ctx = run_context(p, run_id or "airflow", until)
         targets = list(p.get("targets") or TARGETS)
-        return finish([r.to_dict() for r in train_cities(ctx, cities, targets)])
+        results = train_fleet(ctx, cities, targets, with_global=False, join_errors="raise")  # retried on a join error
+        return finish([r.to_dict() for r in results])
 
     @task(trigger_rule="all_done")
     def summarise(

@@ -84,22 +84,6 @@ def train_city(ctx: RunContext, city: str, targets: list[str], inputs: CityInput
     return [publish(ctx, result, reg) for result, reg in prepare_city(ctx, city, targets, inputs)]
 
 
-def train_cities(ctx: RunContext, cities: list[str], targets: list[str]) -> list[TrainResult]:
-    """:func:`train_city` for each of ``cities`` (a mapped task's chunk), their training sets joined
-    ``train_chunk_cities`` at a time: a join reads the feature rows of its cities' key range, so one join of a chunk
-    costs about as much as one of a city. An error building them is raised (the task retries)."""
-    for city in cities:
-        ctx.catalog.get(city)  # unknown city: a clear error before any work
-    results: list[TrainResult] = []
-    size = ctx.settings.train_chunk_cities
-    for i in range(0, len(cities), size):
-        chunk = cities[i : i + size]
-        sets = city_sets(ctx, chunk, targets)
-        for city in chunk:
-            results += train_city(ctx, city, targets, CityInputs(sets.pop(city)))
-    return results
-
-
 def prepare_city(ctx: RunContext, city: str, targets: list[str], inputs: CityInputs | None = None) -> list[Prepared]:
     """:func:`train_city` without registering (what a pool worker does; its parent publishes).
 

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Literal
 
 from cityml.naming import GLOBAL, model_name
 from training.city import CityInputs, Prepared, Stopwatch, city_sets, prepare_city
@@ -117,6 +118,7 @@ def train_fleet(
     workers: int = 1,
     phases: dict[str, float] | None = None,
     progress: Callable[[TrainResult], None] | None = None,
+    join_errors: Literal["fail", "raise"] = "fail",
 ) -> list[TrainResult]:
     """The global units first when the run retrains them (:func:`retrains_global`; the gate compares each city
     with them), then the city unit of every city.
@@ -125,7 +127,8 @@ def train_fleet(
     the catalog: when every city it needs fits in one chunk, their sets are built once per target (one join) and
     shared by the global and the city units; otherwise the global unit joins the catalog chunk by chunk, keeping
     its bounded share of each city, and the run's cities are then joined and fitted a chunk at a time. A chunk
-    whose join fails fails its cities' models alone. With ``workers > 1`` the cities are fitted in that many
+    whose join fails fails its cities' models alone, or with ``join_errors="raise"`` (an Airflow task, which
+    retries) raises. With ``workers > 1`` the cities are fitted in that many
     processes at once, started once for the run. ``phases``, when given, receives the wall seconds of each phase:
     ``datasets``, ``global`` and ``cities``. ``progress`` is called with each model's result as it is published
     (the CLI's progress bar).
@@ -146,6 +149,8 @@ def train_fleet(
         try:
             shared = city_sets(ctx, needed, targets)
         except Exception as exc:
+            if join_errors == "raise":
+                raise
             log.exception("training sets failed")
             names = [GLOBAL, *cities] if fleet else cities
             return [TrainResult.failure(model_name(t, c), c, t, exc) for t in targets for c in names]
@@ -174,6 +179,8 @@ def train_fleet(
             try:
                 sets = {city: shared[city] for city in chunk} if shared is not None else city_sets(ctx, chunk, targets)
             except Exception as exc:
+                if join_errors == "raise":
+                    raise
                 log.exception("training sets failed for %s", ", ".join(chunk))
                 failed = [TrainResult.failure(model_name(t, c), c, t, exc) for c in chunk for t in targets]
                 for result in failed:

@@ -120,31 +120,24 @@ def test_the_chunk_size_is_a_setting_of_at_least_one_city(tmp_path: Any) -> None
         Settings(home=tmp_path, train_chunk_cities=0)
 
 
-def test_a_mapped_tasks_cities_are_joined_a_chunk_at_a_time_not_one_by_one(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+def test_a_mapped_tasks_cities_are_joined_a_chunk_at_a_time_and_a_join_error_raises(
+    rec: _Recorder, tmp_path: Any
 ) -> None:
-    """The DAG's city task: a join reads its cities' key range of every feature table, so joining each city of a
-    16-city chunk alone read those tables 16 times (~5 s a city at 1,000 cities)."""
-    import training.city as city_unit
-
-    joins: list[list[str]] = []
-    given: list[tuple[str, Any]] = []
-
-    def city_sets(ctx: Any, cities: list[str], targets: list[str]) -> dict[str, dict[str, str]]:
-        joins.append(list(cities))
-        return {c: {t: f"{t}-set-of-{c}" for t in targets} for c in cities}
-
-    def train_city(ctx: Any, city: str, targets: list[str], inputs: Any) -> list[TrainResult]:
-        given.append((city, inputs.sets))
-        return [TrainResult(f"{t}-{city}", city, t, "promoted", "ok") for t in targets]
-
-    monkeypatch.setattr(city_unit, "city_sets", city_sets)
-    monkeypatch.setattr(city_unit, "train_city", train_city)
+    """The DAG's city task (``join_errors="raise"``): a join reads its cities' key range of every feature table, so
+    joining each city of a 16-city chunk alone read those tables 16 times (~5 s a city at 1,000 cities); a join
+    that fails raises, so Airflow retries the task instead of registering nothing for its cities."""
     cities = [f"c{i}" for i in range(5)]
-    results = city_unit.train_cities(_ctx(tmp_path, cities, 2), cities, ["eta", "price"])
-    assert joins == [["c0", "c1"], ["c2", "c3"], ["c4"]]
-    assert given[3] == ("c3", {"eta": "eta-set-of-c3", "price": "price-set-of-c3"})
+    results = fleet.train_fleet(
+        _ctx(tmp_path, cities, 2), cities, ["eta", "price"], with_global=False, join_errors="raise"
+    )
+    assert rec.joins == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+    assert [(c, inputs.sets) for c, inputs in rec.fitted][3] == (
+        "c3",
+        {"eta": "eta-set-of-c3", "price": "price-set-of-c3"},
+    )
     assert [r.model for r in results] == [f"{t}-{c}" for c in cities for t in ("eta", "price")]
-    with pytest.raises(KeyError, match="gotham"):
-        city_unit.train_cities(_ctx(tmp_path, cities, 2), ["c0", "gotham"], ["eta"])
-    assert len(joins) == 3  # refused before any join
+    rec.bad = "c3"
+    with pytest.raises(OSError, match="unreadable for c3"):
+        fleet.train_fleet(_ctx(tmp_path, cities, 2), cities, ["eta"], with_global=False, join_errors="raise")
+    with pytest.raises(OSError, match="unreadable for c3"):  # one chunk: the sets are joined before any fit
+        fleet.train_fleet(_ctx(tmp_path, cities, 8), cities, ["eta"], with_global=False, join_errors="raise")
