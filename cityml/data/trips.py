@@ -128,11 +128,16 @@ def write_trips(trips_dir: Path, df: pd.DataFrame) -> list[Path]:
     return written
 
 
+def stored_cities(trips_dir: Path) -> list[str]:
+    """The cities with stored trips, by slug."""
+    return sorted(link.name.removeprefix("city=") for link in trips_dir.glob("city=*"))
+
+
 def trip_files(trips_dir: Path, cities: Iterable[str] | None = None) -> list[Path]:
     """The day files of the given cities (all by default), each city read from one version."""
-    links = [_city_link(trips_dir, c) for c in cities] if cities is not None else sorted(trips_dir.glob("city=*"))
     files: list[Path] = []
-    for link in links:
+    for city in stored_cities(trips_dir) if cities is None else cities:
+        link = _city_link(trips_dir, city)
         # Resolved once: a write that publishes meanwhile does not mix two versions of a city into one read.
         current = _current(link)
         if current is not None:

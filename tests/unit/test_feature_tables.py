@@ -130,3 +130,69 @@ def test_tables_are_sorted_by_key_in_small_row_groups(tmp_path: Path) -> None:
         )
         keys = pd.read_parquet(tmp_path / "features" / name).iloc[:, 0]
         assert keys.is_monotonic_increasing, name
+
+
+def test_a_build_a_city_at_a_time_writes_the_same_tables_and_holds_one_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every table is computed per city, so building ``chunk_cities`` cities at a time (the build's memory: 9 GB
+    for all of 1,000 cities' trips at once) writes the rows one build of all would, in key order. Slugs where one
+    is the other's prefix (``c1``, ``c1-2``, ``c10``) sort differently as cities and as keys (``c1:`` last)."""
+    import pyarrow.parquet as pq
+
+    import cityml.features.feature_tables as ft
+    from cityml.data.trips import write_trips
+
+    catalog = load_catalog(SMALL_CATALOG)
+    for i, slug in enumerate(["c1", "c1-2", "b0", "c10"]):
+        city = catalog.cities[i % len(catalog.cities)].model_copy(update={"slug": slug})
+        write_trips(tmp_path / "trips", generate_city(city, date(2026, 3, 1), 2, seed=i).assign(city=slug))
+    whole = ft.build_feature_tables(tmp_path / "trips", tmp_path / "whole", chunk_cities=50)
+    reads: list[list[str]] = []
+    real = ft.read_trips
+
+    def spy(trips_dir: Path, cities: list[str]) -> pd.DataFrame:
+        reads.append(list(cities))
+        return real(trips_dir, cities)
+
+    monkeypatch.setattr(ft, "read_trips", spy)
+    chunked = ft.build_feature_tables(tmp_path / "trips", tmp_path / "chunked", chunk_cities=1)
+    assert reads == [["b0"], ["c1-2"], ["c10"], ["c1"]]  # one city each, in key order ("c10:" < "c1:")
+    assert chunked == whole and all(n > 0 for n in whole.values())
+    for name in whole:
+        a = pd.read_parquet(tmp_path / "whole" / name).drop(columns="created")
+        b = pd.read_parquet(tmp_path / "chunked" / name).drop(columns="created")
+        key = a.columns[0]
+        pd.testing.assert_frame_equal(
+            a.sort_values([key, "event_timestamp"], ignore_index=True),
+            b.sort_values([key, "event_timestamp"], ignore_index=True),
+        )
+        if name != ft.CITY_HOUR_FILE:  # keyed <city>:...: sorted across chunks
+            assert b[key].is_monotonic_increasing, name
+        assert pq.ParquetFile(tmp_path / "chunked" / name).metadata.num_rows == whole[name]
+
+
+def test_a_build_that_fails_leaves_the_tables_it_would_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cityml.features.feature_tables as ft
+    from cityml.data.trips import write_trips
+
+    catalog = load_catalog(SMALL_CATALOG)
+    for i, city in enumerate(catalog.cities[:2]):
+        write_trips(tmp_path / "trips", generate_city(city, date(2026, 3, 1), 2, seed=i))
+    features = tmp_path / "features"
+    ft.build_feature_tables(tmp_path / "trips", features)
+    before = {p.name: p.read_bytes() for p in features.iterdir()}
+    calls = []
+
+    def fails_on_the_second_city(trips: pd.DataFrame) -> pd.DataFrame:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return zone_day(trips)
+
+    monkeypatch.setitem(ft.BUILDERS, ft.ZONE_DAY_FILE, fails_on_the_second_city)
+    with pytest.raises(OSError, match="disk full"):
+        ft.build_feature_tables(tmp_path / "trips", features, chunk_cities=1)
+    assert {p.name: p.read_bytes() for p in features.iterdir()} == before  # no table replaced, no temporary left
+    with pytest.raises(FileNotFoundError, match="no trips under"):
+        ft.build_feature_tables(tmp_path / "nothing", features)
