@@ -167,9 +167,11 @@ def test_run_labels_stores_each_day_once_and_flags_from_the_stored_history(small
     assert later.flagged == [] and len(later.history) == 2
 
 
-def test_run_labels_holds_one_citys_trips_at_a_time(small_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The join reads each city's trips alone (all the cities' week at once was 2 GB at 1,000 cities), and the
-    days, counts and flags are those of each city's own trips."""
+def test_run_labels_holds_a_chunk_of_cities_trips_at_a_time(
+    small_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join reads a chunk of cities' trips at a time (all the cities' week at once was 1.7 GB at 1,000 cities),
+    and the days, counts and flags are those of each city's own trips."""
     import monitoring.accuracy as accuracy
 
     s = small_settings.model_copy(update={"accuracy_min_trips": 10, "accuracy_factor": 1.5})
@@ -187,11 +189,14 @@ def test_run_labels_holds_one_citys_trips_at_a_time(small_settings: Settings, mo
         return real(trips_dir, cities, **kw)
 
     monkeypatch.setattr(accuracy, "read_trips", spy)
-    run = run_labels(s, ["alpha", "beta", "gamma"], ["eta"], datetime.now(UTC) - timedelta(days=3), client=_Registry())
+    cities, since = ["alpha", "beta", "gamma"], datetime.now(UTC) - timedelta(days=3)
+    run = run_labels(s, cities, ["eta"], since, client=_Registry(), chunk_cities=1)
     assert reads == [["alpha"], ["beta"]]  # gamma logged nothing: no trips read
     assert (run.predictions, run.by_trip_id, run.by_time) == (50, 30, 20)
     assert [(d.city, d.trips, d.mae) for d in run.days] == [("alpha", 30, 170.0), ("beta", 20, 50.0)]
     assert [f.city for f in run.flagged] == []  # one bad day of alpha's: not two yet
+    again = run_labels(s, cities, ["eta"], since, client=_Registry(), chunk_cities=2)
+    assert reads[2:] == [["alpha", "beta"]] and again.days == run.days
 
 
 @pytest.mark.integration
