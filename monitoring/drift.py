@@ -154,7 +154,10 @@ def drift_model(
         if r["model"] == serving and str(r["version"]) == version
     ]
     live = pd.DataFrame([r["features"] for r in records])
-    profile = _once(memo, ("profile", mv.name, version), lambda: read_profile(c, mv))
+    # The global model's profile is kept for the next city it serves; a city model's is read once, by its city.
+    profile = (
+        _once(memo, ("profile", mv.name, version), lambda: read_profile(c, mv)) if own is None else read_profile(c, mv)
+    )
     if serving != name and f"city={city}" in profile.get("segments", {}):
         segment, reference = f"city={city}", profile["segments"][f"city={city}"]
     elif "is_weekend" in live:

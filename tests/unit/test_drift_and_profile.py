@@ -115,3 +115,8 @@ def test_a_drift_run_reads_the_global_models_profile_once_for_every_city_it_serv
     assert [r["reference"] for r in results] == [f"city={c}" for c in cities]  # each city its own segment
     assert reads.count("profile") == 1 and reads.count("scale") == 1 and reads.count("champion eta-global") == 1
     assert reads.count("champion eta-town-0") == 1  # a city's own champion is still asked for, once
+    # A city model's profile serves its city alone: read, not kept for the rest of the run (2,000 of them).
+    own = SimpleNamespace(name="eta-town-0", version="1", run_id="r2", tags={})
+    monkeypatch.setattr(drift, "champion", lambda c, name: own if name == "eta-town-0" else fleet)
+    drift.drift_model(settings, "town-0", "eta", since, c=object(), memo=memo)
+    assert reads.count("profile") == 2 and not any(key[1] == "eta-town-0" for key in memo if key[0] == "profile")
