@@ -201,3 +201,20 @@ def test_a_versions_metrics_params_and_tags_are_on_its_run_and_its_metrics_on_it
     (model,) = c.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{mv.run_id}'")
     assert {m.key: m.value for m in model.metrics or []} == run.data.metrics
     assert read_back == []
+
+
+@pytest.mark.parametrize("data", ["../model.lgb", "/etc/passwd", "a/../../model.lgb", "..\\model.lgb", "", None])
+def test_a_booster_file_outside_the_model_is_refused_before_anything_is_fetched(tmp_path: Path, data: object) -> None:
+    """From a remote store only MLmodel is fetched before the file it names: that name must stay inside the model
+    folder, whatever the registry holds."""
+    import yaml
+
+    from cityml.registry import _booster_file
+
+    flavor = {"model_class": "lightgbm.basic.Booster", "data": data}
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"lightgbm": flavor}}))
+    with pytest.raises(UnsafeModelError, match="is not inside the model"):
+        _booster_file(tmp_path, "eta-x", "1")
+    flavor["data"] = "sub/model.lgb"
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"lightgbm": flavor}}))
+    assert _booster_file(tmp_path, "eta-x", "1") == "sub/model.lgb"
