@@ -264,9 +264,9 @@ def run_labels(
     """Join the completed trips to the predictions served since ``since``; store each day's MAE; flag cities.
 
     ``chunk_cities`` cities at a time: a run holds a chunk's predictions and trips, whatever the size of the fleet.
-    Flags read the stored days of the window,
-    not only this run's: a city two bad days in a row is flagged even when the days were measured by two runs;
-    days before the window (a version long gone, a city that stopped sending traffic) are not judged again.
+    Flags read the stored days of the window, not only this run's: a city two bad days in a row is flagged even
+    when the days were measured by two runs; days before the window (a version long gone, a city that stopped
+    sending traffic) are not judged again.
     """
     from cityml.registry import client as make_client
     from monitoring import history
