@@ -27,9 +27,9 @@ from cityml.modeling import (
     SCALE_TAG,
     FeatureEncoder,
     LabelScale,
+    Member,
     RawPredictor,
-    blend,
-    predict_matrix,
+    predict_members,
 )
 from cityml.naming import CHAMPION, model_name
 from cityml.profile import PROFILE_FILE
@@ -182,11 +182,11 @@ class LoadedModel:
         return RawPredictor(self.booster)
 
     @cached_property
-    def members(self) -> list[tuple[RawPredictor, LabelScale, np.ndarray | None]]:
+    def members(self) -> list[Member]:
         """Every member's raw predictor, scale and columns of the version's input matrix (None: all of
         them), the version's own booster first (one unless a blend)."""
         names = self.encoder.names
-        out: list[tuple[RawPredictor, LabelScale, np.ndarray | None]] = [(self.raw, self.scale, None)]
+        out: list[Member] = [(self.raw, self.scale, None)]
         for booster, scale in self.others:
             own = list(booster.feature_name())
             cols = None if own == names else np.array([names.index(f) for f in own], dtype=np.intp)
@@ -210,12 +210,7 @@ class LoadedModel:
         base = self.base.predict_columns(columns, n) if self.base is not None else None
         x = self.encoder.matrix(columns, n)
         km = columns.get("distance_km")
-        return blend(
-            [
-                predict_matrix(raw, scale, x if cols is None else x[:, cols], km, cities, base)
-                for raw, scale, cols in self.members
-            ]
-        )
+        return predict_members(self.members, x, km, cities, base)
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
