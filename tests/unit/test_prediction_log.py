@@ -126,3 +126,21 @@ def test_features_read_back_as_the_values_served_whatever_they_hold(tmp_path: Pa
     assert [r["features"]["mixed"] for r in rows[:6]] == [1.5, 2, None, "z", None, None]
     assert all(r["features"]['we"ird key'] == 0.0 for r in rows[:6])
     assert rows[6]["features"] == {}
+
+
+def test_every_float_reads_back_exactly_as_served(tmp_path: Path) -> None:
+    """Numbers are written as text by Arrow: any float64 (tiny, huge, subnormal, float32) reads back as itself."""
+    from cityml.prediction_log import write_batches
+
+    rng = np.random.default_rng(11)
+    n = 5_000
+    wide = rng.normal(size=n) * 10.0 ** rng.integers(-300, 300, n)
+    edges = np.array([0.0, -0.0, 5e-324, -2.2250738585072014e-308, 1.7976931348623157e308, 1.0, 1e16, 0.1, 1 / 3])
+    wide[: len(edges)] = edges
+    narrow = rng.normal(size=n).astype("float32")
+    ids = list(range(n))
+    served = replace(_batch(*ids), features={"wide": wide, "narrow": narrow})
+    write_batches(tmp_path, [served])
+    rows = sorted(read_predictions(tmp_path, "lisbon"), key=lambda r: int(r["trip_id"][1:]))
+    assert np.array_equal([r["features"]["wide"] for r in rows], wide)
+    assert np.array_equal([r["features"]["narrow"] for r in rows], narrow.astype("float64"))
