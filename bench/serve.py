@@ -312,6 +312,8 @@ def _load_many(settings: Any, env: dict[str, str], n_cities: int, tmp: Path) -> 
         "import json, resource, time\n"
         "from cityml.settings import Settings\n"
         "from serving.model_store import ModelStore\n"
+        "from cityml.modeling import one_thread_per_call\n"
+        "one_thread_per_call()  # as serving.app.build_state does\n"
         f"s = Settings(home={str(settings.home)!r}, catalog_path={str(catalog_path)!r})\n"
         "t = time.perf_counter(); store = ModelStore(s); changes = store.refresh()\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'served': len(store.all()),"

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cityml.features.featurestore import get_store
 from cityml.features.online import OnlineFeatures
+from cityml.modeling import one_thread_per_call
 from cityml.prediction_log import PredictionLog
 from cityml.registry import fail_fast
 from cityml.settings import Settings, get_settings
@@ -67,6 +68,7 @@ async def follow_once(state: AppState) -> None:
 def build_state(settings: Settings) -> AppState:
     """Everything a request needs, built once: online reader cache, champions, log writer, metrics."""
     fail_fast()
+    one_thread_per_call()
     online = OnlineFeatures(get_store(settings), retry_s=settings.online_retry_s, cache_s=settings.online_cache_s)
     return AppState(
         settings=settings,

@@ -145,3 +145,20 @@ def test_the_matrix_encoder_gives_what_lightgbms_own_pandas_path_gives_on_many_r
     np.testing.assert_allclose(
         RawPredictor(stopped)(encoded[:5]), stopped.predict(encoded[:5], num_iteration=30), rtol=0, atol=1e-9
     )
+
+
+def test_a_server_process_caps_lightgbm_at_one_thread_for_every_call() -> None:
+    """``one_thread_per_call`` (serving's build_state) binds the whole process: a child runs it, not pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes\n"
+        "from lightgbm.basic import _LIB\n"
+        "from cityml.modeling import one_thread_per_call\n"
+        "n = ctypes.c_int(0); _LIB.LGBM_GetMaxThreads(ctypes.byref(n)); print(n.value)\n"
+        "one_thread_per_call()\n"
+        "_LIB.LGBM_GetMaxThreads(ctypes.byref(n)); print(n.value)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["-1", "1"]  # -1: no cap, OpenMP's default
