@@ -10,6 +10,7 @@ registry that says "no champion" unloads a model.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -80,10 +81,10 @@ def loads(changes: dict[str, str]) -> int:
 class ModelStore:
     """Champions keyed by (target, city), plus the fleet's global models when registered."""
 
-    def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None, workers: int = 4) -> None:
+    def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None) -> None:
         self._settings = settings
         self._service_columns = service_columns
-        self._workers = workers
+        self._workers = settings.load_workers or os.cpu_count() or 2
         self._models: dict[tuple[str, str], Served] = {}
         self._lock = threading.Lock()
         self._bases: dict[tuple[str, str], LoadedModel] = {}  # fleet versions pooled city models start from
