@@ -66,6 +66,9 @@ def fail_fast() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
+Held = TypeVar("Held")
+
+
 class RegistryError(RuntimeError):
     """The registry could not answer (down, timing out, failing): not the same as "no champion"."""
 
@@ -81,12 +84,31 @@ def champion(c: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return c.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
-        code = exc.error_code
-        if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message):
+        if absent(exc):
             return None
         raise RegistryError(f"registry failed on {name}@{CHAMPION}: {exc.message[:300]}") from exc
     except OSError as exc:
         raise RegistryError(f"registry unreachable on {name}@{CHAMPION}: {exc}") from exc
+
+
+def absent(exc: Exception) -> bool:
+    """Whether an MLflow error says the thing asked for does not exist (as opposed to a registry that failed)."""
+    code = getattr(exc, "error_code", None)
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
+def _ask(what: str, call: Callable[[], Held]) -> Held | None:
+    """One registry read: its answer, None when it says there is no such thing, :class:`RegistryError` when it fails.
+
+    A load that meets a failing registry must not blame the version (a stale version is not tried
+    again until its alias moves), so every read a load makes goes through here.
+    """
+    try:
+        return call()
+    except Exception as exc:  # MLflow, SQLAlchemy or the network: the registry, not the version
+        if absent(exc):
+            return None
+        raise RegistryError(f"registry failed reading {what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 def champions(c: MlflowClient) -> dict[str, str]:
@@ -113,9 +135,6 @@ def champions(c: MlflowClient) -> dict[str, str]:
         raise RegistryError(f"registry failed listing champions: {exc.message[:300]}") from exc
     except OSError as exc:
         raise RegistryError(f"registry unreachable listing champions: {exc}") from exc
-
-
-Held = TypeVar("Held")
 
 
 def choose_serving(
@@ -241,7 +260,10 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
         key = (base_name, base_version)
         cache: Bases = bases if bases is not None else {}
         if key not in cache:
-            cache[key] = load_version(c, c.get_model_version(base_name, base_version), cache)
+            base_mv = _ask(f"{base_name} v{base_version}", lambda: c.get_model_version(base_name, base_version))
+            if base_mv is None:
+                raise UnsafeModelError(f"{mv.name} v{mv.version}: its base {base_name} v{base_version} does not exist")
+            cache[key] = load_version(c, base_mv, cache)
         base = cache[key]
     files = VersionFiles(c, mv)
     booster = _native_booster(files.model_folder, mv.name, str(mv.version))
@@ -388,14 +410,12 @@ class VersionFiles:
     def model_folder(self) -> Path:
         """The folder holding MLmodel and the booster's file."""
         import mlflow.artifacts
-        from mlflow.exceptions import MlflowException
 
         source = str(self._mv.source or "")
         if source.startswith("models:/m-"):  # an MLflow 3 logged model
-            try:
-                location = self._client.get_logged_model(source.removeprefix("models:/")).artifact_location
-            except MlflowException:
-                location = None
+            model_id = source.removeprefix("models:/")
+            logged = _ask(f"logged model {model_id}", lambda: self._client.get_logged_model(model_id))
+            location = logged.artifact_location if logged is not None else None
             local = _local_dir(location)
             if local is not None:
                 return local
@@ -420,12 +440,8 @@ class VersionFiles:
 
     @cached_property
     def _run_artifacts(self) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self._client.get_run(str(self._mv.run_id)).info.artifact_uri)
-        except MlflowException:
-            return None
+        run = _ask(f"run {self._mv.run_id}", lambda: self._client.get_run(str(self._mv.run_id)))
+        return str(run.info.artifact_uri) if run is not None else None
 
     def run_file(self, name: str) -> Path | None:
         """A file the version's run logged (``selftest.json``...), or None when it has none."""

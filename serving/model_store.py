@@ -199,6 +199,8 @@ class ModelStore:
         try:
             loaded = load_version(c, mv, self._bases)
             reason = self._check_features(loaded) or self_test(loaded, read_selftest(loaded))
+        except RegistryError as exc:  # the registry failed mid-load: try the version again next refresh
+            return None, f"{name}: {exc}", True
         except Exception as exc:  # noqa: BLE001 -- any failure to load keeps the old version serving
             reason = f"load failed: {type(exc).__name__}: {str(exc)[:300]}"
         if reason is not None:

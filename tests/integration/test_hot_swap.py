@@ -169,3 +169,33 @@ def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, mon
 
     assert store.refresh() == {"eta-alpha": f"v{second}"}
     assert store.get("eta", "alpha")[0].model.version == second and store.registry_error is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("read", ["get_run", "get_logged_model"])
+def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """The version was read, then reading its run or its logged model fails: not stale, loaded next refresh."""
+    import mlflow
+
+    settings = Settings(
+        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
+    )
+    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
+    c = client(settings)
+    set_champion(c, "eta-alpha", first, "test")
+    store = ModelStore(settings)
+    store.refresh()
+    set_champion(c, "eta-alpha", second, "test")
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise mlflow.exceptions.MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(mlflow.MlflowClient, read, down)
+    assert store.refresh() == {}
+    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
+    assert store.stale == {} and "database is locked" in str(store.registry_error)
+    monkeypatch.undo()
+
+    assert store.refresh() == {"eta-alpha": f"v{second}"}
+    assert store.get("eta", "alpha")[0].model.version == second and store.registry_error is None  # type: ignore[union-attr]
