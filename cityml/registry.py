@@ -111,23 +111,28 @@ def _ask(what: str, call: Callable[[], Held]) -> Held | None:
         raise RegistryError(f"registry failed reading {what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
-def champions(c: MlflowClient) -> dict[str, str]:
+def champions(c: MlflowClient) -> dict[str, ModelVersion | str]:
     """Every registered model's ``@champion`` version, by model name, in a few paginated searches.
 
     One call per 1,000 models instead of one per model (2,000 champions: ~4 s of lookups at
-    startup). Raises :class:`RegistryError` when the registry fails to answer.
+    startup). Where the champion is the model's latest version (a retrain registered it and the gate
+    promoted it) the search already holds that version, tags and all, and it is given whole;
+    otherwise its number, for the loader to read. Raises :class:`RegistryError` when the registry
+    fails to answer.
     """
     from mlflow.exceptions import MlflowException
 
-    out: dict[str, str] = {}
+    out: dict[str, ModelVersion | str] = {}
     token = None
     try:
         while True:
             page = c.search_registered_models(max_results=1000, page_token=token)
             for model in page:
                 version = (model.aliases or {}).get(CHAMPION)
-                if version is not None:
-                    out[model.name] = str(version)
+                if version is None:
+                    continue
+                whole = [v for v in model.latest_versions or [] if str(v.version) == str(version) and v.tags]
+                out[model.name] = whole[0] if whole else str(version)
             token = page.token
             if not token:
                 return out

@@ -127,7 +127,7 @@ class ModelStore:
             changes: dict[str, str] = {}
             wanted: list[tuple[str, str, str, ModelVersion | str]] = []
             errors = []
-            listed: dict[str, str] | None = None
+            listed: dict[str, ModelVersion | str] | None = None
             if only is None:  # every model: one paginated search, then only the versions that changed
                 try:
                     listed = champions(c)

@@ -146,29 +146,30 @@ def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, mon
     )
     first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
     c = client(settings)
-    set_champion(c, "eta-alpha", first, "test")
+    set_champion(c, "eta-alpha", second, "test")
     store = ModelStore(settings)
     store.refresh()
-    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
-    set_champion(c, "eta-alpha", second, "test")
+    assert store.get("eta", "alpha")[0].model.version == second  # type: ignore[union-attr]
+    # Back to the older version: the listing gives its number only, and the loader reads it.
+    set_champion(c, "eta-alpha", first, "test")
 
     def down(*args: object, **kwargs: object) -> None:
         raise mlflow.exceptions.MlflowException("connection refused", error_code="INTERNAL_ERROR")
 
     monkeypatch.setattr(mlflow.MlflowClient, "search_registered_models", down)
     assert store.refresh() == {}
-    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
+    assert store.get("eta", "alpha")[0].model.version == second  # type: ignore[union-attr]
     assert store.registry_error is not None and "listing champions" in store.registry_error
     monkeypatch.undo()
 
     monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", down)  # listed, then the registry fails
     assert store.refresh() == {}
-    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
+    assert store.get("eta", "alpha")[0].model.version == second  # type: ignore[union-attr]
     assert store.stale == {} and "connection refused" in str(store.registry_error)
     monkeypatch.undo()
 
-    assert store.refresh() == {"eta-alpha": f"v{second}"}
-    assert store.get("eta", "alpha")[0].model.version == second and store.registry_error is None  # type: ignore[union-attr]
+    assert store.refresh() == {"eta-alpha": f"v{first}"}
+    assert store.get("eta", "alpha")[0].model.version == first and store.registry_error is None  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("read", ["get_run", "get_logged_model"])
@@ -199,3 +200,30 @@ def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
 
     assert store.refresh() == {"eta-alpha": f"v{second}"}
     assert store.get("eta", "alpha")[0].model.version == second and store.registry_error is None  # type: ignore[union-attr]
+
+
+def test_a_champion_that_is_the_latest_version_loads_from_the_listing_without_another_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry search holds the latest version whole: loading it asks for no version again."""
+    import mlflow
+
+    from cityml.registry import champions
+
+    settings = Settings(
+        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
+    )
+    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
+    c = client(settings)
+    set_champion(c, "eta-alpha", first, "test")
+    assert champions(c) == {"eta-alpha": first}  # not the latest: its number
+    set_champion(c, "eta-alpha", second, "test")
+    listed = champions(c)["eta-alpha"]
+    assert not isinstance(listed, str) and str(listed.version) == second and listed.tags["feature_service"] == "eta_v2"
+
+    def asked(*args: object, **kwargs: object) -> None:
+        raise AssertionError("get_model_version called for a version the listing held")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", asked)
+    store = ModelStore(settings)
+    assert store.refresh() == {"eta-alpha": f"v{second}"}
