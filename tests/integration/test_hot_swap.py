@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from mlflow import MlflowClient
 
 from cityml.modeling import LabelScale
 from cityml.prediction_log import PredictionLog
@@ -59,6 +60,15 @@ def _register(settings: Settings, booster: lgb.Booster, selftest_from: lgb.Boost
         {},
         selftest=selftest_doc({f: example[f].to_numpy() for f in FEATURES}, expected),
     )
+
+
+def _two_versions(tmp_path: Path) -> tuple[Settings, MlflowClient, str, str]:
+    """A registry holding two good versions of eta-alpha, no champion yet."""
+    settings = Settings(
+        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
+    )
+    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
+    return settings, client(settings), first, second
 
 
 def test_ten_moves_one_broken_while_requests_are_in_flight(tmp_path: Path) -> None:
@@ -141,11 +151,7 @@ def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, mon
     nothing is marked stale, and the next refresh that can read the registry loads the new version."""
     import mlflow
 
-    settings = Settings(
-        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
-    )
-    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
-    c = client(settings)
+    settings, c, first, second = _two_versions(tmp_path)
     set_champion(c, "eta-alpha", second, "test")
     store = ModelStore(settings)
     store.refresh()
@@ -179,11 +185,7 @@ def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
     """The version was read, then reading its run or its logged model fails: not stale, loaded next refresh."""
     import mlflow
 
-    settings = Settings(
-        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
-    )
-    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
-    c = client(settings)
+    settings, c, first, second = _two_versions(tmp_path)
     set_champion(c, "eta-alpha", first, "test")
     store = ModelStore(settings)
     store.refresh()
@@ -210,11 +212,7 @@ def test_a_champion_that_is_the_latest_version_loads_from_the_listing_without_an
 
     from cityml.registry import champions
 
-    settings = Settings(
-        home=tmp_path / "var", catalog_path=Path(__file__).parents[1] / "fixtures" / "cities_small.yaml"
-    )
-    first, second = _register(settings, _booster(1)), _register(settings, _booster(2))
-    c = client(settings)
+    settings, c, first, second = _two_versions(tmp_path)
     set_champion(c, "eta-alpha", first, "test")
     assert champions(c) == {"eta-alpha": first}  # not the latest: its number
     set_champion(c, "eta-alpha", second, "test")
