@@ -163,7 +163,9 @@ def _drained(base: str, timeout_s: float = 120.0) -> None:
     while time.monotonic() < deadline:
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         m = re.search(r"^cityml_prediction_log_pending ([\d.e+]+)$", metrics, re.M)
-        if m is None or float(m.group(1)) == 0:
+        if m is None:
+            raise RuntimeError(f"{base}/metrics has no cityml_prediction_log_pending gauge")
+        if float(m.group(1)) == 0:
             return
         time.sleep(0.5)
     raise RuntimeError(f"{base}: prediction log still writing after {timeout_s:.0f} s")

@@ -97,18 +97,29 @@ def absent(exc: Exception) -> bool:
     return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
 
 
+#: MLflow error codes of a registry that failed to answer (down, overloaded, timing out), not of a bad request.
+OUTAGE_CODES = frozenset(
+    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED", "ABORTED"}
+)
+
+
 def _ask(what: str, call: Callable[[], Held]) -> Held | None:
-    """One registry read: its answer, None when it says there is no such thing, :class:`RegistryError` when it fails.
+    """One registry read of a load: its answer; None when the registry says there is no such thing;
+    :class:`RegistryError` when it failed to answer (the network, or an :data:`OUTAGE_CODES` error).
 
     A load that meets a failing registry must not blame the version (a stale version is not tried
-    again until its alias moves), so every read a load makes goes through here.
+    again until its alias moves); any other error (permission denied, a malformed tag) is the
+    version's and propagates. The versions, runs and logged models a load reads go through here;
+    artifact downloads from a remote store do not yet.
     """
     try:
         return call()
-    except Exception as exc:  # MLflow, SQLAlchemy or the network: the registry, not the version
+    except Exception as exc:
         if absent(exc):
             return None
-        raise RegistryError(f"registry failed reading {what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        if isinstance(exc, OSError) or getattr(exc, "error_code", None) in OUTAGE_CODES:
+            raise RegistryError(f"registry failed reading {what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        raise
 
 
 def champions(c: MlflowClient) -> dict[str, ModelVersion | str]:

@@ -84,7 +84,7 @@ class ModelStore:
     def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None) -> None:
         self._settings = settings
         self._service_columns = service_columns
-        self._workers = settings.load_workers or os.cpu_count() or 2
+        self._workers = settings.load_workers or min(8, len(os.sched_getaffinity(0)))  # the CPUs it may use
         self._models: dict[tuple[str, str], Served] = {}
         self._lock = threading.Lock()
         self._bases: dict[tuple[str, str], LoadedModel] = {}  # fleet versions pooled city models start from

@@ -225,3 +225,27 @@ def test_a_champion_that_is_the_latest_version_loads_from_the_listing_without_an
     monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", asked)
     store = ModelStore(settings)
     assert store.refresh() == {"eta-alpha": f"v{second}"}
+
+
+def test_a_version_the_registry_refuses_to_show_goes_stale_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an outage is the registry's fault: a permission error reading the version's run is the version's."""
+    import mlflow
+
+    settings, c, first, second = _two_versions(tmp_path)
+    set_champion(c, "eta-alpha", first, "test")
+    store = ModelStore(settings)
+    store.refresh()
+    set_champion(c, "eta-alpha", second, "test")
+
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise mlflow.exceptions.MlflowException("not allowed", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", refused)
+    changes = store.refresh()
+    assert "not allowed" in changes["eta-alpha"] and store.registry_error is None
+    assert store.stale["eta-alpha"].version == second
+    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]

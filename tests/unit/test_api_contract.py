@@ -7,7 +7,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import schemathesis
+from fastapi import Request
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -94,3 +96,23 @@ def test_no_instance_the_request_schema_can_hold_is_a_server_error(instances: li
 def test_the_property_runs_reached_the_model() -> None:
     test_no_instance_the_request_schema_can_hold_is_a_server_error()
     assert "cityml_predictions_total{" in STATE.metrics.scrape().decode()
+
+
+def test_the_predict_route_class_refuses_what_it_would_not_solve() -> None:
+    """``DirectRoute`` hands FastAPI's per-request solving over to the endpoint: a dependency or a declared
+    parameter on such a route would be skipped silently, so declaring one fails when the route is built."""
+    from fastapi import APIRouter, Depends
+
+    from serving.api.routes.predict import DirectRoute
+
+    router = APIRouter(route_class=DirectRoute)
+
+    async def bare(request: Request) -> None: ...
+
+    async def with_query(request: Request, limit: int = 10) -> None: ...
+
+    router.add_api_route("/fine", bare, methods=["POST"])
+    with pytest.raises(TypeError, match="request only"):
+        router.add_api_route("/guarded", bare, methods=["POST"], dependencies=[Depends(lambda: None)])
+    with pytest.raises(TypeError, match="request only"):
+        router.add_api_route("/query", with_query, methods=["POST"])

@@ -39,6 +39,13 @@ class DirectRoute(APIRoute):
     everything else of an ``APIRoute``: its OpenAPI entry, FastAPI's exception handlers.
     """
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        d = self.dependant
+        declared = [*d.dependencies, *d.path_params, *d.query_params, *d.header_params, *d.cookie_params]
+        if declared or d.body_params:  # FastAPI would solve them; this route would silently not
+            raise TypeError(f"{path}: a DirectRoute endpoint takes the request only, not dependencies or parameters")
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return self.endpoint  # type: ignore[no-any-return]
 
