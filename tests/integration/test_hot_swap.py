@@ -178,12 +178,21 @@ def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, mon
     assert store.get("eta", "alpha")[0].model.version == first and store.registry_error is None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("read", ["get_run", "get_logged_model"])
+@pytest.mark.parametrize(
+    ("read", "code", "outage"),
+    [
+        ("get_run", "TEMPORARILY_UNAVAILABLE", True),
+        ("get_logged_model", "INTERNAL_ERROR", True),
+        ("get_run", "PERMISSION_DENIED", False),
+    ],
+)
 def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str, code: str, outage: bool
 ) -> None:
-    """The version was read, then reading its run or its logged model fails: not stale, loaded next refresh."""
+    """The version was read, then reading its run or its logged model fails. An outage: not stale, loaded at the
+    next refresh. Any other refusal (permission denied) is the version's: stale, not retried as an outage."""
     import mlflow
+    from mlflow.protos import databricks_pb2
 
     settings, c, first, second = _two_versions(tmp_path)
     set_champion(c, "eta-alpha", first, "test")
@@ -191,13 +200,17 @@ def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
     store.refresh()
     set_champion(c, "eta-alpha", second, "test")
 
-    def down(*args: object, **kwargs: object) -> None:
-        raise mlflow.exceptions.MlflowException("database is locked", error_code="INTERNAL_ERROR")
+    def failing(*args: object, **kwargs: object) -> None:
+        raise mlflow.exceptions.MlflowException("it said no", error_code=getattr(databricks_pb2, code))
 
-    monkeypatch.setattr(mlflow.MlflowClient, read, down)
-    assert store.refresh() == {}
+    monkeypatch.setattr(mlflow.MlflowClient, read, failing)
+    changes = store.refresh()
     assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
-    assert store.stale == {} and "database is locked" in str(store.registry_error)
+    if not outage:
+        assert "it said no" in changes["eta-alpha"] and store.registry_error is None
+        assert store.stale["eta-alpha"].version == second
+        return
+    assert changes == {} and store.stale == {} and "it said no" in str(store.registry_error)
     monkeypatch.undo()
 
     assert store.refresh() == {"eta-alpha": f"v{second}"}
@@ -225,27 +238,3 @@ def test_a_champion_that_is_the_latest_version_loads_from_the_listing_without_an
     monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", asked)
     store = ModelStore(settings)
     assert store.refresh() == {"eta-alpha": f"v{second}"}
-
-
-def test_a_version_the_registry_refuses_to_show_goes_stale_not_retried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Only an outage is the registry's fault: a permission error reading the version's run is the version's."""
-    import mlflow
-
-    settings, c, first, second = _two_versions(tmp_path)
-    set_champion(c, "eta-alpha", first, "test")
-    store = ModelStore(settings)
-    store.refresh()
-    set_champion(c, "eta-alpha", second, "test")
-
-    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
-
-    def refused(*args: object, **kwargs: object) -> None:
-        raise mlflow.exceptions.MlflowException("not allowed", error_code=PERMISSION_DENIED)
-
-    monkeypatch.setattr(mlflow.MlflowClient, "get_run", refused)
-    changes = store.refresh()
-    assert "not allowed" in changes["eta-alpha"] and store.registry_error is None
-    assert store.stale["eta-alpha"].version == second
-    assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
