@@ -484,7 +484,7 @@ def _section(
         f"({CITY}, {built['trips']:,} trips) trained by `cityml train --force-promote`; its ETA champion is served "
         + (
             f"(a blend of {len(built['members'])} boosters: {', '.join(built['members'])}; `mlflow models serve` "
-            "and the bare route serve its first, the in-process batch floor runs all)."
+            "and the first bare route serve its first, the second bare route and the in-process batch floor run all)."
             if len(built["members"]) > 1
             else f"(one booster, {built['members'][0]})."
         ),

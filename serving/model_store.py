@@ -73,6 +73,12 @@ class Stale:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's CPU set), where the platform says; else all of them."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 2
+
+
 def loads(changes: dict[str, str]) -> int:
     """How many versions a :meth:`ModelStore.refresh` put into service (not unloads, not refusals)."""
     return sum(1 for v in changes.values() if v.startswith("v"))
@@ -84,7 +90,7 @@ class ModelStore:
     def __init__(self, settings: Settings, service_columns: ServiceColumns | None = None) -> None:
         self._settings = settings
         self._service_columns = service_columns
-        self._workers = settings.load_workers or min(8, len(os.sched_getaffinity(0)))  # the CPUs it may use
+        self._workers = settings.load_workers or min(8, _usable_cpus())
         self._models: dict[tuple[str, str], Served] = {}
         self._lock = threading.Lock()
         self._bases: dict[tuple[str, str], LoadedModel] = {}  # fleet versions pooled city models start from
