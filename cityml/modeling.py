@@ -24,7 +24,7 @@ in the ``label_scale.json`` artifact). Versions from before the tag predict with
 A *blended* model is several boosters learned on the same features and rows, each under its own
 scale, answering the mean of their predictions (:func:`blend`): their errors differ, the mean's is
 smaller (bench/RESULTS.md, quality). The first booster is the version's MLflow model; the others
-are LightGBM text files among the run's artifacts (:data:`MEMBER_FILE`), their scales in order in
+are LightGBM text files logged with it (:data:`MEMBER_FILE`, ``cityml.registry.VersionFiles``), their scales in order in
 the ``blend`` tag.
 """
 
@@ -55,7 +55,7 @@ SCALE_FILE = "label_scale.json"
 BASE_TAG = "base_model"
 #: A blended version's tag: its members' scales in order, comma-separated (the first is the MLflow model's).
 BLEND_TAG = "blend"
-#: Run artifact of a blended version's member ``i`` (from 1; member 0 is the MLflow model).
+#: File of a blended version's member ``i`` (from 1; member 0 is the MLflow model), logged with the model.
 MEMBER_FILE = "members/{i}.txt"
 
 ScaleKind = Literal["none", "per_sqrt_km", "per_km", "per_km_city"]
@@ -134,6 +134,33 @@ class LabelScale:
             with open(rates_file) as fh:
                 return cls.from_json(json.load(fh))
         return cls(kind=kind)  # type: ignore[arg-type]
+
+
+#: Per-node statistics of LightGBM's text format that training keeps and predicting never reads (gains, hessian
+#: sums, row counts, internal outputs: for feature importance, SHAP values and continued training).
+TRAINING_STATISTICS = ("split_gain", "internal_value", "internal_weight", "internal_count", "leaf_weight", "leaf_count")
+
+
+def prediction_text(booster: lgb.Booster) -> str:
+    """The booster in LightGBM's text format without :data:`TRAINING_STATISTICS`: the same trees, the same answers.
+
+    A blend's members after the first are stored this way (the first, the MLflow model, whole): the
+    statistics are half of a tree's text, and parsing them a third of the time a server spent loading
+    a six-member blend. The header's ``tree_sizes`` (byte offsets of the full trees) goes too:
+    LightGBM then finds the trees by reading them in order.
+    """
+    out = []
+    in_trees = False
+    drop = tuple(f"{k}=" for k in TRAINING_STATISTICS)
+    for line in booster.model_to_string().split("\n"):
+        if line.startswith("Tree="):
+            in_trees = True
+        elif line == "end of trees":
+            in_trees = False
+        elif (in_trees and line.startswith(drop)) or (not in_trees and line.startswith("tree_sizes=")):
+            continue
+        out.append(line)
+    return "\n".join(out)
 
 
 def model_frame(features: pd.DataFrame, model_features: list[str], cities: pd.Series | None = None) -> pd.DataFrame:

@@ -179,12 +179,12 @@ def fleet_version_learned(
     return lambda mv: read(mv).covers(city)
 
 
-def version_scale(c: MlflowClient, mv: ModelVersion) -> LabelScale:
+def version_scale(c: MlflowClient, mv: ModelVersion, files: VersionFiles | None = None) -> LabelScale:
     """A registered version's label scale: its tag, and for ``per_km_city`` its rates file."""
     tags = dict(mv.tags or {})
     rates = None
-    if tags.get(SCALE_TAG) == "per_km_city" and mv.run_id:
-        found = VersionFiles(c, mv).run_file(SCALE_FILE)
+    if tags.get(SCALE_TAG) == "per_km_city":
+        found = (files or VersionFiles(c, mv)).file(SCALE_FILE)
         rates = str(found) if found is not None else None
     return LabelScale.from_tags(tags, rates)
 
@@ -282,9 +282,9 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
             cache[key] = load_version(c, base_mv, cache)
         base = cache[key]
     files = VersionFiles(c, mv)
-    booster = _native_booster(files.model_folder, mv.name, str(mv.version))
+    booster = _native_booster(files)
     tags = dict(mv.tags)
-    scale = version_scale(c, mv)
+    scale = version_scale(c, mv, files)
     others = _blend_members(files, booster, scale, mv)
     loaded = LoadedModel(
         name=mv.name,
@@ -320,7 +320,7 @@ def _blend_members(
         raise UnsafeModelError(f"{label}: blend tag {kinds} does not start with its label_scale {scale.kind!r}")
     others = []
     for i, kind in enumerate(kinds[1:], start=1):
-        path = files.run_file(MEMBER_FILE.format(i=i))
+        path = files.file(MEMBER_FILE.format(i=i))
         if path is None:
             raise UnsafeModelError(f"{label}: blend member {i} ({MEMBER_FILE.format(i=i)}) is missing")
         try:
@@ -400,59 +400,110 @@ def read_selftest(model: LoadedModel) -> dict[str, Any] | None:
     """The version's self-test artifact, or None when it has none."""
     if model.files is None:
         return None
-    path = model.files.run_file(SELFTEST_FILE)
+    path = model.files.file(SELFTEST_FILE)
     if path is None:
         return None
     with open(path) as fh:
         return dict(json.load(fh))
 
 
-class VersionFiles:
-    """Where a registered version's files are: its model's folder and its run's artifacts.
+#: Where a version keeps the files it serves with (``selftest.json``, a blend's members, a fleet model's rates):
+#: a folder of its MLflow model, listed under this key of the MLmodel file's ``metadata``.
+MODEL_FILES_DIR = "cityml"
+MODEL_FILES_KEY = "cityml_files"
 
-    Read in place when the artifact store is a local folder. MLflow's ``download_artifacts`` copies
-    them first, and resolving ``models:/<name>/<version>`` costs several registry queries: for
-    2,000 champions at startup that was most of the time. From any other store (an MLflow server's
-    proxied artifacts, S3...) only the files a load reads are downloaded: MLmodel, the booster file it
-    names and each run file asked for — not the model folder's environment files and input examples
-    (each file is a listing and a download: a folder of 7 files cost 8 requests, these 2 cost 4).
+
+class VersionFiles:
+    """Where a registered version's files are: its model's folder (MLmodel, the booster, the files it
+    serves with) and, for versions logged before those moved there, its run's artifacts.
+
+    One registry read finds the model (the version's download URI: its storage location, a single
+    row); MLmodel lists the files logged with it (:data:`MODEL_FILES_KEY`), so a load reads no run.
+    A run's record (its params, tags and every metric) was the costliest read of a load: at 2,000
+    champions, a quarter of the time the loader threads held the GIL.
+
+    Read in place when the artifact store is a local folder. From any other store (an MLflow
+    server's proxied artifacts, S3...) only the files a load reads are downloaded: MLmodel, the
+    booster file it names (after the flavor check) and each file asked for.
     """
 
     def __init__(self, c: MlflowClient, mv: ModelVersion) -> None:
         self._client = c
         self._mv = mv
+        self.label = f"{mv.name} v{mv.version}"
+
+    @cached_property
+    def _location(self) -> str:
+        # The registry client's own read: MlflowClient's first reads the whole registered model (with
+        # every version) to check the name is not a prompt, 6x the cost of this read and a third of the
+        # GIL loading 2,000 versions held. A name from the registry's model listing is not a prompt.
+        registry = self._client._get_registry_client()
+        name, version = str(self._mv.name), str(self._mv.version)
+        found = _ask(f"{self.label}'s location", lambda: registry.get_model_version_download_uri(name, version))
+        if not found:
+            raise UnsafeModelError(f"{self.label}: the registry gives no location for its model")
+        return str(found)
 
     @cached_property
     def model_folder(self) -> Path:
-        """The folder holding MLmodel and the booster's file."""
-        import mlflow.artifacts
-
-        source = str(self._mv.source or "")
-        if source.startswith("models:/m-"):  # an MLflow 3 logged model
-            model_id = source.removeprefix("models:/")
-            logged = _ask(f"logged model {model_id}", lambda: self._client.get_logged_model(model_id))
-            location = logged.artifact_location if logged is not None else None
-            local = _local_dir(location)
-            if local is not None:
-                return local
-            if location:
-                return self._fetch_model(str(location))
-        uri = f"models:/{self._mv.name}/{self._mv.version}"
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-
-    def _fetch_model(self, location: str) -> Path:
-        """MLmodel, then the booster file it names (after the flavor check), into a new folder."""
+        """The folder holding MLmodel (and, read in place, the rest of the model)."""
         import tempfile
 
+        local = _local_dir(self._location)
+        if local is not None:
+            return local
+        folder = Path(tempfile.mkdtemp(prefix="cityml-model-"))
+        self._download("MLmodel", folder)
+        return folder
+
+    @cached_property
+    def mlmodel(self) -> dict[str, Any]:
+        return _read_mlmodel(self.model_folder, self.label)
+
+    def booster_file(self) -> Path:
+        """The booster's LightGBM text file, once MLmodel says it is one (:func:`_booster_data`)."""
+        data = _booster_data(self.mlmodel, self.label)
+        if _local_dir(self._location) is None:
+            self._download(data, self.model_folder)
+        return self.model_folder / data
+
+    @cached_property
+    def _listed(self) -> frozenset[str] | None:
+        """The files logged with the model (None: a version from before, its files are with its run)."""
+        listed = (self.mlmodel.get("metadata") or {}).get(MODEL_FILES_KEY)
+        if listed is None:
+            return None
+        if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+            raise UnsafeModelError(f"{self.label}: MLmodel metadata {MODEL_FILES_KEY} is not a list of file names")
+        return frozenset(listed)
+
+    def file(self, name: str) -> Path | None:
+        """A file the version serves with (``selftest.json``, ``members/1.txt``...), or None when it has none.
+
+        ``name`` is one of cityml's own file names; the listing only says whether the model has it.
+        """
+        from mlflow.exceptions import MlflowException
+
+        if self._listed is None:
+            return self.run_file(name)
+        if name not in self._listed:
+            return None
+        relative = f"{MODEL_FILES_DIR}/{name}"
+        if _local_dir(self._location) is None:
+            try:
+                self._download(relative, self.model_folder)
+            except (MlflowException, OSError):
+                return None
+        path = self.model_folder / relative
+        return path if path.is_file() else None
+
+    def _download(self, relative: str, folder: Path) -> None:
+        """One file of the model from a remote store into ``folder`` at the same relative path."""
         import mlflow.artifacts
 
-        folder = Path(tempfile.mkdtemp(prefix="cityml-model-"))
-        mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=str(folder))
-        data = _booster_file(folder, self._mv.name, str(self._mv.version))
-        into = folder / PurePosixPath(data).parent
+        into = folder / PurePosixPath(relative).parent
         into.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{data}", dst_path=str(into))
-        return folder
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{self._location.rstrip('/')}/{relative}", dst_path=str(into))
 
     @cached_property
     def _run_artifacts(self) -> str | None:
@@ -460,7 +511,7 @@ class VersionFiles:
         return str(run.info.artifact_uri) if run is not None else None
 
     def run_file(self, name: str) -> Path | None:
-        """A file the version's run logged (``selftest.json``...), or None when it has none."""
+        """A file the version's run logged (its reference profile; older versions' serving files), or None."""
         import mlflow.artifacts
         from mlflow.exceptions import MlflowException
 
@@ -495,40 +546,47 @@ class UnsafeModelError(ValueError):
     """A registered version that is not a LightGBM Booster in LightGBM's text format: never loaded."""
 
 
-def _booster_file(folder: Path, name: str, version: str) -> str:
-    """The booster file the version's MLmodel names, relative to its folder, once the flavor is checked.
-
-    ``mlflow.lightgbm.load_model`` unpickles the sklearn-API flavor (``LGBMRegressor``), so a
-    version registered that way could run code in whatever loads it. Only
-    ``model_class: lightgbm.basic.Booster`` (what cityml registers) with a data file inside the model is
-    accepted; :class:`UnsafeModelError` otherwise.
-    """
+def _read_mlmodel(folder: Path, label: str) -> dict[str, Any]:
+    """The version's MLmodel file, parsed (:class:`UnsafeModelError` when there is none to read)."""
     import yaml
 
     try:
         # libyaml's safe loader when present: the pure-Python one took ~3 ms per model at startup.
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         doc = yaml.load((folder / "MLmodel").read_text(), Loader=loader)
-        flavor = (doc or {}).get("flavors", {}).get("lightgbm")
     except (OSError, yaml.YAMLError) as exc:
-        raise UnsafeModelError(f"{name} v{version}: no readable MLmodel file ({exc})") from exc
+        raise UnsafeModelError(f"{label}: no readable MLmodel file ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise UnsafeModelError(f"{label}: MLmodel is not a mapping")
+    return doc
+
+
+def _booster_data(mlmodel: dict[str, Any], label: str) -> str:
+    """The booster file an MLmodel names, relative to the model's folder, once the flavor is checked.
+
+    ``mlflow.lightgbm.load_model`` unpickles the sklearn-API flavor (``LGBMRegressor``), so a
+    version registered that way could run code in whatever loads it. Only
+    ``model_class: lightgbm.basic.Booster`` (what cityml registers) with a data file inside the model is
+    accepted; :class:`UnsafeModelError` otherwise.
+    """
+    flavor = (mlmodel.get("flavors") or {}).get("lightgbm")
     if not isinstance(flavor, dict) or flavor.get("model_class") != "lightgbm.basic.Booster":
         got = flavor.get("model_class") if isinstance(flavor, dict) else "no lightgbm flavor"
-        raise UnsafeModelError(f"{name} v{version}: {got} is not a LightGBM Booster in text format; refused")
+        raise UnsafeModelError(f"{label}: {got} is not a LightGBM Booster in text format; refused")
     data = str(flavor.get("data") or "")
     path = PurePosixPath(data)
     if not data or path.is_absolute() or ".." in path.parts or "\\" in data:
-        raise UnsafeModelError(f"{name} v{version}: model file {flavor.get('data')!r} is not inside the model")
+        raise UnsafeModelError(f"{label}: model file {flavor.get('data')!r} is not inside the model")
     return data
 
 
-def _native_booster(folder: Path, name: str, version: str) -> lgb.Booster:
-    """The version's booster, read from LightGBM's own text file (:func:`_booster_file`), never through a pickle."""
+def _native_booster(files: VersionFiles) -> lgb.Booster:
+    """The version's booster, read from LightGBM's own text file (:func:`_booster_data`), never through a pickle."""
     import lightgbm as lgb
 
-    data = (folder / _booster_file(folder, name, version)).resolve()
-    if folder.resolve() not in data.parents or not data.is_file():
-        raise UnsafeModelError(f"{name} v{version}: model file {data.name!r} is not inside the model")
+    data = files.booster_file().resolve()
+    if files.model_folder.resolve() not in data.parents or not data.is_file():
+        raise UnsafeModelError(f"{files.label}: model file {data.name!r} is not inside the model")
     return lgb.Booster(model_file=str(data))
 
 

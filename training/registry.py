@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,9 +105,12 @@ def log_version(
     The booster is saved by ``mlflow.lightgbm`` in LightGBM's text format. Requirements are given
     explicitly: inferring them would export the whole project lock for every model. The version
     is created with all its tags (``tags``, MAE, the label scale, then ``version_tags``) in one
-    registry call; a fleet model's per-city rates go to ``label_scale.json`` beside the profile.
-    A blend's first member is the MLflow model, the others LightGBM text files beside it
-    (``cityml.modeling.MEMBER_FILE``), their scales in the ``blend`` tag.
+    registry call. The run holds the reference profile; the files a server needs go with the model,
+    in its ``cityml/`` folder, listed in its MLmodel (``cityml.registry.VersionFiles``): the self-test
+    rows, a fleet model's per-city rates (``label_scale.json``), and a blend's other members as
+    LightGBM text files without training statistics (``cityml.modeling.prediction_text``,
+    ``MEMBER_FILE``; the first member is the MLflow model, whole),
+    their scales in the ``blend`` tag.
     """
     import lightgbm
     import mlflow
@@ -112,9 +118,17 @@ def log_version(
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.models import infer_signature
 
-    from cityml.modeling import BLEND_TAG, CATEGORICAL_FEATURES, MEMBER_FILE, SCALE_FILE, SCALE_TAG, model_frame
+    from cityml.modeling import (
+        BLEND_TAG,
+        CATEGORICAL_FEATURES,
+        MEMBER_FILE,
+        SCALE_FILE,
+        SCALE_TAG,
+        model_frame,
+        prediction_text,
+    )
     from cityml.profile import PROFILE_FILE
-    from cityml.registry import SELFTEST_FILE
+    from cityml.registry import MODEL_FILES_DIR, MODEL_FILES_KEY, SELFTEST_FILE
 
     (booster, scale), others = members[0], members[1:]
     example = example_frame.head(5)
@@ -127,12 +141,13 @@ def log_version(
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
         mlflow.log_dict(profile, PROFILE_FILE)
+        serving_files: dict[str, str] = {}  # logged with the model: a server reads them with no run
         if scale.city_rates:
-            mlflow.log_dict(scale.to_json(), SCALE_FILE)
+            serving_files[SCALE_FILE] = json.dumps(scale.to_json())
         if selftest is not None:
-            mlflow.log_dict(selftest, SELFTEST_FILE)
+            serving_files[SELFTEST_FILE] = json.dumps(selftest)
         for i, (member, _) in enumerate(others, start=1):
-            mlflow.log_text(member.model_to_string(), MEMBER_FILE.format(i=i))
+            serving_files[MEMBER_FILE.format(i=i)] = prediction_text(member)
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",
@@ -143,7 +158,13 @@ def log_version(
             # a pandas categorical, which that round trip turns into text, so the check can only
             # fail there; cityml's server builds the frame itself (cityml.modeling).
             validate_serving_input=not CATEGORICAL_FEATURES & set(features),
+            metadata={MODEL_FILES_KEY: sorted(serving_files)},
         )
+        with tempfile.TemporaryDirectory(prefix="cityml-files-") as tmp:
+            for file, text in serving_files.items():  # an empty folder uploads nothing
+                (Path(tmp) / file).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / file).write_text(text)
+            c.log_model_artifacts(info.model_id, tmp, artifact_path=MODEL_FILES_DIR)
         # Logged after the model and linked to it in the same request: metrics logged before it are linked by
         # MLflow reading each one's history back, one request per metric (a fleet model logs one per city).
         stamp = int(time.time() * 1000)

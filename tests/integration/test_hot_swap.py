@@ -179,20 +179,16 @@ def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, mon
 
 
 @pytest.mark.parametrize(
-    ("read", "code", "outage"),
-    [
-        ("get_run", "TEMPORARILY_UNAVAILABLE", True),
-        ("get_logged_model", "INTERNAL_ERROR", True),
-        ("get_run", "PERMISSION_DENIED", False),
-    ],
+    ("code", "outage"), [("TEMPORARILY_UNAVAILABLE", True), ("INTERNAL_ERROR", True), ("PERMISSION_DENIED", False)]
 )
 def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str, code: str, outage: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str, outage: bool
 ) -> None:
-    """The version was read, then reading its run or its logged model fails. An outage: not stale, loaded at the
+    """The version was read, then reading where its model is fails. An outage: not stale, loaded at the
     next refresh. Any other refusal (permission denied) is the version's: stale, not retried as an outage."""
     import mlflow
     from mlflow.protos import databricks_pb2
+    from mlflow.tracking._model_registry.client import ModelRegistryClient
 
     settings, c, first, second = _two_versions(tmp_path)
     set_champion(c, "eta-alpha", first, "test")
@@ -203,7 +199,7 @@ def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
     def failing(*args: object, **kwargs: object) -> None:
         raise mlflow.exceptions.MlflowException("it said no", error_code=getattr(databricks_pb2, code))
 
-    monkeypatch.setattr(mlflow.MlflowClient, read, failing)
+    monkeypatch.setattr(ModelRegistryClient, "get_model_version_download_uri", failing)
     changes = store.refresh()
     assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
     if not outage:

@@ -162,3 +162,26 @@ def test_a_server_process_caps_lightgbm_at_one_thread_for_every_call() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["-1", "1"]  # -1: no cap, OpenMP's default
+
+
+@pytest.mark.parametrize("params", [{}, {"linear_tree": True}, {"objective": "l1", "max_cat_to_onehot": 1}])
+def test_a_booster_without_its_training_statistics_predicts_exactly_what_it_did(params: dict[str, object]) -> None:
+    """Blend members are stored as :func:`prediction_text`: every row's answer, NaNs and unseen zones included,
+    bit for bit; the categories and the trees are all there, the per-node statistics are not."""
+    from cityml.modeling import TRAINING_STATISTICS, prediction_text
+
+    rng = np.random.default_rng(3)
+    t = _trips(3000, seed=3).assign(hour=lambda f: rng.integers(0, 24, len(f)).astype(float))
+    t.loc[rng.random(len(t)) < 0.1, "hour"] = np.nan
+    features = ["distance_km", "pickup_zone", "hour"]
+    data = lgb.Dataset(model_frame(t, features), t["duration_s"])
+    booster = lgb.train({"verbosity": -1, "num_threads": 1, "num_leaves": 15, **params}, data, num_boost_round=60)
+    text = prediction_text(booster)
+    slim = lgb.Booster(model_str=text)
+
+    assert len(text) < 0.8 * len(booster.model_to_string())
+    assert not [line for line in text.split("\n") if line.startswith(tuple(f"{k}=" for k in TRAINING_STATISTICS))]
+    assert slim.num_trees() == booster.num_trees() and slim.pandas_categorical == booster.pandas_categorical
+    rows = t.sample(2000, random_state=1).assign(pickup_zone=lambda f: f.pickup_zone.where(f.index % 7 > 0, "zz"))
+    x = model_frame(rows, features)
+    np.testing.assert_array_equal(slim.predict(x, num_threads=1), booster.predict(x, num_threads=1))

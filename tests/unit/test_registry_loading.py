@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cityml.modeling import model_frame
-from cityml.registry import UnsafeModelError, client, load_version
+from cityml.registry import UnsafeModelError, VersionFiles, client, load_version
 from cityml.settings import Settings
 
 
@@ -85,6 +85,7 @@ def _blended_version(
     """A three-member blend registered the way training registers it, and what it predicted before;
     with ``narrow``, a fourth member reads the zone alone (``training.fit``)."""
     from cityml.modeling import LabelScale
+    from cityml.registry import selftest_doc
     from training.fit import Fitted
     from training.registry import experiment_id, log_version
 
@@ -104,7 +105,11 @@ def _blended_version(
         members.append((lgb.train({"verbosity": -1, "num_threads": 1}, data, num_boost_round=20), LabelScale()))
     fitted = Fitted(members[0][0], members[0][1], 20, False, others=members[1:])
     c = client(settings)
-    log_version(c, experiment_id(c, settings), name, fitted.members, frame, features, {"mae": 1.0}, {}, {}, {})
+    head = frame.head(20)
+    selftest = selftest_doc({f: head[f].to_numpy() for f in features}, fitted.predict(head))
+    log_version(
+        c, experiment_id(c, settings), name, fitted.members, frame, features, {"mae": 1.0}, {}, {}, {}, None, selftest
+    )
     return c.get_model_version(name, "1"), frame, fitted.predict(frame)
 
 
@@ -117,11 +122,76 @@ def test_a_blend_loads_with_every_member_and_predicts_what_training_predicted(tm
     np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
 
 
+def test_a_load_reads_where_the_model_is_and_nothing_else_from_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files a version serves with are logged with its model and listed in its MLmodel: a load reads the
+    version's location and no run (a run's record holds every metric: the costliest read of a load)."""
+    import mlflow
+
+    from cityml.registry import read_selftest, self_test
+
+    settings = Settings(home=tmp_path / "var")
+    mv, frame, before = _blended_version(settings)
+    c = client(settings)
+    files = VersionFiles(c, mv)  # type: ignore[arg-type]
+    assert sorted(files.mlmodel["metadata"]["cityml_files"]) == ["members/1.txt", "members/2.txt", "selftest.json"]
+    assert sorted(p.name for p in (files.model_folder / "cityml").rglob("*.*")) == ["1.txt", "2.txt", "selftest.json"]
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a load read more of the registry than the model's location")
+
+    for read in ("get_run", "get_logged_model", "get_registered_model", "download_artifacts"):
+        monkeypatch.setattr(mlflow.MlflowClient, read, refused)
+    loaded = load_version(c, mv)  # type: ignore[arg-type]
+    assert self_test(loaded, read_selftest(loaded)) is None
+    np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+
+
+def test_a_version_logged_before_its_files_moved_to_its_model_reads_them_from_its_run(tmp_path: Path) -> None:
+    """Champions registered by an older cityml keep their self-test rows and blend members with their run."""
+    import shutil
+
+    import yaml
+
+    from cityml.registry import read_selftest, self_test
+
+    settings = Settings(home=tmp_path / "var")
+    mv, frame, before = _blended_version(settings)
+    c = client(settings)
+    folder = VersionFiles(c, mv).model_folder  # type: ignore[arg-type]
+    run_folder = Path(c.get_run(mv.run_id).info.artifact_uri.removeprefix("file://"))  # type: ignore[attr-defined]
+    shutil.copytree(folder / "cityml", run_folder, dirs_exist_ok=True)
+    shutil.rmtree(folder / "cityml")
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    del mlmodel["metadata"]
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+    loaded = load_version(c, mv)  # type: ignore[arg-type]
+    assert len(loaded.members) == 3 and self_test(loaded, read_selftest(loaded)) is None
+    np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+
+
+@pytest.mark.parametrize("listed", ["selftest.json", {"a": 1}, [1, 2]])
+def test_an_mlmodel_whose_file_list_is_not_a_list_of_names_is_refused(tmp_path: Path, listed: object) -> None:
+    import yaml
+
+    settings = Settings(home=tmp_path / "var")
+    mv, _, _ = _blended_version(settings)
+    c = client(settings)
+    folder = VersionFiles(c, mv).model_folder  # type: ignore[arg-type]
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    mlmodel["metadata"]["cityml_files"] = listed
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(UnsafeModelError, match="eta-blend v1: MLmodel metadata cityml_files is not a list"):
+        load_version(c, mv)  # type: ignore[arg-type]
+
+
 def test_a_blend_missing_a_member_or_with_a_stranger_is_refused_naming_it(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "var")
     mv, _, _ = _blended_version(settings)
     c = client(settings)
-    member = Path(c.get_run(mv.run_id).info.artifact_uri.removeprefix("file://")) / "members" / "2.txt"  # type: ignore[attr-defined]
+    member = VersionFiles(c, mv).model_folder / "cityml" / "members" / "2.txt"  # type: ignore[arg-type]
     text = member.read_text()
     member.unlink()
     with pytest.raises(UnsafeModelError, match=r"eta-blend v1: blend member 2 \(members/2.txt\) is missing"):
@@ -144,7 +214,7 @@ def test_a_blend_member_may_read_fewer_features_but_must_code_zones_alike(tmp_pa
     assert [b.feature_name() for b, _ in loaded.others][-1] == ["pickup_zone"]
     np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
     # The same zone column learned where only zones a and b were seen: code 1 would be b to it, c to the model.
-    member = Path(c.get_run(mv.run_id).info.artifact_uri.removeprefix("file://")) / "members" / "3.txt"  # type: ignore[attr-defined]
+    member = VersionFiles(c, mv).model_folder / "cityml" / "members" / "3.txt"  # type: ignore[arg-type]
     two = frame[frame.pickup_zone != "c"]
     other = lgb.train({"verbosity": -1}, lgb.Dataset(model_frame(two, ["pickup_zone"]), two["duration_s"]), 5)
     member.write_text(other.model_to_string())
@@ -209,12 +279,12 @@ def test_a_booster_file_outside_the_model_is_refused_before_anything_is_fetched(
     folder, whatever the registry holds."""
     import yaml
 
-    from cityml.registry import _booster_file
+    from cityml.registry import _booster_data, _read_mlmodel
 
     flavor = {"model_class": "lightgbm.basic.Booster", "data": data}
     (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"lightgbm": flavor}}))
     with pytest.raises(UnsafeModelError, match="is not inside the model"):
-        _booster_file(tmp_path, "eta-x", "1")
+        _booster_data(_read_mlmodel(tmp_path, "eta-x v1"), "eta-x v1")
     flavor["data"] = "sub/model.lgb"
     (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"lightgbm": flavor}}))
-    assert _booster_file(tmp_path, "eta-x", "1") == "sub/model.lgb"
+    assert _booster_data(_read_mlmodel(tmp_path, "eta-x v1"), "eta-x v1") == "sub/model.lgb"
