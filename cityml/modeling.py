@@ -145,9 +145,10 @@ def prediction_text(booster: lgb.Booster) -> str:
     """The booster in LightGBM's text format without :data:`TRAINING_STATISTICS`: the same trees, the same answers.
 
     A blend's members after the first are stored this way (the first, the MLflow model, whole): the
-    statistics are half of a tree's text, and parsing them a third of the time a server spent loading
+    statistics are 40-50% of a tree's text, and parsing them a third of the time a server spent loading
     a six-member blend. The header's ``tree_sizes`` (byte offsets of the full trees) goes too:
-    LightGBM then finds the trees by reading them in order.
+    LightGBM then finds the trees by reading them in order. What a stored member loses: its SHAP
+    values (``pred_contrib``) and gain importance; the first booster keeps both.
     """
     out = []
     in_trees = False

@@ -109,8 +109,9 @@ def _ask(what: str, call: Callable[[], Held]) -> Held | None:
 
     A load that meets a failing registry must not blame the version (a stale version is not tried
     again until its alias moves); any other error (permission denied, a malformed tag) is the
-    version's and propagates. The versions, runs and logged models a load reads go through here;
-    artifact downloads from a remote store do not yet.
+    version's and propagates. Every read of a load goes through here: the version, where its model
+    is, and each file downloaded from a remote artifact store (MLmodel, the booster, the files it
+    serves with; older versions' run and run files excepted).
     """
     try:
         return call()
@@ -470,7 +471,8 @@ class VersionFiles:
     @cached_property
     def _listed(self) -> frozenset[str] | None:
         """The files logged with the model (None: a version from before, its files are with its run)."""
-        listed = (self.mlmodel.get("metadata") or {}).get(MODEL_FILES_KEY)
+        metadata = self.mlmodel.get("metadata") or {}
+        listed = metadata.get(MODEL_FILES_KEY) if isinstance(metadata, dict) else None
         if listed is None:
             return None
         if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
@@ -481,29 +483,31 @@ class VersionFiles:
         """A file the version serves with (``selftest.json``, ``members/1.txt``...), or None when it has none.
 
         ``name`` is one of cityml's own file names; the listing only says whether the model has it.
+        A listed file that a remote store fails to send is an outage (:class:`RegistryError`: the
+        version is tried again at the next refresh), not a version without the file.
         """
-        from mlflow.exceptions import MlflowException
-
         if self._listed is None:
             return self.run_file(name)
         if name not in self._listed:
             return None
         relative = f"{MODEL_FILES_DIR}/{name}"
         if _local_dir(self._location) is None:
-            try:
-                self._download(relative, self.model_folder)
-            except (MlflowException, OSError):
-                return None
+            self._download(relative, self.model_folder)
         path = self.model_folder / relative
         return path if path.is_file() else None
 
     def _download(self, relative: str, folder: Path) -> None:
-        """One file of the model from a remote store into ``folder`` at the same relative path."""
+        """One file of the model from a remote store into ``folder`` at the same relative path, read through
+        :func:`_ask`: a store that fails to answer (the network, an outage code) raises :class:`RegistryError`."""
         import mlflow.artifacts
 
         into = folder / PurePosixPath(relative).parent
         into.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"{self._location.rstrip('/')}/{relative}", dst_path=str(into))
+        uri = f"{self._location.rstrip('/')}/{relative}"
+        _ask(
+            f"{self.label}'s {relative}",
+            lambda: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)),
+        )
 
     @cached_property
     def _run_artifacts(self) -> str | None:
@@ -569,7 +573,8 @@ def _booster_data(mlmodel: dict[str, Any], label: str) -> str:
     ``model_class: lightgbm.basic.Booster`` (what cityml registers) with a data file inside the model is
     accepted; :class:`UnsafeModelError` otherwise.
     """
-    flavor = (mlmodel.get("flavors") or {}).get("lightgbm")
+    flavors = mlmodel.get("flavors")
+    flavor = flavors.get("lightgbm") if isinstance(flavors, dict) else None
     if not isinstance(flavor, dict) or flavor.get("model_class") != "lightgbm.basic.Booster":
         got = flavor.get("model_class") if isinstance(flavor, dict) else "no lightgbm flavor"
         raise UnsafeModelError(f"{label}: {got} is not a LightGBM Booster in text format; refused")

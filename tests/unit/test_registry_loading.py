@@ -148,6 +148,51 @@ def test_a_load_reads_where_the_model_is_and_nothing_else_from_the_registry(
     np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
 
 
+def test_from_a_remote_store_a_load_fetches_what_it_reads_and_a_failed_fetch_is_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MLflow server's proxied artifacts (or S3): MLmodel, the booster it names and the listed files, one at a
+    time; a listed file the store fails to send is the registry's failure (tried again), not a missing member."""
+    import shutil
+
+    import mlflow.artifacts
+    from mlflow.tracking._model_registry.client import ModelRegistryClient
+
+    from cityml.registry import RegistryError, read_selftest, self_test
+
+    settings = Settings(home=tmp_path / "var")
+    mv, frame, before = _blended_version(settings)
+    c = client(settings)
+    folder = VersionFiles(c, mv).model_folder  # type: ignore[arg-type]
+    remote = "mlflow-artifacts:/1/models/m-1/artifacts"
+    monkeypatch.setattr(ModelRegistryClient, "get_model_version_download_uri", lambda self, name, version: remote)
+    fetched: list[str] = []
+    failing: set[str] = set()
+
+    def download(artifact_uri: str, dst_path: str) -> str:
+        relative = artifact_uri.removeprefix(remote + "/")
+        fetched.append(relative)
+        if relative in failing:
+            raise OSError("connection reset by peer")
+        return str(shutil.copy(folder / relative, Path(dst_path) / Path(relative).name))
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
+    loaded = load_version(c, mv)  # type: ignore[arg-type]
+    assert self_test(loaded, read_selftest(loaded)) is None
+    np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+    assert sorted(fetched) == [
+        "MLmodel",
+        "cityml/members/1.txt",
+        "cityml/members/2.txt",
+        "cityml/selftest.json",
+        "model.lgb",
+    ]
+
+    failing.add("cityml/members/2.txt")
+    with pytest.raises(RegistryError, match="eta-blend v1's cityml/members/2.txt: OSError: connection reset"):
+        load_version(c, mv)  # type: ignore[arg-type]
+
+
 def test_a_version_logged_before_its_files_moved_to_its_model_reads_them_from_its_run(tmp_path: Path) -> None:
     """Champions registered by an older cityml keep their self-test rows and blend members with their run."""
     import shutil
