@@ -183,11 +183,15 @@ def fleet_version_learned(
 def version_scale(c: MlflowClient, mv: ModelVersion, files: VersionFiles | None = None) -> LabelScale:
     """A registered version's label scale: its tag, and for ``per_km_city`` its rates file."""
     tags = dict(mv.tags or {})
-    rates = None
-    if tags.get(SCALE_TAG) == "per_km_city":
-        found = (files or VersionFiles(c, mv)).file(SCALE_FILE)
-        rates = str(found) if found is not None else None
-    return LabelScale.from_tags(tags, rates)
+    if tags.get(SCALE_TAG) != "per_km_city":
+        return LabelScale.from_tags(tags)
+    own = files or VersionFiles(c, mv)
+    try:
+        found = own.file(SCALE_FILE)
+        return LabelScale.from_tags(tags, str(found) if found is not None else None)
+    finally:
+        if files is None:
+            own.close()
 
 
 @dataclass
@@ -201,6 +205,7 @@ class LoadedModel:
     base: LoadedModel | None = None  # a pooled city model's base (the fleet model version it learned on)
     files: VersionFiles | None = field(default=None, repr=False)  # where its artifacts are
     others: list[tuple[lgb.Booster, LabelScale]] = field(default_factory=list)  # a blend's other members
+    selftest: dict[str, Any] | None = field(default=None, repr=False)  # its SELFTEST_FILE, read at load
 
     @property
     def feature_service(self) -> str:
@@ -283,20 +288,24 @@ def load_version(c: MlflowClient, mv: ModelVersion, bases: Bases | None = None) 
             cache[key] = load_version(c, base_mv, cache)
         base = cache[key]
     files = VersionFiles(c, mv)
-    booster = _native_booster(files)
-    tags = dict(mv.tags)
-    scale = version_scale(c, mv, files)
-    others = _blend_members(files, booster, scale, mv)
+    try:
+        booster = _native_booster(files)
+        scale = version_scale(c, mv, files)
+        others = _blend_members(files, booster, scale, mv)
+        selftest = _read_json(files.file(SELFTEST_FILE))
+    finally:
+        files.close()  # all parsed: nothing a remote store sent outlives the load
     loaded = LoadedModel(
         name=mv.name,
         version=str(mv.version),
         booster=booster,
-        tags=tags,
+        tags=dict(mv.tags),
         run_id=mv.run_id,
         scale=scale,
         base=base,
         files=files,
         others=others,
+        selftest=selftest,
     )
     loaded.encoder  # noqa: B018 -- built now: a model whose categories do not add up fails to load, not to predict
     loaded.members  # noqa: B018 -- and its single-row predictors prepared before it serves
@@ -398,10 +407,11 @@ def self_test(model: LoadedModel, doc: dict[str, Any] | None, rtol: float = 1e-6
 
 
 def read_selftest(model: LoadedModel) -> dict[str, Any] | None:
-    """The version's self-test artifact, or None when it has none."""
-    if model.files is None:
-        return None
-    path = model.files.file(SELFTEST_FILE)
+    """The version's self-test artifact (read by :func:`load_version`), or None when it has none."""
+    return model.selftest
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     with open(path) as fh:
@@ -432,6 +442,7 @@ class VersionFiles:
         self._client = c
         self._mv = mv
         self.label = f"{mv.name} v{mv.version}"
+        self._fetched: Path | None = None  # the folder files from a remote store were downloaded to
 
     @cached_property
     def _location(self) -> str:
@@ -453,9 +464,19 @@ class VersionFiles:
         local = _local_dir(self._location)
         if local is not None:
             return local
-        folder = Path(tempfile.mkdtemp(prefix="cityml-model-"))
+        folder = self._fetched = Path(tempfile.mkdtemp(prefix="cityml-model-"))
         self._download("MLmodel", folder)
         return folder
+
+    def close(self) -> None:
+        """Delete what was downloaded from a remote store: a server loading 2,000 six-booster models kept
+        10 GB of them in its temporary folder. A store read in place is left alone."""
+        import shutil
+
+        if self._fetched is not None:
+            shutil.rmtree(self._fetched, ignore_errors=True)
+            self._fetched = None
+            self.__dict__.pop("model_folder", None)
 
     @cached_property
     def mlmodel(self) -> dict[str, Any]:

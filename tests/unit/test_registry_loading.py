@@ -154,6 +154,7 @@ def test_from_a_remote_store_a_load_fetches_what_it_reads_and_a_failed_fetch_is_
     """An MLflow server's proxied artifacts (or S3): MLmodel, the booster it names and the listed files, one at a
     time; a listed file the store fails to send is the registry's failure (tried again), not a missing member."""
     import shutil
+    import tempfile
 
     import mlflow.artifacts
     from mlflow.tracking._model_registry.client import ModelRegistryClient
@@ -177,6 +178,9 @@ def test_from_a_remote_store_a_load_fetches_what_it_reads_and_a_failed_fetch_is_
         return str(shutil.copy(folder / relative, Path(dst_path) / Path(relative).name))
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     loaded = load_version(c, mv)  # type: ignore[arg-type]
     assert self_test(loaded, read_selftest(loaded)) is None
     np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
@@ -187,10 +191,12 @@ def test_from_a_remote_store_a_load_fetches_what_it_reads_and_a_failed_fetch_is_
         "cityml/selftest.json",
         "model.lgb",
     ]
+    assert list(scratch.iterdir()) == []  # parsed, then deleted: 2,000 models left 10 GB behind
 
     failing.add("cityml/members/2.txt")
     with pytest.raises(RegistryError, match=r"eta-blend v1.s cityml/members/2\.txt: OSError: connection reset"):
         load_version(c, mv)  # type: ignore[arg-type]
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_version_logged_before_its_files_moved_to_its_model_reads_them_from_its_run(tmp_path: Path) -> None:
