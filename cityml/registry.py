@@ -381,8 +381,10 @@ def selftest_doc(columns: Mapping[str, Any], predictions: np.ndarray) -> dict[st
     }
 
 
-def self_test(model: LoadedModel, doc: dict[str, Any] | None, rtol: float = 1e-6) -> str | None:
-    """Why ``model`` must not serve, or None when it repeats its recorded predictions."""
+def self_test(model: LoadedModel, rtol: float = 1e-6) -> str | None:
+    """Why ``model`` must not serve, or None when it repeats the predictions recorded at registration
+    (its :data:`SELFTEST_FILE`, read by :func:`load_version`)."""
+    doc = model.selftest
     if doc is None:
         return f"no {SELFTEST_FILE} recorded with the version"
     try:
@@ -404,11 +406,6 @@ def self_test(model: LoadedModel, doc: dict[str, Any] | None, rtol: float = 1e-6
         worst = int(np.argmax(np.abs(got - expected)))
         return f"self-test: predicts {got[worst]:.6g} for row {worst}, recorded {expected[worst]:.6g} at registration"
     return None
-
-
-def read_selftest(model: LoadedModel) -> dict[str, Any] | None:
-    """The version's self-test artifact (read by :func:`load_version`), or None when it has none."""
-    return model.selftest
 
 
 def _read_json(path: Path | None) -> dict[str, Any] | None:
@@ -457,13 +454,17 @@ class VersionFiles:
         return str(found)
 
     @cached_property
+    def _in_place(self) -> Path | None:
+        """The model's folder when the artifact store is on this machine (None: a remote store)."""
+        return _local_dir(self._location)
+
+    @cached_property
     def model_folder(self) -> Path:
         """The folder holding MLmodel (and, read in place, the rest of the model)."""
         import tempfile
 
-        local = _local_dir(self._location)
-        if local is not None:
-            return local
+        if self._in_place is not None:
+            return self._in_place
         folder = self._fetched = Path(tempfile.mkdtemp(prefix="cityml-model-"))
         self._download("MLmodel", folder)
         return folder
@@ -485,7 +486,7 @@ class VersionFiles:
     def booster_file(self) -> Path:
         """The booster's LightGBM text file, once MLmodel says it is one (:func:`_booster_data`)."""
         data = _booster_data(self.mlmodel, self.label)
-        if _local_dir(self._location) is None:
+        if self._in_place is None:
             self._download(data, self.model_folder)
         return self.model_folder / data
 
@@ -512,7 +513,7 @@ class VersionFiles:
         if name not in self._listed:
             return None
         relative = f"{MODEL_FILES_DIR}/{name}"
-        if _local_dir(self._location) is None:
+        if self._in_place is None:
             self._download(relative, self.model_folder)
         path = self.model_folder / relative
         return path if path.is_file() else None

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="Threads loading champions (startup, reloads); 0: one per CPU it may use, at most 8. "
-        "Parsing a booster is CPU work: 2,000 six-booster models on 2 CPUs loaded in 67 s with 2 threads, 76 s with 4.",
+        "Parsing a booster is CPU work: 2,000 six-booster models on 2 CPUs loaded in 69 s with 1 thread, 45 s with 2, "
+        "48 s with 4.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body served (413 past it).")
     prediction_log_queue: int = Field(

@@ -31,7 +31,6 @@ from cityml.registry import (
     choose_serving,
     client,
     load_version,
-    read_selftest,
     self_test,
 )
 from cityml.settings import Settings
@@ -204,7 +203,7 @@ class ModelStore:
         name = f"{mv.name} v{mv.version}"
         try:
             loaded = load_version(c, mv, self._bases)
-            reason = self._check_features(loaded) or self_test(loaded, read_selftest(loaded))
+            reason = self._check_features(loaded) or self_test(loaded)
         except RegistryError as exc:  # the registry failed mid-load: try the version again next refresh
             return None, f"{name}: {exc}", True
         except Exception as exc:  # noqa: BLE001 -- any failure to load keeps the old version serving

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cityml.registry import client, load_version, read_selftest, self_test
+from cityml.registry import client, load_version, self_test
 from cityml.settings import Settings
 from tests.conftest import SMALL_CATALOG
 from tests.integration.test_hot_swap import _register
@@ -38,7 +38,7 @@ def test_a_load_downloads_mlmodel_the_booster_and_its_self_test_alone(
 
     monkeypatch.setattr(HttpArtifactRepository, "_download_file", spy)
     loaded = load_version(c, mv)
-    assert self_test(loaded, read_selftest(loaded)) is None
+    assert self_test(loaded) is None
     assert sorted(Path(f).name for f in fetched) == ["MLmodel", "model.lgb", "selftest.json"]
     x = np.random.default_rng(0).uniform(0, 10, (5, booster.num_feature()))
     np.testing.assert_array_equal(loaded.booster.predict(x), booster.predict(x))
