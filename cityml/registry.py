@@ -461,17 +461,23 @@ class VersionFiles:
     @cached_property
     def model_folder(self) -> Path:
         """The folder holding MLmodel (and, read in place, the rest of the model)."""
-        import tempfile
-
         if self._in_place is not None:
             return self._in_place
-        folder = self._fetched = Path(tempfile.mkdtemp(prefix="cityml-model-"))
+        folder = self._scratch() / "model"
         self._download("MLmodel", folder)
         return folder
 
+    def _scratch(self) -> Path:
+        """The temporary folder files from a remote store go to, until :meth:`close`."""
+        import tempfile
+
+        if self._fetched is None:
+            self._fetched = Path(tempfile.mkdtemp(prefix="cityml-model-"))
+        return self._fetched
+
     def close(self) -> None:
-        """Delete what was downloaded from a remote store: a server loading 2,000 six-booster models kept
-        10 GB of them in its temporary folder. A store read in place is left alone."""
+        """Delete what was downloaded from a remote store (the model's files and its run's): a server loading
+        2,000 six-booster models kept 10 GB of them in its temporary folder. A store read in place is left alone."""
         import shutil
 
         if self._fetched is not None:
@@ -537,7 +543,8 @@ class VersionFiles:
         return str(run.info.artifact_uri) if run is not None else None
 
     def run_file(self, name: str) -> Path | None:
-        """A file the version's run logged (its reference profile; older versions' serving files), or None."""
+        """A file the version's run logged (older versions' serving files), or None; from a remote store it is
+        downloaded into this version's temporary folder, deleted by :meth:`close`."""
         import mlflow.artifacts
         from mlflow.exceptions import MlflowException
 
@@ -547,10 +554,21 @@ class VersionFiles:
         if folder is not None:
             path = folder / name
             return path if path.is_file() else None
+        into = self._scratch() / "run"
+        into.mkdir(exist_ok=True)
+        uri = f"{self._run_artifacts.rstrip('/')}/{name}"
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{self._run_artifacts.rstrip('/')}/{name}"))
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
         except (MlflowException, OSError):
             return None
+
+    def run_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON file of the version's run (its reference profile), parsed; None when the run has none.
+        Nothing downloaded for it is kept."""
+        try:
+            return _read_json(self.run_file(name))
+        finally:
+            self.close()
 
 
 def _local_dir(uri: str | None) -> Path | None:
@@ -619,8 +637,7 @@ def _native_booster(files: VersionFiles) -> lgb.Booster:
 
 def read_profile(c: MlflowClient, mv: ModelVersion) -> dict[str, Any]:
     """The reference profile saved with a model version's training run."""
-    path = VersionFiles(c, mv).run_file(PROFILE_FILE)
-    if path is None:
+    profile = VersionFiles(c, mv).run_json(PROFILE_FILE)
+    if profile is None:
         raise FileNotFoundError(f"{mv.name} v{mv.version} has no {PROFILE_FILE} with its run")
-    with open(path) as fh:
-        return dict(json.load(fh))
+    return profile

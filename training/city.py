@@ -4,7 +4,6 @@ registered. The DAG maps it over cities; ``cityml train`` loops over it (trainin
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -251,11 +250,8 @@ def _label_reference(held: LoadedModel | None) -> dict[str, Any] | None:
     """The champion's training labels as its reference profile recorded them (None for versions before that)."""
     if held is None or held.files is None:
         return None
-    path = held.files.run_file(PROFILE_FILE)
-    if path is None:
-        return None
-    with open(path) as fh:
-        reference = json.load(fh).get("label")
+    profile = held.files.run_json(PROFILE_FILE)
+    reference = profile.get("label") if profile is not None else None
     return reference if isinstance(reference, dict) else None
 
 

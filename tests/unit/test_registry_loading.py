@@ -1,5 +1,6 @@
 """Loading a registered version never unpickles: only a LightGBM Booster in text format is read."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,62 @@ def test_a_version_logged_before_its_files_moved_to_its_model_reads_them_from_it
     loaded = load_version(c, mv)  # type: ignore[arg-type]
     assert len(loaded.members) == 3 and self_test(loaded) is None
     np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+
+
+def test_from_a_remote_store_files_read_from_a_run_are_deleted_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older version's self-test rows and members, and any version's reference profile (drift, the gate), live
+    with its run: read from a remote store, they are deleted once parsed, like the model's own files."""
+    import shutil
+    import tempfile
+
+    import mlflow.artifacts
+    import yaml
+    from mlflow.tracking._model_registry.client import ModelRegistryClient
+
+    from cityml.registry import read_profile, self_test
+
+    settings = Settings(home=tmp_path / "var")
+    mv, frame, before = _blended_version(settings)
+    c = client(settings)
+    folder = VersionFiles(c, mv).model_folder  # type: ignore[arg-type]
+    run = c.get_run(mv.run_id)  # type: ignore[arg-type]
+    run_folder = Path(run.info.artifact_uri.removeprefix("file://"))
+    shutil.copytree(folder / "cityml", run_folder, dirs_exist_ok=True)  # the older layout
+    shutil.rmtree(folder / "cityml")
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    del mlmodel["metadata"]
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+    remote_model, remote_run = "mlflow-artifacts:/1/models/m-1/artifacts", "mlflow-artifacts:/1/run-1/artifacts"
+    monkeypatch.setattr(ModelRegistryClient, "get_model_version_download_uri", lambda self, n, v: remote_model)
+    run.info._artifact_uri = remote_run
+    monkeypatch.setattr(type(c), "get_run", lambda self, run_id: run)
+    fetched: list[str] = []
+
+    def download(artifact_uri: str, dst_path: str) -> str:
+        fetched.append(artifact_uri)
+        for remote, local in ((remote_model, folder), (remote_run, run_folder)):
+            if artifact_uri.startswith(remote + "/"):
+                source = local / artifact_uri.removeprefix(remote + "/")
+                if not source.is_file():
+                    raise OSError(f"{artifact_uri}: no such file")  # what the store answers for a missing file
+                return str(shutil.copy(source, Path(dst_path) / source.name))
+        raise AssertionError(artifact_uri)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = load_version(c, mv)  # type: ignore[arg-type]
+    assert len(loaded.members) == 3 and self_test(loaded) is None
+    np.testing.assert_allclose(loaded.predict(frame), before, rtol=1e-9)
+    assert f"{remote_run}/members/2.txt" in fetched
+    assert list(scratch.iterdir()) == []
+    assert read_profile(c, mv) == json.loads((run_folder / "reference_profile.json").read_text())  # type: ignore[arg-type]
+    assert f"{remote_run}/reference_profile.json" in fetched
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize("listed", ["selftest.json", {"a": 1}, [1, 2]])
