@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette._utils import get_route_path  # the router's own rule: the guard must see the path it routes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,24 +42,35 @@ class TooLarge(HTTPException):
         super().__init__(413, error_body(f"body larger than {limit} bytes", "too_large", ["body"])["detail"])
 
 
+#: Paths anyone may call: health, metrics, the API's documents. MLflow's webhook cannot send a key:
+#: its route checks the delivery's HMAC signature instead. Every other path needs a key, an admin
+#: key under ``/admin``: a route added later is closed until it is listed here.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {"/admin/registry-events"}
+)
+PUBLIC_PREFIXES = ("/static-offline-docs/",)
+ADMIN_PREFIX = "/admin"
+MAX_LENGTH_DIGITS = 18  # a Content-Length any body limit can be compared with
+
+
 class Guard:
     """Pure ASGI middleware: key check, body limit and the last-resort 500, before and around routing."""
 
-    def __init__(self, app: ASGIApp, protected: tuple[str, ...] = ("/v1/", "/admin")) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.protected = protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = getattr(scope["app"].state, "cityml", None) if "app" in scope else None
-        path: str = scope["path"]
-        # The one key check of the API. MLflow's webhook cannot send a key: its HMAC signature is
-        # checked by its route instead.
-        if path.startswith(self.protected) and path != "/admin/registry-events":
+        # The path the router matches: under a prefix (``--root-path``, a proxy's mount) the prefix is
+        # part of ``scope["path"]``; checking that instead let every request past the key check.
+        path = get_route_path(scope)
+        if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             refusal = (
-                self._refuse(state, scope, admin=path.startswith("/admin"))
+                self._refuse(state, scope, path)
                 if state is not None
                 else _json(503, error_body("starting: models not loaded yet", "unavailable"))
             )
@@ -67,7 +79,11 @@ class Guard:
                 return
         limit = state.settings.max_body_bytes if state is not None else 1 << 20
         length = _header(scope, b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and (not length.isdigit() or len(length) > MAX_LENGTH_DIGITS):
+            body = error_body("Content-Length must be a number of bytes", "bad_request", ["header", "Content-Length"])
+            await _json(status.HTTP_400_BAD_REQUEST, body)(scope, receive, send)
+            return
+        if length is not None and int(length) > limit:
             body = error_body(f"body larger than {limit} bytes", "too_large", ["body"])
             await _json(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, body)(scope, receive, send)
             return
@@ -95,18 +111,19 @@ class Guard:
                 await _json(exc.status_code, {"detail": exc.detail})(scope, receive, send)
         except Exception:
             request_id = uuid.uuid4().hex
-            log.exception("500 on %s %s (request %s)", scope.get("method"), path, request_id)
+            log.exception("500 on %s %s (request %s)", scope.get("method"), scope["path"], request_id)
             if state is not None:
                 state.metrics.server_errors.labels(_route(scope)).inc()
             if not started:
                 body = error_body("internal error; the server logged it", "server_error", request_id=request_id)
                 await _json(500, body)(scope, receive, send)
 
-    def _refuse(self, state: Any, scope: Scope, admin: bool) -> JSONResponse | None:
+    def _refuse(self, state: Any, scope: Scope, path: str) -> JSONResponse | None:
+        admin = path.startswith(ADMIN_PREFIX)
         access = check_key(state.settings, _header(scope, b"x-api-key"), admin)
         if access == "ok":
             return None
-        if not admin:
+        if path.startswith("/v1/predict"):
             state.metrics.errors.labels("auth").inc()
         try:
             raise_for(access, admin)

@@ -225,6 +225,33 @@ def test_keys(api: TestClient, key: str | None, path: str, code: int) -> None:
     assert r.json()["detail"][0]["loc"] == ["header", "X-API-Key"]
 
 
+def test_under_a_path_prefix_every_route_still_needs_its_key(state: AppState) -> None:
+    """Behind ``--root-path`` (or a proxy's mount) the prefix is part of the request's path: the guard checks
+    the path the router matches, and anything not public needs a key, a route nobody listed included."""
+    with TestClient(create_app(state=state), root_path="/api", raise_server_exceptions=False) as client:
+        assert client.post("/api/admin/reload").status_code == 401
+        assert client.post("/api/admin/reload", headers={"X-API-Key": KEY}).status_code == 403
+        assert client.get("/api/v1/models").status_code == 401
+        assert client.post("/api/v1/predict/eta", json={"instances": [trip()]}).status_code == 401
+        r = client.post("/api/v1/predict/eta", json={"instances": [trip()]}, headers={"X-API-Key": KEY})
+        assert r.status_code == 200, r.text
+        assert client.get("/api/healthz").status_code == 200 and client.get("/api/openapi.json").status_code == 200
+        assert client.get("/api/not-a-route").status_code == 401  # closed unless listed public
+        assert client.get("/api/not-a-route", headers={"X-API-Key": KEY}).status_code == 404
+
+
+def test_a_key_sent_with_surrounding_spaces_is_the_key(api: TestClient) -> None:
+    """h11 strips a header value's spaces, httptools keeps them: the same key works under both."""
+    assert post(api, {"instances": [trip()]}, key=f" {KEY} ").status_code == 200
+
+
+@pytest.mark.parametrize("length", ["9" * 5_000, "-5", "+5", "1e3"])
+def test_a_content_length_that_is_not_a_size_is_400(api: TestClient, length: str) -> None:
+    r = api.post("/v1/predict/eta", content=b"{}", headers={"Content-Length": length, "X-API-Key": KEY})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"][0]["loc"] == ["header", "Content-Length"]
+
+
 def test_blank_keys_count_as_unset(tmp_path: Path, booster: lgb.Booster) -> None:
     state = _state(tmp_path, booster)
     state.settings = state.settings.model_copy(update={"admin_key": SecretStr("  "), "api_keys": [SecretStr("")]})
