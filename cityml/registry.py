@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,7 +71,23 @@ Held = TypeVar("Held")
 
 
 class RegistryError(RuntimeError):
-    """The registry could not answer (down, timing out, failing): not the same as "no champion"."""
+    """The registry could not answer (down, timing out, failing): not the same as "no champion".
+
+    Its message is :func:`redact`-ed: it is shown on ``/readyz``, which needs no key.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#]*)\?[^\s'\")]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with what URLs carry as secrets masked: a user and password (``https://user:pw@host``) and
+    query strings (a pre-signed artifact URL's signature). Registry errors quote the URLs they failed on."""
+    return _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", text))
 
 
 def champion(c: MlflowClient, name: str) -> ModelVersion | None:

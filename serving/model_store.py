@@ -31,6 +31,7 @@ from cityml.registry import (
     choose_serving,
     client,
     load_version,
+    redact,
     self_test,
 )
 from cityml.settings import Settings
@@ -199,7 +200,7 @@ class ModelStore:
             try:
                 mv = c.get_model_version(model, mv)
             except Exception as exc:  # noqa: BLE001 -- MLflow or the network: the registry, not the version
-                return None, f"registry failed on {model} v{mv}: {type(exc).__name__}: {str(exc)[:300]}", True
+                return None, f"registry failed on {model} v{mv}: {type(exc).__name__}: {redact(str(exc))[:300]}", True
         name = f"{mv.name} v{mv.version}"
         try:
             loaded = load_version(c, mv, self._bases)
@@ -207,7 +208,7 @@ class ModelStore:
         except RegistryError as exc:  # the registry failed mid-load: try the version again next refresh
             return None, f"{name}: {exc}", True
         except Exception as exc:  # noqa: BLE001 -- any failure to load keeps the old version serving
-            reason = f"load failed: {type(exc).__name__}: {str(exc)[:300]}"
+            reason = f"load failed: {type(exc).__name__}: {redact(str(exc))[:300]}"  # shown on /readyz
         if reason is not None:
             log.error("%s is champion but does not serve: %s", name, reason)
             return None, reason, False

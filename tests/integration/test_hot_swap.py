@@ -160,12 +160,15 @@ def test_a_failing_registry_keeps_what_is_served_and_says_so(tmp_path: Path, mon
     set_champion(c, "eta-alpha", first, "test")
 
     def down(*args: object, **kwargs: object) -> None:
-        raise mlflow.exceptions.MlflowException("connection refused", error_code="INTERNAL_ERROR")
+        # Quoting the URL it failed on, credentials and all: /readyz (no key) shows the error.
+        url = "http://svc:s3cr3t@registry:5000/api/2.0/mlflow/registered-models/search"
+        raise mlflow.exceptions.MlflowException(f"connection refused: {url}", error_code="INTERNAL_ERROR")
 
     monkeypatch.setattr(mlflow.MlflowClient, "search_registered_models", down)
     assert store.refresh() == {}
     assert store.get("eta", "alpha")[0].model.version == second  # type: ignore[union-attr]
     assert store.registry_error is not None and "listing champions" in store.registry_error
+    assert "s3cr3t" not in store.registry_error and "http://***@registry:5000/" in store.registry_error
     monkeypatch.undo()
 
     monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", down)  # listed, then the registry fails
@@ -197,15 +200,17 @@ def test_a_registry_failing_in_the_middle_of_a_load_does_not_blame_the_version(
     set_champion(c, "eta-alpha", second, "test")
 
     def failing(*args: object, **kwargs: object) -> None:
-        raise mlflow.exceptions.MlflowException("it said no", error_code=getattr(databricks_pb2, code))
+        url = "https://bucket.s3.amazonaws.com/m/model.lgb?X-Amz-Signature=f00d"  # a pre-signed URL
+        raise mlflow.exceptions.MlflowException(f"it said no: {url}", error_code=getattr(databricks_pb2, code))
 
     monkeypatch.setattr(ModelRegistryClient, "get_model_version_download_uri", failing)
     changes = store.refresh()
     assert store.get("eta", "alpha")[0].model.version == first  # type: ignore[union-attr]
     if not outage:
         assert "it said no" in changes["eta-alpha"] and store.registry_error is None
-        assert store.stale["eta-alpha"].version == second
+        assert store.stale["eta-alpha"].version == second and "f00d" not in store.stale["eta-alpha"].reason
         return
+    assert "f00d" not in str(store.registry_error)
     assert changes == {} and store.stale == {} and "it said no" in str(store.registry_error)
     monkeypatch.undo()
 
