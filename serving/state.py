@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -83,6 +86,34 @@ class Metrics:
         return generate_latest(summed)
 
 
+class Deliveries:
+    """Registry webhook deliveries this worker handled in the last ``window_s`` seconds, by delivery id.
+
+    A signed delivery is handled once: a captured one replayed within the signature's time window
+    is told it was received, and reloads nothing. At most ``limit`` ids are kept, oldest first out.
+    """
+
+    def __init__(self, window_s: float = 300.0, limit: int = 10_000) -> None:
+        self.window_s = window_s
+        self.limit = limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def seen(self, delivery_id: str) -> bool:
+        """Whether ``delivery_id`` was handled within the window."""
+        now = time.monotonic()
+        kept = self._seen
+        while kept and next(iter(kept.values())) < now - self.window_s:
+            kept.popitem(last=False)
+        return delivery_id in kept
+
+    def add(self, delivery_id: str) -> None:
+        """Remember a handled delivery."""
+        self._seen[delivery_id] = time.monotonic()
+        self._seen.move_to_end(delivery_id)
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -91,14 +122,21 @@ class AppState:
     log: PredictionLog
     metrics: Metrics
     signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``
+    deliveries: Deliveries = field(default_factory=lambda: Deliveries())
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def reload(self, names: set[str] | None = None, tell_others: bool = False) -> dict[str, str]:
         """Load the champions that moved (``names`` only, or all), count the loads; the one way every
         caller reloads (startup, polling, a webhook, ``/admin/reload``, another worker's note).
 
+        One at a time, the others waiting on the event loop: a reload holds the store for as long as
+        its loads take (44 s for 2,000 models), and each waiting in a worker thread took one of the
+        pool's 40 until a burst of webhook deliveries left none for the routes that need one.
+
         ``tell_others``: the request reached this worker only; the other workers follow.
         """
-        changes = await run_in_threadpool(self.models.refresh, names)
+        async with self._reloading:
+            changes = await run_in_threadpool(self.models.refresh, names)
         self.metrics.reloads.inc(loads(changes))
         if tell_others and self.signals is not None:
             self.signals.tell(names)

@@ -360,17 +360,17 @@ def _alias_event(name: str) -> bytes:
     return json.dumps({"entity": "model_version_alias", "action": "created", "data": data}).encode()
 
 
-def _signed(body: bytes, secret: str, stamp: str) -> dict[str, str]:
+def _signed(body: bytes, secret: str, stamp: str, delivery: str = "d1") -> dict[str, str]:
     """MLflow's webhook headers for ``body``: an HMAC-SHA256 of delivery id, timestamp and body."""
     import base64
     import hashlib
     import hmac
 
-    mac = hmac.new(secret.encode(), f"d1.{stamp}.".encode() + body, hashlib.sha256).digest()
+    mac = hmac.new(secret.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).digest()
     return {
         "X-MLflow-Signature": "v1," + base64.b64encode(mac).decode(),
         "X-MLflow-Timestamp": stamp,
-        "X-MLflow-Delivery-Id": "d1",
+        "X-MLflow-Delivery-Id": delivery,
     }
 
 
@@ -392,6 +392,84 @@ def test_a_signed_registry_event_reloads_just_that_model(api: TestClient, state:
     assert api.post("/admin/registry-events", content=body, headers=signed("s", old)).status_code == 401  # replay
     r = api.post("/admin/registry-events", content=body, headers=signed("s", now))
     assert r.status_code == 200 and r.json() == {"changed": {"eta-alpha": "v4"}} and asked == [{"eta-alpha"}]
+    # The same delivery again (captured and replayed, or MLflow trying again): received, nothing reloaded.
+    r = api.post("/admin/registry-events", content=body, headers=signed("s", now))
+    assert r.status_code == 200 and "already received" in r.json()["ignored"] and asked == [{"eta-alpha"}]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "body", "code"),
+    [
+        ("9" * 5_000, _alias_event("eta-alpha"), 401),  # past int()'s digit limit
+        ("now", b"[" * 5_000 + b"]" * 5_000, 422),  # nested past the JSON parser's recursion limit
+        ("now", b'{"entity": "model_version_alias", "action": "created", "data": "eta-alpha"}', 422),
+        ("now", b'"just text"', 422),
+    ],
+)
+def test_a_signed_delivery_that_is_no_event_is_refused_not_a_500(
+    api: TestClient, state: AppState, stamp: str, body: bytes, code: int
+) -> None:
+    import time
+
+    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+    stamp = str(int(time.time())) if stamp == "now" else stamp
+    r = api.post("/admin/registry-events", content=body, headers=_signed(body, "s", stamp))
+    assert r.status_code == code, r.text
+    assert "detail" in r.json()
+
+
+def test_a_burst_of_deliveries_reloads_one_at_a_time_and_health_answers_meanwhile(state: AppState) -> None:
+    """60 signed deliveries while a reload takes its time (44 s at 2,000 models): they wait their turn on the
+    event loop, not each in a worker thread (the pool has 40), and the probes keep answering."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    release = threading.Event()
+    running: list[int] = []
+    most = [0]
+
+    def slow(only: set[str] | None = None) -> dict[str, str]:
+        running.append(1)
+        most[0] = max(most[0], len(running))
+        release.wait(30)
+        running.pop()
+        return {}
+
+    state.models.refresh = slow  # type: ignore[method-assign]
+    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+    app = create_app(state=state)
+    app.state.cityml = state
+    body = _alias_event("eta-alpha")
+
+    async def burst() -> tuple[list[int], list[int]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cityml") as client:
+            now = str(int(time.time()))
+            posts = [
+                asyncio.create_task(
+                    client.post("/admin/registry-events", content=body, headers=_signed(body, "s", now, f"d{i}"))
+                )
+                for i in range(60)
+            ]
+            try:
+                await asyncio.sleep(0.3)
+                probes = [
+                    (await asyncio.wait_for(client.get(path), 10)).status_code
+                    for path in ("/healthz", "/readyz", "/metrics")
+                ]
+                listed = await asyncio.wait_for(client.get("/v1/models", headers={"X-API-Key": KEY}), 10)
+                probes.append(listed.status_code)
+            finally:
+                release.set()
+            return probes, [r.status_code for r in await asyncio.gather(*posts)]
+
+    probes, answers = asyncio.run(burst())
+    state.log.close()
+    assert probes == [200, 200, 200, 200]
+    assert answers == [200] * 60 and most[0] == 1
 
 
 def test_a_city_held_by_another_shard_gets_421_naming_that_shard(tmp_path: Path, booster: lgb.Booster) -> None:
@@ -423,7 +501,8 @@ def test_a_city_held_by_another_shard_gets_421_naming_that_shard(tmp_path: Path,
         assert r.status_code == 200 and r.json() == {"ignored": f"price-beta-city is held by shard {other}"}
         assert asked == []
         mine = _alias_event("eta-alpha")
-        assert api.post("/admin/registry-events", content=mine, headers=_signed(mine, "s", now)).status_code == 200
+        r = api.post("/admin/registry-events", content=mine, headers=_signed(mine, "s", now, "d2"))
+        assert r.status_code == 200
         assert asked == [{"eta-alpha"}]
     state.log.close()
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Annotated, Any
 
@@ -19,11 +20,14 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 
 from cityml.naming import CHAMPION, split_model_name
 from serving.api.deps import AdminDep, StateDep
+from serving.state import AppState
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
-#: A signed event older (or newer) than this is refused: a captured delivery cannot be replayed later.
+#: A signed event older (or newer) than this is refused: a captured delivery cannot be replayed later
+#: (within it, a delivery id is accepted once: ``serving.state.Deliveries``).
 MAX_SKEW_S = 300
+_SECONDS = re.compile(r"[0-9]{1,12}")  # epoch seconds, ASCII digits only (str.isdigit takes "¹²³")
 
 
 @router.post("/reload")
@@ -65,15 +69,24 @@ async def registry_event(
     body = await request.body()
     if not signature_ok(secret, x_mlflow_delivery_id, x_mlflow_timestamp, body, x_mlflow_signature):
         raise _refused("signature does not match")
-    if not x_mlflow_timestamp.isdigit() or abs(time.time() - int(x_mlflow_timestamp)) > MAX_SKEW_S:
+    if not _SECONDS.fullmatch(x_mlflow_timestamp) or abs(time.time() - int(x_mlflow_timestamp)) > MAX_SKEW_S:
         raise _refused(f"timestamp more than {MAX_SKEW_S} s away")
+    if state.deliveries.seen(x_mlflow_delivery_id):  # a replay, or MLflow trying again
+        return {"ignored": f"delivery {x_mlflow_delivery_id[:64]!r} already received"}
+    answer = await _handle(state, body)
+    state.deliveries.add(x_mlflow_delivery_id)  # handled: a failed one may be tried again
+    return answer
+
+
+async def _handle(state: AppState, body: bytes) -> dict[str, Any]:
+    """A verified delivery's event: a moved ``@champion`` reloads that model; anything else is ignored."""
     try:
         event = json.loads(body)
         entity, action, data = event["entity"], event["action"], event["data"]
         name, alias = str(data["name"]), str(data.get("alias", ""))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise HTTPException(
-            422, [{"loc": ["body"], "msg": f"not an MLflow event: {exc}", "type": "bad_event"}]
+            422, [{"loc": ["body"], "msg": f"not an MLflow event: {str(exc)[:200]}", "type": "bad_event"}]
         ) from exc
     if entity != "model_version_alias" or alias != CHAMPION:
         return {"ignored": f"{entity}.{action} {name}@{alias}"}

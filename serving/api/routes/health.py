@@ -9,14 +9,17 @@ from serving.api.deps import StateDep
 
 router = APIRouter(tags=["health"])
 
+# ``async``: they only read what the server holds, so they answer on the event loop even when every
+# worker thread is busy (a liveness probe that timed out then would restart a healthy server).
+
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(state: StateDep, response: Response) -> dict[str, object]:
+async def readyz(state: StateDep, response: Response) -> dict[str, object]:
     """Ready once models loaded; lists champion versions that do not serve (``stale``), registry errors, and
     which shard of the fleet this server is (``i/n``; ``0/1`` unsharded)."""
     served = state.models.all()
@@ -34,7 +37,7 @@ def readyz(state: StateDep, response: Response) -> dict[str, object]:
 
 
 @router.get("/metrics")
-def metrics(state: StateDep) -> Response:
+async def metrics(state: StateDep) -> Response:
     m = state.metrics
     m.stale.set(len(state.models.stale))
     m.served.set(len(state.models.all()))
