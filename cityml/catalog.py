@@ -153,13 +153,17 @@ class City(BaseModel):
         """What the request-time features are computed with: local time, holidays, zone areas."""
         return CityContext(self.timezone, self.holidays, self.zone_areas)
 
+    def contains(self, lat: float, lon: float) -> bool:
+        """Whether a point is inside the city's bbox (edges included): trips outside it are refused at import
+        (``cityml.data.validation``, the same bounds on whole columns) and requests outside it at serving."""
+        min_lat, min_lon, max_lat, max_lon = self.bbox
+        return min_lat <= lat <= max_lat and min_lon <= lon <= max_lon
+
     def zone_of(self, lat: float, lon: float) -> str | None:
         """The synthetic grid zone holding a point, or None outside the bbox / without a grid."""
-        if self.synthetic is None:
+        if self.synthetic is None or not self.contains(lat, lon):
             return None
         min_lat, min_lon, max_lat, max_lon = self.bbox
-        if not (min_lat <= lat <= max_lat and min_lon <= lon <= max_lon):
-            return None
         n = self.synthetic.grid
         row = min(int((lat - min_lat) / (max_lat - min_lat) * n), n - 1)
         col = min(int((lon - min_lon) / (max_lon - min_lon) * n), n - 1)

@@ -23,13 +23,20 @@ class RequestError(ValueError):
 
 
 def _zone(city: City, i: int, inst: TripRequest, end: str, known: frozenset[str] | None) -> str:
-    """The instance's zone at one end: as given (if the city has it), else placed from the coordinates."""
+    """The instance's zone at one end: as given (if the city has it), else placed from the coordinates.
+
+    Coordinates, when given, must be inside the city's bbox, zones given or not: the distance is
+    computed from them, and training never saw a trip that left the bbox (the importer refuses it).
+    """
     given: str | None = getattr(inst, f"{end}_zone")
+    lat, lon = getattr(inst, f"{end}_lat"), getattr(inst, f"{end}_lon")
+    if lat is not None and lon is not None and not city.contains(lat, lon):
+        message = f"{end} point ({lat}, {lon}) is outside {city.slug}'s bbox {list(city.bbox)}"
+        raise RequestError(i, f"{end}_lat", message, "outside_bbox")
     if given is not None:
         if known is not None and given not in known:
             raise RequestError(i, f"{end}_zone", f"{city.slug} has no zone {given[:40]!r}", "unknown_zone")
         return given
-    lat, lon = getattr(inst, f"{end}_lat"), getattr(inst, f"{end}_lon")
     zone = city.zone_of(lat, lon)
     if zone is None:
         raise RequestError(

@@ -21,11 +21,14 @@ class TripRequest(BaseModel):
     )
     pickup_zone: str | None = Field(default=None, min_length=1, max_length=64, description="Zone id in the city.")
     dropoff_zone: str | None = Field(default=None, min_length=1, max_length=64, description="Zone id in the city.")
-    pickup_lat: float | None = Field(default=None, ge=-90, le=90)
-    pickup_lon: float | None = Field(default=None, ge=-180, le=180)
-    dropoff_lat: float | None = Field(default=None, ge=-90, le=90)
-    dropoff_lon: float | None = Field(default=None, ge=-180, le=180)
-    distance_km: float | None = Field(default=None, gt=0, le=500, description="Routed distance, if no coordinates.")
+    # Numbers only (strict): ``true`` or ``"4.2"`` is a client's bug, not a 1 km or 4.2 km trip.
+    pickup_lat: float | None = Field(default=None, ge=-90, le=90, strict=True, description="Inside the city's bbox.")
+    pickup_lon: float | None = Field(default=None, ge=-180, le=180, strict=True)
+    dropoff_lat: float | None = Field(default=None, ge=-90, le=90, strict=True, description="Inside the city's bbox.")
+    dropoff_lon: float | None = Field(default=None, ge=-180, le=180, strict=True)
+    distance_km: float | None = Field(
+        default=None, gt=0, le=500, strict=True, description="Routed distance, used when no coordinates are given."
+    )
     trip_id: str | None = Field(
         default=None, max_length=128, description="Your trip id, kept in the prediction log to join the outcome later."
     )

@@ -302,6 +302,10 @@ def test_more_than_1000_instances_is_413_and_422s_do_not_echo_the_input(api: Tes
             422,
         ),
         (trip(city="beta-city"), "city", 503),  # in the catalog, no model
+        # Zones given, but a point on another continent: the distance would be, and training never saw it.
+        (trip(pickup_lat=38.75, pickup_lon=-9.15, dropoff_lat=-33.9, dropoff_lon=151.2), "dropoff_lat", 422),
+        (trip(distance_km=True), "distance_km", 422),  # not a number: not a 1 km trip
+        (trip(distance_km="4.2"), "distance_km", 422),
     ],
 )
 def test_refusals_name_the_field(api: TestClient, instance: dict[str, Any], field: str, code: int) -> None:
