@@ -422,6 +422,35 @@ def test_a_signed_delivery_that_is_no_event_is_refused_not_a_500(
     assert "detail" in r.json()
 
 
+def test_a_webhook_body_that_never_arrives_is_408(state: AppState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The webhook route is open to anyone (it checks a signature, not a key): a body sent byte by byte, or
+    never, is given up on instead of holding the connection."""
+    import asyncio
+
+    import httpx
+
+    from serving.api.routes import admin
+
+    monkeypatch.setattr(admin, "BODY_TIMEOUT_S", 0.2)
+    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+    app = create_app(state=state)
+    app.state.cityml = state
+
+    async def trickle() -> Any:
+        async def body() -> Any:
+            yield b"{"
+            await asyncio.sleep(5)
+            yield b"}"
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cityml") as client:
+            headers = _signed(b"{}", "s", "1")
+            return await asyncio.wait_for(client.post("/admin/registry-events", content=body(), headers=headers), 3)
+
+    r = asyncio.run(trickle())
+    state.log.close()
+    assert r.status_code == 408 and r.json()["detail"][0]["type"] == "timeout"
+
+
 def test_a_burst_of_deliveries_reloads_one_at_a_time_and_health_answers_meanwhile(state: AppState) -> None:
     """60 signed deliveries while a reload takes its time (44 s at 2,000 models): they wait their turn on the
     event loop, not each in a worker thread (the pool has 40), and the probes keep answering."""

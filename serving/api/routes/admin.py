@@ -8,6 +8,7 @@ is reloaded. Polling (``CITYML_RELOAD_INTERVAL_S``) stays as the fallback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,6 +28,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 #: A signed event older (or newer) than this is refused: a captured delivery cannot be replayed later
 #: (within it, a delivery id is accepted once: ``serving.state.Deliveries``).
 MAX_SKEW_S = 300
+BODY_TIMEOUT_S = 10.0  # MLflow sends a few hundred bytes at once
 _SECONDS = re.compile(r"[0-9]{1,12}")  # epoch seconds, ASCII digits only (str.isdigit takes "¹²³")
 
 
@@ -66,7 +68,13 @@ async def registry_event(
         raise _refused("registry webhook not enabled: set CITYML_WEBHOOK_SECRET", status.HTTP_404_NOT_FOUND)
     if not (x_mlflow_signature and x_mlflow_timestamp and x_mlflow_delivery_id):
         raise _refused("missing X-MLflow-Signature, X-MLflow-Timestamp or X-MLflow-Delivery-Id")
-    body = await request.body()
+    try:  # anyone may call this route: a body trickled in byte by byte must not hold the connection
+        body = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise HTTPException(
+            status.HTTP_408_REQUEST_TIMEOUT,
+            [{"loc": ["body"], "msg": f"body not received within {BODY_TIMEOUT_S:g} s", "type": "timeout"}],
+        ) from None
     if not signature_ok(secret, x_mlflow_delivery_id, x_mlflow_timestamp, body, x_mlflow_signature):
         raise _refused("signature does not match")
     if not _SECONDS.fullmatch(x_mlflow_timestamp) or abs(time.time() - int(x_mlflow_timestamp)) > MAX_SKEW_S:
