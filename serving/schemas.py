@@ -91,3 +91,36 @@ class ModelList(BaseModel):
     total: int
     offset: int
     models: list[ModelInfo]
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. body, instances, 0, city; or header, X-API-Key.")
+    msg: str
+    type: str = Field(description="A stable reason code: unauthorized, unknown_zone, too_large, ...")
+
+
+class ErrorBody(BaseModel):
+    """Every error's shape (FastAPI's validation shape); the input is never echoed back."""
+
+    detail: list[ErrorItem]
+    errors: int | None = Field(default=None, description="A 422's count of problems; at most 20 are listed.")
+    request_id: str | None = Field(default=None, description="A 500's id, under which the server logged it.")
+
+
+_ERRORS = {
+    400: "A Content-Length that is not a size.",
+    401: "No key, or a wrong one (X-API-Key).",
+    403: "A predict key on /admin.",
+    404: "Not enabled on this server.",
+    408: "The body did not arrive in time.",
+    413: "A body past the size limit, or more than 1,000 instances.",
+    421: "A city another shard of the fleet serves: send X-City through its proxy.",
+    422: "A value the route cannot take; each problem names its field.",
+    500: "A server error: counted, logged under request_id; the connection stays usable.",
+    503: "Starting, no key configured, or no model for the city.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """The OpenAPI ``responses`` of a route's errors, in :class:`ErrorBody`'s shape (400, 413 and 500: any route)."""
+    return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in sorted({400, 413, 500, *codes})}

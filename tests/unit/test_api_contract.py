@@ -14,6 +14,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from serving.app import create_app
 from serving.model_store import Served
@@ -33,7 +38,9 @@ def test_no_request_the_schema_allows_is_a_server_error(case: schemathesis.Case)
     case.headers = {**(case.headers or {}), "X-API-Key": KEY}
     _cities_made_real(case.body)
     response = case.call()
-    case.validate_response(response, checks=[not_a_server_error])
+    # and every answer, error or not, is one the document declares, in the declared shape
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    case.validate_response(response, checks=checks)
 
 
 def _cities_made_real(body: object) -> None:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 
 from cityml.naming import CHAMPION, split_model_name
 from serving.api.deps import AdminDep, StateDep
+from serving.schemas import error_responses
 from serving.state import AppState
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -32,7 +33,7 @@ BODY_TIMEOUT_S = 10.0  # MLflow sends a few hundred bytes at once
 _SECONDS = re.compile(r"[0-9]{1,12}")  # epoch seconds, ASCII digits only (str.isdigit takes "¹²³")
 
 
-@router.post("/reload")
+@router.post("/reload", responses=error_responses(401, 403, 503))
 async def reload(state: StateDep, _: AdminDep) -> dict[str, object]:
     """Load every champion whose alias moved since the last load."""
     changes = await state.reload(tell_others=True)
@@ -53,7 +54,7 @@ def _refused(msg: str, code: int = status.HTTP_401_UNAUTHORIZED) -> HTTPExceptio
     return HTTPException(code, [{"loc": ["header", "X-MLflow-Signature"], "msg": msg, "type": "bad_signature"}])
 
 
-@router.post("/registry-events")
+@router.post("/registry-events", responses=error_responses(401, 404, 408, 422))
 async def registry_event(
     request: Request,
     state: StateDep,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.api.deps import StateDep
@@ -18,7 +19,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: models not loaded yet, or none."}})
 async def readyz(state: StateDep, response: Response) -> dict[str, object]:
     """Ready once models loaded; lists champion versions that do not serve (``stale``), registry errors, and
     which shard of the fleet this server is (``i/n``; ``0/1`` unsharded)."""
@@ -36,7 +37,7 @@ async def readyz(state: StateDep, response: Response) -> dict[str, object]:
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format."}})
 async def metrics(state: StateDep) -> Response:
     m = state.metrics
     m.stale.set(len(state.models.stale))

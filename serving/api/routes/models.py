@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from serving.api.deps import ApiKeyDep, StateDep
-from serving.schemas import ModelInfo, ModelList
+from serving.schemas import ModelInfo, ModelList, error_responses
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(401, 422, 503))
 def list_models(
     state: StateDep,
     _: ApiKeyDep,

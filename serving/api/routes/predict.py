@@ -26,7 +26,7 @@ from cityml.naming import TARGETS, UNITS, Target
 from cityml.prediction_log import PredictionBatch
 from serving.features import RequestError, known_zones, trip_rows
 from serving.model_store import Served
-from serving.schemas import PredictRequest, PredictResponse
+from serving.schemas import PredictRequest, PredictResponse, error_responses
 from serving.state import AppState
 
 
@@ -108,7 +108,12 @@ def _refuse(state: AppState, code: int, index: int, field: str, message: str, re
     return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
 
 
-@router.post("/predict/{target}", response_model=PredictResponse, openapi_extra=_OPENAPI)
+@router.post(
+    "/predict/{target}",
+    response_model=PredictResponse,
+    responses=error_responses(401, 421, 422, 503),
+    openapi_extra=_OPENAPI,
+)
 async def predict(request: Request) -> Response:
     started = time.perf_counter()
     state: AppState = request.app.state.cityml
