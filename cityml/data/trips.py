@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cityml.data.schema import TRIP_COLUMNS, TRIP_SCHEMA, to_canonical
@@ -91,11 +92,15 @@ def _city_lock(trips_dir: Path, city: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_city(trips_dir: Path, city: str, part: pd.DataFrame) -> list[Path]:
+def _write_city(trips_dir: Path, city: str, part: pd.DataFrame, merge: bool) -> list[Path]:
     link = _city_link(trips_dir, city)
-    days = pd.to_datetime(part["pickup_ts"], utc=True).dt.date
     with _city_lock(trips_dir, city):
         current = _current(link)
+        replaced: set[str] = set()  # day files of the current version that this write replaces
+        if merge and current is not None:
+            # Read under the lock: stored trips read before it were another import's to replace.
+            part, replaced = _merged(current, part)
+        days = pd.to_datetime(part["pickup_ts"], utc=True).dt.date
         version = _next_version(trips_dir, city)
         version.mkdir()
         changed = set()
@@ -105,7 +110,7 @@ def _write_city(trips_dir: Path, city: str, part: pd.DataFrame) -> list[Path]:
             changed.add(path.parent.name)
         if current is not None:
             for old in current.glob("date=*/trips.parquet"):
-                if old.parent.name not in changed:
+                if old.parent.name not in changed | replaced:
                     (version / old.parent.name).mkdir()
                     os.link(old, version / old.parent.name / old.name)
         _publish(link, version)
@@ -114,8 +119,36 @@ def _write_city(trips_dir: Path, city: str, part: pd.DataFrame) -> list[Path]:
     return [link / name / "trips.parquet" for name in sorted(changed)]
 
 
-def write_trips(trips_dir: Path, df: pd.DataFrame) -> list[Path]:
-    """Store canonical trips, replacing the (city, day) files they cover; each city's change at once.
+def _merged(current: Path, new: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+    """New trips plus the stored trips of the day files they touch, one row per trip id, the new row winning;
+    and the day files read (``date=<day>``), which the result replaces whole.
+
+    A stored trip whose id comes again on another day (a source that corrected a pickup time) is moved, not
+    kept twice: every day file's ids are read (one column), and a day holding one is rewritten without it.
+    """
+    new = new[TRIP_COLUMNS].drop_duplicates("trip_id", keep="last")
+    new_days = {f"date={d.isoformat()}" for d in pd.to_datetime(new["pickup_ts"], utc=True).dt.date.unique()}
+    ids = pa.array(new["trip_id"].astype(str).unique(), type=pa.string())
+    kept, replaced = [], set()
+    for f in sorted(current.glob("date=*/trips.parquet")):
+        day = f.parent.name
+        if day not in new_days:
+            stored_ids = pq.read_table(f, columns=["trip_id"]).column("trip_id")
+            if not pc.any(pc.is_in(stored_ids, value_set=ids)).as_py():
+                continue
+        stored = pq.read_table(f, schema=TRIP_SCHEMA).to_pandas()
+        kept.append(stored[~stored["trip_id"].isin(new["trip_id"])])
+        replaced.add(day)
+    merged = pd.concat([*kept, new], ignore_index=True) if kept else new.reset_index(drop=True)
+    return merged, replaced
+
+
+def write_trips(trips_dir: Path, df: pd.DataFrame, merge: bool = False) -> list[Path]:
+    """Store canonical trips, each city's change at once.
+
+    ``merge=False`` replaces the (city, day) files the rows cover (a generator writing whole days).
+    ``merge=True`` (an import) adds them to what is stored, under the city's lock: the other trips of
+    those days stay, a stored trip with the same id is replaced (on whichever day it was stored).
 
     Returns:
         The day files written, as readers see them (through ``city=<slug>``).
@@ -124,7 +157,7 @@ def write_trips(trips_dir: Path, df: pd.DataFrame) -> list[Path]:
         return []
     written = []
     for city, part in df.groupby(df["city"], sort=True):
-        written += _write_city(trips_dir, str(city), part)
+        written += _write_city(trips_dir, str(city), part, merge)
     return written
 
 

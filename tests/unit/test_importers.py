@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from cityml.catalog import load_catalog
-from cityml.data.importers import TripFileError, TripSchemaError, chicago, import_files, merge_with_stored
+from cityml.data.importers import TripFileError, TripSchemaError, chicago, import_files
 from cityml.data.importers.common import month_period
 from cityml.data.trips import read_trips, trip_files, write_trips
 from cityml.settings import Settings
@@ -310,11 +311,12 @@ def test_import_adds_to_trips_already_stored_for_the_same_days(settings: Setting
     assert len(trip_files(settings.trips_dir, ["chicago"])) == 3  # 15, 16 and 17 Jan, each holding both sources
 
 
-def test_merge_with_stored_keeps_other_trips_of_the_day_and_prefers_new_rows(tmp_path: Path) -> None:
-    day = pd.Timestamp("2024-01-10 10:00", tz="UTC")
-    base = {
+def _stored_trip(trip_id: str, pickup: pd.Timestamp, fare: float | None = None) -> dict[str, Any]:
+    return {
         "city": "nyc",
-        "dropoff_ts": day + pd.Timedelta(minutes=10),
+        "trip_id": trip_id,
+        "pickup_ts": pickup,
+        "dropoff_ts": pickup + pd.Timedelta(minutes=10),
         "pickup_zone": "1",
         "dropoff_zone": "2",
         "pickup_lat": None,
@@ -323,25 +325,47 @@ def test_merge_with_stored_keeps_other_trips_of_the_day_and_prefers_new_rows(tmp
         "dropoff_lon": None,
         "distance_km": 3.0,
         "duration_s": 600.0,
+        "fare": fare,
         "currency": "USD",
     }
-    old = pd.DataFrame(
-        [
-            {**base, "trip_id": "a", "pickup_ts": day, "fare": 10.0},
-            {**base, "trip_id": "b", "pickup_ts": day, "fare": 11.0},
-            {**base, "trip_id": "c", "pickup_ts": day + pd.Timedelta(days=1), "fare": 12.0},
-        ]
+
+
+def test_a_merged_write_keeps_the_days_other_trips_and_stores_each_trip_id_once(tmp_path: Path) -> None:
+    day = pd.Timestamp("2024-01-10 10:00", tz="UTC")
+    old = [_stored_trip("a", day, 10.0), _stored_trip("b", day, 11.0), _stored_trip("c", day + pd.Timedelta(days=1))]
+    old.append(_stored_trip("e", day + pd.Timedelta(days=2), 13.0))
+    write_trips(tmp_path, pd.DataFrame(old))
+    # "b" again with a new fare; "d" is new; "e" comes back with a corrected pickup two days earlier.
+    new = [_stored_trip("b", day, 99.0), _stored_trip("d", day), _stored_trip("e", day, 14.0)]
+    write_trips(tmp_path, pd.DataFrame(new), merge=True)
+    stored = read_trips(tmp_path, ["nyc"])
+    fares = dict(zip(stored["trip_id"], stored["fare"], strict=True))
+    assert len(stored) == 5 and fares == pytest.approx(
+        {"a": 10.0, "b": 99.0, "c": float("nan"), "d": float("nan"), "e": 14.0}, nan_ok=True
     )
-    write_trips(tmp_path, old)
-    new = pd.DataFrame(
-        [{**base, "trip_id": "b", "pickup_ts": day, "fare": 99.0}, {**base, "trip_id": "d", "pickup_ts": day}]
-    )
-    merged = merge_with_stored(tmp_path, new)
-    # Only the day the new trips touch is read back: "c" lives in another day file that is not rewritten.
-    assert dict(zip(merged["trip_id"], merged["fare"], strict=True)) == pytest.approx(
-        {"a": 10.0, "b": 99.0, "d": float("nan")}, nan_ok=True
-    )
-    assert merge_with_stored(tmp_path, new.iloc[0:0]).empty
+    # The day "e" left is gone with it; the day nobody touched is the same file (linked, not rewritten).
+    assert [f.parent.name for f in trip_files(tmp_path, ["nyc"])] == ["date=2024-01-10", "date=2024-01-11"]
+    assert write_trips(tmp_path, pd.DataFrame(new).iloc[0:0], merge=True) == []
+
+
+def test_imports_of_one_city_at_once_lose_none_of_each_others_trips(tmp_path: Path) -> None:
+    """Each merged write reads what is stored under the city's lock: read before it, a second import wrote the day
+    back as it was before the first, and the first one's trips were gone."""
+    import threading
+
+    day = pd.Timestamp("2024-01-10 10:00", tz="UTC")
+
+    def importer(name: str) -> None:
+        for i in range(8):
+            trip = _stored_trip(f"{name}{i}", day + pd.Timedelta(minutes=i))
+            write_trips(tmp_path, pd.DataFrame([trip]), merge=True)
+
+    threads = [threading.Thread(target=importer, args=(name,)) for name in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(read_trips(tmp_path, ["nyc"])["trip_id"]) == sorted(f"{n}{i}" for n in "xyz" for i in range(8))
 
 
 def test_the_same_file_twice_in_a_batch_is_kept_once(settings: Settings) -> None:

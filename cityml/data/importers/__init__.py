@@ -4,7 +4,7 @@
 """
 
 from cityml.data.importers.batch import IMPORTERS, import_files
-from cityml.data.importers.common import TripFileError, merge_with_stored
+from cityml.data.importers.common import TripFileError
 from cityml.data.validation import TripSchemaError
 
-__all__ = ["IMPORTERS", "TripFileError", "TripSchemaError", "import_files", "merge_with_stored"]
+__all__ = ["IMPORTERS", "TripFileError", "TripSchemaError", "import_files"]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cityml.catalog import City, load_catalog
 from cityml.data.importers import chicago, nyc_tlc
-from cityml.data.importers.common import merge_with_stored, read_table
+from cityml.data.importers.common import read_table
 from cityml.data.trips import write_trips
 from cityml.data.validation import REASONS, ValidationResult, validate_trips, with_malformed_lines, write_quarantine
 from cityml.settings import Settings
@@ -126,7 +126,7 @@ def import_files(settings: Settings, source: Source, files: list[Path], city: st
     clean = [r.clean for _, r, _ in checked if not r.clean.empty]
     written: list[Path] = []
     if clean:
-        written = write_trips(settings.trips_dir, merge_with_stored(settings.trips_dir, pd.concat(clean)))
+        written = write_trips(settings.trips_dir, pd.concat(clean), merge=True)
     quarantined: list[str] = []
     for path, result, report in checked:
         q = write_quarantine(settings.quarantine_dir, target.slug, path.name, result.quarantine)

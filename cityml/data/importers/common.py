@@ -14,8 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cityml.data.schema import TRIP_COLUMNS
-from cityml.data.trips import read_trips
 from cityml.data.validation import TripSchemaError
 
 MILE_KM = 1.609344
@@ -256,25 +254,3 @@ def month_period(name: str, tz: str, slack: timedelta = timedelta(days=1)) -> tu
     start = pd.Timestamp(int(found[1]), int(found[2]), 1).tz_localize(tz)
     end = start + pd.DateOffset(months=1)
     return (start - slack).tz_convert("UTC"), (end + slack).tz_convert("UTC")
-
-
-def merge_with_stored(trips_dir: Path, new: pd.DataFrame) -> pd.DataFrame:
-    """New trips plus the stored trips of the (city, UTC day) files they touch, one row per trip id.
-
-    ``write_trips`` replaces whole day files, so without this an import would drop trips already stored for those
-    days. Where a trip id is both stored and new, the new row wins (a re-import reflects the current importer).
-    """
-    if new.empty:
-        return new
-    days = pd.to_datetime(new["pickup_ts"], utc=True).dt.floor("D")
-    parts = []
-    for city, city_days in days.groupby(new["city"]):
-        lo, hi = city_days.min(), city_days.max() + pd.Timedelta(days=1)
-        stored = read_trips(trips_dir, [str(city)], lo.to_pydatetime(), hi.to_pydatetime())
-        touched = stored["pickup_ts"].dt.floor("D").isin(set(city_days))
-        if touched.any():
-            parts.append(stored[touched])
-    if not parts:
-        return new[TRIP_COLUMNS].reset_index(drop=True)
-    merged = pd.concat([*parts, new[TRIP_COLUMNS]], ignore_index=True)
-    return merged.drop_duplicates(["city", "trip_id"], keep="last").reset_index(drop=True)
