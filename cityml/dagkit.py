@@ -35,7 +35,12 @@ if TYPE_CHECKING:
     from training.results import TrainResult
 
 POOL = "cityml_training"
-UNTIL_PATTERN = r"^$|^\d{4}-\d{2}-\d{2}([T ][0-9:.]+([+-]\d{2}:?\d{2}|Z)?)?$"
+#: The form's cut-off: empty, a date, or a date and time (UTC unless it has an offset), years 1900-2099. The
+#: lookahead refuses a newline: Python's ``$`` (Airflow checks params with Python's ``re``) matches before one.
+UNTIL_PATTERN = (
+    r"^(?![\s\S]*\n)(|(19|20)\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?([+-]([01]\d|2[0-3]):?[0-5]\d|Z)?)?)$"
+)
 RESULTS_KEY = "results"
 #: The Airflow connection a summary uses to write the run's note: the api-server's URL and a user allowed to edit
 #: runs (role ``user``). ``cityml services up`` and docker-compose.yml set it as ``AIRFLOW_CONN_CITYML_AIRFLOW_API``.
@@ -140,9 +145,14 @@ def run_context(params: dict[str, Any], run_id: str, until: str) -> RunContext:
 def cut_off(params: dict[str, Any]) -> tuple[str, str]:
     """The run's cut-off as ISO text, and where it came from: the form's, else the data interval end, else the
     trigger time (a manual run)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     until = params.get("until") or ""
     if until:
-        return pendulum.parse(until, tz="UTC").isoformat(), "the form"  # type: ignore[union-attr]
+        try:  # the form's pattern lets a day that does not exist through (2026-02-30)
+            return pendulum.parse(until, tz="UTC").isoformat(), "the form"  # type: ignore[union-attr]
+        except ValueError as exc:  # pendulum's ParserError is one
+            raise AirflowFailException(f"until: {until!r} is not a date or a time ({exc})") from None
     ctx = get_current_context()
     interval_end = ctx.get("data_interval_end")
     if interval_end:

@@ -34,7 +34,7 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         target, city = split_model_name(name)
-        if target not in TARGETS and not MODEL_PREFIX.match(target):
+        if target not in TARGETS and not MODEL_PREFIX.fullmatch(target):
             continue
         mv = champion(c, name)
         # Without a champion, show the newest version: its tags say why the gate kept it out.

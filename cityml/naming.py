@@ -24,12 +24,12 @@ def check_target(target: str) -> Target:
 
 
 #: Targets beyond eta and price (a city-hour demand forecast, say: ``training.hourly``) follow this pattern.
-MODEL_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,30}$")
+MODEL_PREFIX = re.compile(r"[a-z][a-z0-9]{0,30}")  # fullmatch: "$" lets a final newline through
 
 
 def model_name(target: str, city: str) -> str:
     """Registry name of a city's model, e.g. ``eta-lisbon`` (``eta-global`` for the fleet model)."""
-    if target not in TARGETS and not MODEL_PREFIX.match(target):
+    if target not in TARGETS and not MODEL_PREFIX.fullmatch(target):
         raise ValueError(f"target {target!r}: lowercase letters and digits, starting with a letter")
     return f"{target}-{city}"
 

@@ -38,7 +38,7 @@ class HourlyTarget:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not MODEL_PREFIX.match(self.name):
+        if not MODEL_PREFIX.fullmatch(self.name):
             raise ValueError(f"name: {self.name!r} must be lowercase letters and digits, starting with a letter")
         if self.name in (*TARGETS, GLOBAL):
             raise ValueError(f"name: {self.name!r} is taken by cityml's own models")

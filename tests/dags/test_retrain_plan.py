@@ -92,7 +92,30 @@ def test_the_form_refuses_bad_params(monkeypatch: pytest.MonkeyPatch) -> None:
         {"targets": []},
         {"train_days": -1},
         {"until": "next tuesday"},
+        {"until": "2026-13-01"},
+        {"until": "2026-01-01T99:99"},
+        {"until": "0000-00-00"},
+        {"until": "2026-01-01T1"},
+        {"until": "2026-01-01\n"},
+        {"until": "9999-12-31T23:59:59+14:00"},
         {"force_promote": "yes"},
     ):
         with pytest.raises(ParamValidationError):
             _validated(dag, bad)
+
+
+def test_a_cut_off_the_pattern_lets_through_but_no_calendar_has_fails_the_run_naming_until() -> None:
+    import re
+
+    import pendulum
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from cityml.dagkit import UNTIL_PATTERN, cut_off
+
+    for good in ("", "2026-03-01", "2026-03-01T08:30", "2026-03-01 08:30:15.5+01:00", "2026-03-01T08:30:00Z"):
+        assert re.search(UNTIL_PATTERN, good), good
+        if good:
+            assert cut_off({"until": good})[1] == "the form"
+    assert pendulum.parse(cut_off({"until": "2026-03-01T08:30+01:00"})[0]) == pendulum.datetime(2026, 3, 1, 7, 30)
+    with pytest.raises(AirflowFailException, match="until: '2026-02-30' is not a date"):
+        cut_off({"until": "2026-02-30"})

@@ -22,6 +22,14 @@ def test_bad_entries_are_named(tmp_path: Path) -> None:
     assert str(bad) in str(err.value)
 
 
+def test_a_slug_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    """It would name folders (city=nyc\\n) and models: the whole slug must match, not all but a final newline."""
+    bad = tmp_path / "cities.yaml"
+    bad.write_text('cities:\n  - {slug: "nyc\\n", timezone: UTC, currency: EUR, bbox: [1, 2, 3, 4]}\n')
+    with pytest.raises(CatalogError, match="cities.0.slug"):
+        load_catalog(bad)
+
+
 @pytest.mark.parametrize(
     ("code", "message"), [("XX", "unknown holiday country 'XX'"), ("US-ZZ", "US has no subdivision 'ZZ'")]
 )
