@@ -26,7 +26,7 @@ def test_a_slug_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
     """It would name folders (city=nyc\\n) and models: the whole slug must match, not all but a final newline."""
     bad = tmp_path / "cities.yaml"
     bad.write_text('cities:\n  - {slug: "nyc\\n", timezone: UTC, currency: EUR, bbox: [1, 2, 3, 4]}\n')
-    with pytest.raises(CatalogError, match="cities.0.slug"):
+    with pytest.raises(CatalogError, match=r"cities\.0\.slug"):
         load_catalog(bad)
 
 
