@@ -209,7 +209,8 @@ def test_predict_refuses_bad_requests_naming_the_field(world: Settings, server: 
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "instances", 0, "city"]
     far = {**ok, "pickup_lat": 10.0, "pickup_lon": 10.0}
     r = httpx.post(f"{server}/v1/predict/eta", json={"instances": [far]}, headers={"X-API-Key": KEY})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "pickup_zone"
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "pickup_lat"  # outside the bbox
+    assert r.json()["detail"][0]["type"] == "outside_bbox"
     r = httpx.post(f"{server}/v1/predict/tip", json={"instances": [ok]}, headers={"X-API-Key": KEY})
     assert r.status_code == 422
     # Zones without a distance: the models learn per km, so the trip's length is needed.
