@@ -311,6 +311,50 @@ def test_import_adds_to_trips_already_stored_for_the_same_days(settings: Setting
     assert len(trip_files(settings.trips_dir, ["chicago"])) == 3  # 15, 16 and 17 Jan, each holding both sources
 
 
+HEADER = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,PULocationID,DOLocationID,trip_distance,fare_amount"
+
+
+def _tlc_rows(n: int) -> list[str]:
+    """``n`` clean yellow-taxi lines, one a minute from 08:00 on 10 January 2024."""
+    return [f"2,2024-01-10 08:{m:02d}:00,2024-01-10 08:{m + 15:02d}:00,141,236,2.5,15.6" for m in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reasons"),
+    [
+        # A quote never closed: that line is bad, the lines after it are still read.
+        ('2,2024-01-10 09:00:00,"2024-01-10 09:15:00,141,236,2.5,15.6', {"malformed_line": 1}),
+        ("2,2024-01-10 09:00:00,2024-01-10 09:15:00,99999999999999999999999,236,2.5,15.6", {"no_location": 1}),
+        ("2,2024-01-10 09:00:00,2024-01-10 09:15:00,1e300,236,2.5,15.6", {"no_location": 1}),
+        # A year no timestamp holds: the reader makes it a datetime column, the row is quarantined alone.
+        ("2,9999-12-31 09:00:00,2024-01-10 09:15:00,141,236,2.5,15.6", {"pickup_ts": 1, "duration_s": 1}),
+    ],
+)
+def test_one_hostile_line_is_quarantined_alone(settings: Settings, tmp_path: Path, bad: str, reasons: dict) -> None:
+    path = tmp_path / "yellow_tripdata_2024-01.csv"
+    good = _tlc_rows(12)
+    path.write_text("\n".join([HEADER, *good[:2], bad, *good[2:]]) + "\n")
+    (file,) = import_files(settings, "nyc-tlc", [path], "nyc")["files"]
+    assert (file["rows_kept"], file["quarantined_by_reason"]) == (12, reasons)
+
+
+def test_times_with_an_offset_are_placed_by_it_among_local_ones(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "yellow_tripdata_2024-01.csv"
+    lines = [*_tlc_rows(2), "2,2024-01-10T14:05:00Z,2024-01-10 09:20:00,141,236,2.5,15.6"]  # 09:05 in New York
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    import_files(settings, "nyc-tlc", [path], "nyc")
+    stored = read_trips(settings.trips_dir, ["nyc"]).sort_values("pickup_ts")
+    assert str(stored["pickup_ts"].iloc[-1]) == "2024-01-10 14:05:00+00:00" and len(stored) == 3
+
+
+def test_a_column_named_twice_refuses_the_file_naming_it(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "yellow_tripdata_2024-01.csv"
+    path.write_text("\n".join([HEADER + ",FARE_AMOUNT", *(r + ",99" for r in _tlc_rows(2))]) + "\n")
+    with pytest.raises(TripSchemaError, match="column 'FARE_AMOUNT' appears more than once"):
+        import_files(settings, "nyc-tlc", [path], "nyc")
+    assert not settings.trips_dir.exists() or read_trips(settings.trips_dir, ["nyc"]).empty
+
+
 def _stored_trip(trip_id: str, pickup: pd.Timestamp, fare: float | None = None) -> dict[str, Any]:
     return {
         "city": "nyc",

@@ -41,10 +41,9 @@ from cityml.data.importers.common import (
     Mapped,
     Variant,
     content_ids,
-    local_to_utc,
     match_variant,
     numbers,
-    parse_times,
+    utc_times,
     zone_ids,
 )
 from cityml.geo import haversine_km
@@ -106,13 +105,16 @@ def period_for(path: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     return None
 
 
+MAX_EPOCH_S = 7.0e9  # epoch seconds up to the 2190s; beyond, not a time
+MAX_TRIP_S = 1.0e7  # 115 days; the validation's speed and duration checks judge what is below
+
+
 def _utc_times(s: pd.Series) -> pd.Series:
     """BigQuery timestamps: epoch seconds or text (``2023-01-01 00:00:00 UTC``), as UTC."""
-    if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return s.dt.tz_convert("UTC")
-    if pd.api.types.is_datetime64_dtype(s):
-        return s.dt.tz_localize("UTC")
+    if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s):
+        return utc_times(s, "UTC")
     epoch = numbers(s) if not pd.api.types.is_numeric_dtype(s) else s.astype("float64")
+    epoch = epoch.where(epoch.abs() < MAX_EPOCH_S)  # 1e20 s: not a time, and past what to_datetime can hold
     out = pd.to_datetime(epoch, unit="s", utc=True, errors="coerce")
     text = s.astype("string").str.strip().str.replace(r"\s*UTC$", "", regex=True)
     todo = out.isna() & epoch.isna() & text.notna()
@@ -143,9 +145,10 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
         return raw[col[role]] if role in col else pd.Series(np.nan, index=raw.index)
 
     seconds = numbers(column("seconds"))
+    seconds = seconds.where(seconds.abs() < MAX_TRIP_S)  # inf or 1e30 s is no duration: the row's times decide
     if variant is PORTAL:
-        start = local_to_utc(parse_times(column("start"), (PORTAL_FORMAT, ISO)), SOURCE_TZ)
-        end = local_to_utc(parse_times(column("end"), (PORTAL_FORMAT, ISO)), SOURCE_TZ)
+        start = utc_times(column("start"), SOURCE_TZ, (PORTAL_FORMAT, ISO))
+        end = utc_times(column("end"), SOURCE_TZ, (PORTAL_FORMAT, ISO))
     elif variant is BIGQUERY:
         start, end = _utc_times(column("start")), _utc_times(column("end"))
     else:

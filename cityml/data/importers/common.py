@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,10 @@ def match_variant(raw: pd.DataFrame, variants: list[Variant], source: str, what:
         TripSchemaError: No variant matches; the message names the file and what each variant lacks.
     """
     columns = {_key(c): str(c) for c in raw.columns}
+    if len(columns) < len(raw.columns):
+        seen: set[str] = set()
+        twice = sorted({str(c) for c in raw.columns if _key(c) in seen or seen.add(_key(c))})  # type: ignore[func-returns-value]
+        raise TripSchemaError(f"{source}: column {', '.join(map(repr, twice))} appears more than once")
     lacks = []
     for variant in variants:
         missing = variant.missing(columns)
@@ -115,24 +119,41 @@ def _read_csv(path: Path) -> RawFile:
     import pyarrow.csv as pcsv
     from pandas.io.common import get_handle
 
-    malformed: list[tuple[int | None, str]] = []
+    def parse(source: Any, names: list[str] | None = None) -> tuple[pa.Table, list[tuple[int | None, str]]]:
+        malformed: list[tuple[int | None, str]] = []
 
-    def bad_line(row: pcsv.InvalidRow) -> str:
-        malformed.append((row.number, row.text))
-        return "skip"
+        def bad_line(row: pcsv.InvalidRow) -> str:
+            malformed.append((row.number, row.text))
+            return "skip"
 
-    options = {
-        "read_options": pcsv.ReadOptions(use_threads=False),
-        "parse_options": pcsv.ParseOptions(invalid_row_handler=bad_line, newlines_in_values=True),
-        # Empty fields are missing values, in text columns too, as pandas reads them.
-        "convert_options": pcsv.ConvertOptions(strings_can_be_null=True),
-    }
+        table = pcsv.read_csv(
+            source,
+            read_options=pcsv.ReadOptions(use_threads=False, column_names=names),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=bad_line, newlines_in_values=True),
+            # Empty fields are missing values, in text columns too, as pandas reads them.
+            convert_options=pcsv.ConvertOptions(strings_can_be_null=True),
+        )
+        return table, malformed
+
     if path.suffix.lower() in (".zip", ".xz"):  # compressions Arrow does not read itself
         with get_handle(path, "rb", compression="infer", is_text=False) as handle:
-            table = pcsv.read_csv(pa.py_buffer(handle.handle.read()), **options)
+            table, malformed = parse(pa.py_buffer(handle.handle.read()))
     else:  # plain, or gzip/bz2/zstd/lz4, which Arrow infers from the suffix
-        table = pcsv.read_csv(str(path), **options)
-    frame = table.to_pandas()
+        table, malformed = parse(str(path))
+    tables = [table]
+    i = 0
+    while i < len(malformed):
+        number, text = malformed[i]
+        line, newline, rest = text.partition("\n")
+        if newline and number is not None and rest.strip():
+            # A quote never closed ran on to the end of the file as one bad "line": that line alone is bad,
+            # the lines after it are read again (their own bad lines join the list, and are looked at too).
+            malformed[i] = (number, line)
+            more, later = parse(pa.py_buffer(rest.encode()), table.column_names)
+            tables.append(more)
+            malformed += [(n + number if n is not None else None, t) for n, t in later]
+        i += 1
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True) if len(tables) > 1 else table.to_pandas()
     if malformed and len(malformed) > MAX_MALFORMED_SHARE * (len(frame) + len(malformed)):
         first = malformed[0]
         raise TripFileError(
@@ -175,24 +196,48 @@ def numbers(s: pd.Series) -> pd.Series:
 def zone_ids(s: pd.Series, unknown: frozenset[str] = frozenset()) -> pd.Series:
     """Integer-valued zone ids as strings (``8.0`` -> ``"8"``); missing, non-integer or ``unknown`` ids -> None."""
     values = numbers(s)
-    whole = values.notna() & np.isfinite(values) & (values == values.round())
+    # Beyond 2**53 a float is no exact integer, nor an id of any zone table (and would not fit an Int64).
+    whole = values.notna() & (values.abs() < 2.0**53) & (values == values.round())
     text = values.where(whole).astype("Int64").astype("string")
     text = text.where(~text.isin(list(unknown)))
     return text.astype(object).where(text.notna(), None)
 
 
-def parse_times(s: pd.Series, formats: tuple[str, ...] = (ISO, PORTAL_FORMAT)) -> pd.Series:
-    """Naive or aware timestamps from datetimes or text; what no format parses becomes NaT."""
+#: A time written with its offset (``Z``, ``+01:00``, ``-0500``): placed by it, not read as the source's clock.
+_OFFSET = r"(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_EARLIEST, _LATEST = pd.Timestamp("1678-01-01"), pd.Timestamp("2261-12-31")  # what nanosecond timestamps hold
+
+
+def utc_times(s: pd.Series, tz: str, formats: tuple[str, ...] = (ISO, PORTAL_FORMAT)) -> pd.Series:
+    """UTC timestamps from a column of datetimes or text, naive ones read as wall-clock times in ``tz``.
+
+    Text is tried against ``formats`` in order; a value written with an offset is placed by its offset, whatever
+    the other rows hold. What nothing parses, or what lies outside what a timestamp holds (a reader's year 9999),
+    becomes NaT: that row is quarantined, the file is not refused for it.
+    """
     if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s):
-        return s
+        return local_to_utc(in_time_range(s), tz)
     text = s.astype("string").str.strip()
-    out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
+    aware = text.str.contains(_OFFSET, regex=True, na=False)
+    local = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
     for fmt in formats:
-        todo = out.isna() & text.notna()
+        todo = local.isna() & text.notna() & ~aware
         if not todo.any():
             break
-        out.loc[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+        local.loc[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+    out = local_to_utc(local, tz).copy()  # a .dt result: writes into it would be discarded
+    if aware.any():
+        out.loc[aware] = pd.to_datetime(text[aware], format=ISO, utc=True, errors="coerce")
     return out
+
+
+def in_time_range(s: pd.Series) -> pd.Series:
+    """Datetimes (a parquet or CSV reader's, at any unit) as nanosecond ones; NaT where they cannot be."""
+    if s.dt.unit == "ns":
+        return s
+    aware = isinstance(s.dtype, pd.DatetimeTZDtype)
+    lo, hi = (_EARLIEST.tz_localize("UTC"), _LATEST.tz_localize("UTC")) if aware else (_EARLIEST, _LATEST)
+    return s.where((s >= lo) & (s <= hi)).dt.as_unit("ns")
 
 
 def local_to_utc(ts: pd.Series, tz: str) -> pd.Series:

@@ -24,11 +24,10 @@ from cityml.data.importers.common import (
     Mapped,
     Variant,
     content_ids,
-    local_to_utc,
     match_variant,
     month_period,
     numbers,
-    parse_times,
+    utc_times,
     zone_ids,
 )
 
@@ -83,8 +82,8 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
         TripSchemaError: The columns match neither layout.
     """
     variant, col = match_variant(raw, VARIANTS, source_name, "NYC TLC")
-    pickup = local_to_utc(parse_times(raw[col["pickup"]]), SOURCE_TZ)
-    dropoff = local_to_utc(parse_times(raw[col["dropoff"]]), SOURCE_TZ)
+    pickup = utc_times(raw[col["pickup"]], SOURCE_TZ)
+    dropoff = utc_times(raw[col["dropoff"]], SOURCE_TZ)
     fare = numbers(raw[col["fare"]]) if "fare" in col else pd.Series(np.nan, index=raw.index)
     zones = {z: zone_ids(raw[col[z]], UNKNOWN_ZONES) for z in ("pickup_zone", "dropoff_zone")}
     km = numbers(raw[col["miles"]]) * MILE_KM
