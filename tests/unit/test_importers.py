@@ -417,15 +417,23 @@ def test_the_same_file_twice_in_a_batch_is_kept_once(settings: Settings) -> None
     assert [f["rows_kept"] for f in report["files"]] == [4, 0]
     assert report["files"][1]["quarantined_by_reason"]["duplicate_trip_id"] == 4
     assert len(read_trips(settings.trips_dir, ["nyc"])) == 4
+    # One quarantine for the file, holding both reads' rows: the first's 8 dirty ones are not overwritten.
+    assert report["quarantine_files_written"] == [report["files"][0]["quarantine_file"]]
+    assert len(pd.read_parquet(report["files"][0]["quarantine_file"])) == 8 + 8 + 4
 
 
 def test_two_different_files_with_one_name_are_refused(settings: Settings, tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     twin = tmp_path / "b" / YELLOW.name
     twin.write_bytes(YELLOW.read_bytes())
-    with pytest.raises(ValueError, match=r"share the name 'yellow_tripdata_2024-01\.csv'"):
+    with pytest.raises(ValueError, match=r"share the quarantine 'yellow_tripdata_2024-01\.csv\.parquet'"):
         import_files(settings, "nyc-tlc", [YELLOW, twin], "nyc")
     assert not settings.trips_dir.exists()
+    spaced = tmp_path / "yellow tripdata 2024-01.csv"  # kept as yellow_tripdata_2024-01.csv.parquet too
+    spaced.write_bytes(YELLOW.read_bytes())
+    snake = tmp_path / "b" / "yellow_tripdata_2024-01.csv"
+    with pytest.raises(ValueError, match="share the quarantine"):
+        import_files(settings, "nyc-tlc", [spaced, snake], "nyc")
 
 
 def test_month_period_from_tlc_file_names() -> None:

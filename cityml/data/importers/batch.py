@@ -19,7 +19,14 @@ from cityml.catalog import City, load_catalog
 from cityml.data.importers import chicago, nyc_tlc
 from cityml.data.importers.common import read_table
 from cityml.data.trips import write_trips
-from cityml.data.validation import REASONS, ValidationResult, validate_trips, with_malformed_lines, write_quarantine
+from cityml.data.validation import (
+    REASONS,
+    ValidationResult,
+    quarantine_path,
+    validate_trips,
+    with_malformed_lines,
+    write_quarantine,
+)
 from cityml.settings import Settings
 
 Source = Literal["nyc-tlc", "chicago"]
@@ -65,12 +72,14 @@ def _file_report(path: Path, variant: str, period: Any, result: ValidationResult
 
 
 def _check_names(files: list[Path]) -> None:
-    """Refuse two different files with the same name: their quarantines are kept under the file's name."""
+    """Refuse two different files whose quarantines would share a name (kept by the file's name, made safe:
+    ``a b.csv`` and ``a_b.csv`` are both ``a_b.csv.parquet``)."""
     by_name: dict[str, Path] = {}
     for path in files:
-        other = by_name.setdefault(path.name, path)
+        kept_as = quarantine_path(Path(), "", path.name).name
+        other = by_name.setdefault(kept_as, path)
         if other.resolve() != path.resolve():
-            raise ValueError(f"{other} and {path} share the name {path.name!r}; rename one (quarantines go by name)")
+            raise ValueError(f"{other} and {path} would share the quarantine {kept_as!r}; rename one")
 
 
 def _check_timezone(city: City, source: ModuleType) -> None:
@@ -128,9 +137,16 @@ def import_files(settings: Settings, source: Source, files: list[Path], city: st
     if clean:
         written = write_trips(settings.trips_dir, pd.concat(clean), merge=True)
     quarantined: list[str] = []
-    for path, result, report in checked:
-        q = write_quarantine(settings.quarantine_dir, target.slug, path.name, result.quarantine)
-        report["quarantine_file"] = str(q) if q is not None else None
+    # One quarantine per file: a file given twice keeps both reads' rows (the second's are its duplicates).
+    by_file: dict[str, list[pd.DataFrame]] = {}
+    for path, result, _ in checked:
+        by_file.setdefault(path.name, []).append(result.quarantine)
+    for name, parts in by_file.items():
+        rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        q = write_quarantine(settings.quarantine_dir, target.slug, name, rows)
+        for path, _, report in checked:
+            if path.name == name:
+                report["quarantine_file"] = str(q) if q is not None else None
         if q is not None:
             quarantined.append(str(q))
 
