@@ -86,6 +86,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+MAX_HOURS = 366 * 24.0  # a year of logged predictions: more is no drift window
+
+
+def _hours(value: float) -> timedelta:
+    """``--hours`` as a window: a number of hours from 1 to a year (click's range lets NaN through)."""
+    if not (1 <= value <= MAX_HOURS):  # False for NaN too
+        raise _fail(f"--hours {value}: give a number of hours from 1 to {MAX_HOURS:g}")
+    return timedelta(hours=value)
+
+
 def _targets(spec: str) -> list[str]:
     try:
         return [check_target(t.strip()) for t in spec.split(",") if t.strip()]
@@ -154,6 +164,9 @@ def data_generate(
         chosen = synthetic[: int(cities)]
     else:
         chosen = [catalog.get(slug) for slug in _cities(cities)]
+        real = [c.slug for c in chosen if c.synthetic is None]
+        if real:
+            raise _fail(f"--cities: {', '.join(real)} has no synthetic: block in the catalog (its trips are imported)")
     last = (_day(end, "--end") or datetime.now(UTC)).date()
     start = last - timedelta(days=days)
     slowdown = None
@@ -299,7 +312,8 @@ def train(
         str | None, typer.Option(help="Train on trips picked up before this date or ISO time (UTC) only.")
     ] = None,
     train_days: Annotated[
-        int, typer.Option(min=0, help="Only the last N days before --until (or now); 0: all stored trips.")
+        int,
+        typer.Option(min=0, max=3650, help="Only the last N days before --until (or now); 0: all stored trips."),
     ] = 0,
     force_promote: Annotated[
         bool, typer.Option("--force-promote", help="Promote whatever the gate says (recorded on the version).")
@@ -515,8 +529,11 @@ def serve_routes(
         typer.echo(text, nl=False)
         return
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)  # nginx never reads half a file
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)  # nginx never reads half a file
+    except OSError as exc:
+        raise _fail(f"--out {out}: {exc.strerror or exc}") from exc
     typer.echo(f"{out}: {len(cities)} cities over {shards} shards")
 
 
@@ -540,7 +557,7 @@ def drift(
     from monitoring.drift import retrain_conf, run_drift
 
     _setup_logging()
-    window = timedelta(hours=hours)
+    window = _hours(hours)
     report = run_drift(get_settings(), _cities(cities), _targets(targets), window=window, request=request)
     report["retrain_conf"] = retrain_conf(report)
     lines = []
@@ -609,7 +626,7 @@ def monitor_labels(
 
     _setup_logging()
     s = get_settings()
-    since = datetime.now(UTC) - timedelta(hours=hours)
+    since = datetime.now(UTC) - _hours(hours)
     run = run_labels(s, _cities(cities), _targets(targets), since)
     lines = [
         f"{d.day}  {d.model:<22} v{d.version:<4} trips={d.trips:<6} MAE {d.mae:9.4g}  "
