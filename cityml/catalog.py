@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -27,7 +28,7 @@ class CityContext:
 
 
 class Tariff(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     base: float = Field(ge=0)
     per_km: float = Field(ge=0)
     per_min: float = Field(ge=0)
@@ -44,7 +45,7 @@ class FareRule(BaseModel):
     included, and refuses a fare typed in the wrong unit (cents for euros: 100x) or multiplied by ten.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     base: float = Field(ge=0)
     per_km: float = Field(gt=0)
     per_min: float = Field(ge=0)
@@ -61,11 +62,11 @@ class FareRule(BaseModel):
 class Synthetic(BaseModel):
     """Parameters of the trip generator for one city."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     grid: int = Field(ge=2, le=20)
     trips_per_day: int = Field(gt=0)
     base_speed_kmh: float = Field(gt=0)
-    rush_hours: tuple[int, int]
+    rush_hours: tuple[Annotated[int, Field(ge=0, le=23)], Annotated[int, Field(ge=0, le=23)]]
     rush_slowdown: float = Field(ge=0, lt=1)
     weekend_speedup: float = Field(gt=0)
     tariff: Tariff
@@ -73,7 +74,7 @@ class Synthetic(BaseModel):
 
 
 class City(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     slug: str
     timezone: str
     currency: str = Field(pattern=r"^[A-Z]{3}$")
@@ -103,6 +104,28 @@ class City(BaseModel):
     def _slug(cls, value: str) -> str:
         if not SLUG.fullmatch(value):
             raise ValueError(f"city slug {value!r} must be lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("zones")
+    @classmethod
+    def _zone_ids(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        for z in value:
+            # Zone pairs are keyed "<city>:<pickup>><dropoff>" (the online store, the area pair feature).
+            if not z.strip() or any(c in z for c in ":>\n"):
+                raise ValueError(f"zone id {z!r} must be non-blank and hold no ':', '>' or line break")
+        twice = sorted({z for z in value if value.count(z) > 1})[:5]
+        if twice:
+            raise ValueError(f"zone ids listed twice: {', '.join(twice)}")
+        return value
+
+    @field_validator("zone_areas")
+    @classmethod
+    def _area_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        bad = [a for a in (value or {}).values() if ">" in a or "\n" in a]
+        if bad:
+            raise ValueError(f"area {bad[0]!r} holds '>' or a line break: area pairs are '<area>><area>'")
         return value
 
     @field_validator("timezone")
@@ -193,7 +216,7 @@ def grid_zone(index: int) -> str:
 
 
 class Catalog(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     cities: list[City]
 
     @model_validator(mode="after")
@@ -322,6 +345,8 @@ def _load(path: Path, mtime: float) -> Catalog:
         raw = _zone_tables(yaml.safe_load(path.read_text()), path.parent)
     except FileNotFoundError as exc:
         raise CatalogError(f"city catalog {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, not UTF-8
+        raise CatalogError(f"city catalog {path} cannot be read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise CatalogError(f"city catalog {path} is not valid YAML: {exc}") from exc
     try:

@@ -52,6 +52,36 @@ def test_duplicate_city_is_refused(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="does not exist"):
         load_catalog(tmp_path / "nope.yaml")
+    with pytest.raises(CatalogError, match="cannot be read"):
+        load_catalog(tmp_path)  # a folder
+    (tmp_path / "latin1.yaml").write_bytes(b"cities:\n  - {slug: caf\xe9}\n")
+    with pytest.raises(CatalogError, match="cannot be read"):
+        load_catalog(tmp_path / "latin1.yaml")
+
+
+CITY = "slug: a, timezone: UTC, currency: EUR, bbox: [1, 2, 3, 4]"
+TARIFF = "tariff: {base: 1, per_km: 1, per_min: 0, surge: 0}"
+SYNTH = "grid: 3, trips_per_day: 10, base_speed_kmh: 20, rush_slowdown: 0.1, weekend_speedup: 1.1, noise: 0.1"
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        (f"{{{CITY}, fare: {{base: 1, per_km: .inf, per_min: 0}}}}", "cities.0.fare.per_km"),
+        (f"{{{CITY}, zones: ['1', '2', '1']}}", "zone ids listed twice: 1"),
+        (f"{{{CITY}, zones: ['1', ' ']}}", "cities.0.zones"),
+        (f"{{{CITY}, zones: ['a:b', 'c']}}", "cities.0.zones"),  # zone pairs are keyed city:a>b
+        (f"{{{CITY}, zones: ['a>b', 'c']}}", "cities.0.zones"),
+        (f"{{{CITY}, zones: ['a', 'b'], zone_areas: {{a: 'x>y'}}}}", "cities.0.zone_areas"),
+        (f"{{{CITY}, synthetic: {{{SYNTH}, rush_hours: [30, -5], {TARIFF}}}}}", "cities.0.synthetic.rush_hours"),
+    ],
+)
+def test_values_no_city_can_have_are_refused_naming_the_field(tmp_path: Path, entry: str, field: str) -> None:
+    path = tmp_path / "cities.yaml"
+    path.write_text(f"cities:\n  - {entry}\n")
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    assert field in str(err.value) and str(path) in str(err.value)
 
 
 def test_zone_of_grid_and_outside() -> None:
