@@ -26,6 +26,7 @@ from cityml.naming import GLOBAL, model_name
 from cityml.prediction_log import read_predictions
 from cityml.profile import build_profile, pick_segment
 from cityml.registry import champion, choose_serving, client, fleet_version_learned, read_profile, version_scale
+from cityml.reports import report_stem, write_text_atomic
 from cityml.settings import Settings
 from monitoring.accuracy import AccuracyFlag
 from monitoring.stats import categorical_score, category_counts, judge, numeric_score
@@ -233,7 +234,12 @@ def _requested(settings: Settings) -> dict[str, datetime]:
     path = settings.reports_dir / "drift" / REQUESTS_FILE
     if not path.exists():
         return {}
-    return {city: datetime.fromisoformat(at) for city, at in json.loads(path.read_text()).items()}
+    try:
+        return {str(city): datetime.fromisoformat(at) for city, at in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        # Cooldowns forgotten (a retrain may be asked for again) rather than no drift job at all.
+        log.error("%s is unreadable (%s): cooldowns start over", path, exc)
+        return {}
 
 
 def _record_requests(settings: Settings, cities: list[str], now: datetime) -> None:
@@ -241,9 +247,7 @@ def _record_requests(settings: Settings, cities: list[str], now: datetime) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {city: at.isoformat() for city, at in _requested(settings).items()}
     done.update({city: now.isoformat() for city in cities})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(done, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(done, indent=2, sort_keys=True))
 
 
 def reasons(
@@ -318,10 +322,10 @@ def run_drift(
         "cooling_down": waiting,
     }
     report["history_rows"] = history.record(settings.metadata_db, report)
-    path = settings.reports_dir / "drift" / f"drift-{now:%Y%m%dT%H%M%SZ}.json"
+    path = settings.reports_dir / "drift" / f"{report_stem('drift', now)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     html_path = write_html(report, path.parent, path.stem, labels.history)
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))
     report["report_path"], report["html_path"] = str(path), str(html_path)
     return report
 

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cityml.reports import write_text_atomic
 from monitoring.stats import P_VALUE_METHODS, THRESHOLDS
 
 if TYPE_CHECKING:
@@ -207,8 +208,4 @@ def write_html(report: dict[str, Any], folder: Path, name: str, realized: list[R
             history.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue  # a report being written, or a broken one: the history skips it
-    out = folder / f"{name}.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(render(report, history, realized), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text_atomic(folder / f"{name}.html", render(report, history, realized))

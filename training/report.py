@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cityml.registry import client
+from cityml.reports import report_stem, write_text_atomic
 from cityml.settings import Settings
 from training.registry import experiment_id
 from training.results import TrainResult
@@ -110,13 +111,12 @@ def write_gate_report(
         "results": [r.to_dict() for r in results],
     }
     folder = settings.reports_dir / "gate"
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"gate-{now:%Y%m%dT%H%M%SZ}"
-    (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
+    stem = report_stem("gate", now)
+    write_text_atomic(folder / f"{stem}.json", json.dumps(doc, indent=2, default=str))
     table = markdown(results)
     why = f"Asked for: {reason}\n\n" if reason else ""
     why += f"Data: {window}\n\n" if window else ""
-    (folder / f"{stem}.md").write_text(f"# Gate report {now:%Y-%m-%d %H:%M} UTC ({run_label})\n\n{why}{table}\n")
+    write_text_atomic(folder / f"{stem}.md", f"# Gate report {now:%Y-%m-%d %H:%M} UTC ({run_label})\n\n{why}{table}\n")
     c = client(settings)
     with mlflow.start_run(experiment_id=experiment_id(c, settings), run_name="gate-report") as run:
         tags = {"dag_run_id": run_label, "kind": "gate-report", **({"reason": reason[:5000]} if reason else {})}

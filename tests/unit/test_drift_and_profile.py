@@ -120,3 +120,28 @@ def test_a_drift_run_reads_the_global_models_profile_once_for_every_city_it_serv
     monkeypatch.setattr(drift, "champion", lambda c, name: own if name == "eta-town-0" else fleet)
     drift.drift_model(settings, "town-0", "eta", since, c=object(), memo=memo)
     assert reads.count("profile") == 2 and not any(key[1] == "eta-town-0" for key in memo if key[0] == "profile")
+
+
+def test_a_corrupt_retrain_request_file_starts_cooldowns_over_instead_of_stopping_drift(tmp_path: Path) -> None:
+    from cityml.settings import Settings
+    from monitoring.drift import REQUESTS_FILE, _record_requests, _requested
+
+    settings = Settings(home=tmp_path)
+    path = settings.reports_dir / "drift" / REQUESTS_FILE
+    path.parent.mkdir(parents=True)
+    for broken in ("{not json", '["alpha"]', '{"alpha": "yesterday"}', '{"alpha": 5}'):
+        path.write_text(broken)
+        assert _requested(settings) == {}
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    _record_requests(settings, ["alpha"], now)  # and the next run writes it whole again
+    assert _requested(settings) == {"alpha": now}
+
+
+def test_reports_made_in_the_same_second_keep_their_own_names_in_time_order() -> None:
+    from cityml.reports import report_stem
+
+    first = datetime(2026, 12, 7, 10, 15, 0, 1, tzinfo=UTC)
+    second = datetime(2026, 12, 7, 10, 15, 0, 2, tzinfo=UTC)
+    later = datetime(2026, 12, 7, 10, 15, 1, tzinfo=UTC)
+    stems = [report_stem("drift", t) for t in (first, second, later)]
+    assert len(set(stems)) == 3 and sorted(stems) == stems
