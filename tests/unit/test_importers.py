@@ -338,6 +338,18 @@ def test_one_hostile_line_is_quarantined_alone(settings: Settings, tmp_path: Pat
     assert (file["rows_kept"], file["quarantined_by_reason"]) == (12, reasons)
 
 
+def test_a_fare_written_but_not_a_number_is_quarantined_not_kept_as_no_fare(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "yellow_tripdata_2024-01.csv"
+    rows = _tlc_rows(6)
+    fares = ["abc", "=1+1", "nan", "", "$15.60", "15.6"]  # two bad; "nan" and "" say no fare; "$15.60" is one
+    lines = [r.rsplit(",", 1)[0] + "," + f for r, f in zip(rows, fares, strict=True)]
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    (file,) = import_files(settings, "nyc-tlc", [path], "nyc")["files"]
+    assert (file["rows_kept"], file["quarantined_by_reason"]) == (4, {"fare": 2})
+    fares_kept = read_trips(settings.trips_dir, ["nyc"]).sort_values("pickup_ts")["fare"].tolist()
+    assert fares_kept == pytest.approx([float("nan"), float("nan"), 15.6, 15.6], nan_ok=True)
+
+
 def test_times_with_an_offset_are_placed_by_it_among_local_ones(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "yellow_tripdata_2024-01.csv"
     lines = [*_tlc_rows(2), "2,2024-01-10T14:05:00Z,2024-01-10 09:20:00,141,236,2.5,15.6"]  # 09:05 in New York

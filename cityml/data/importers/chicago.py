@@ -38,6 +38,7 @@ from cityml.data.importers.common import (
     ISO,
     MILE_KM,
     PORTAL_FORMAT,
+    UNPARSED_FARE,
     Mapped,
     Variant,
     content_ids,
@@ -174,7 +175,7 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     # A meter reading of 0 is usually a meter not switched on, so the straight line is the better lower bound.
     distance = metered.where(metered > 0, straight.where(straight.notna(), metered))
     zones = {z: zone_ids(column(z)) for z in ("pickup_zone", "dropoff_zone")}
-    fare = numbers(column("fare"))
+    fare = numbers(column("fare"), UNPARSED_FARE)
 
     # Where the source gives no trip id (the subset layout, or a blank id), what the row says makes one, so the
     # same row gets the same id from any file.

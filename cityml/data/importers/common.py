@@ -185,12 +185,28 @@ def read_table(path: Path) -> RawFile:
         raise TripFileError(f"{path}: cannot read as {'parquet' if 'parq' in name else 'CSV'}: {exc}") from exc
 
 
-def numbers(s: pd.Series) -> pd.Series:
-    """Floats from a column that may hold text such as ``"$1,234.50"`` (portal exports format numbers)."""
+#: Text that says "no value" in exported tables: read as missing, not as a value that failed to parse.
+MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none"})
+
+
+def numbers(s: pd.Series, unparsed: float = np.nan) -> pd.Series:
+    """Floats from a column that may hold text such as ``"$1,234.50"`` (portal exports format numbers).
+
+    ``unparsed``: what a value written but not a number (``abc``, ``=1+1``) becomes; missing by default.
+    """
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         return s.astype("float64")
     text = s.astype("string").str.replace(r"[\s$,]", "", regex=True)
-    return pd.to_numeric(text, errors="coerce").astype("float64")
+    values = pd.to_numeric(text, errors="coerce").astype("float64")
+    if not np.isnan(unparsed):
+        written = text.notna() & ~text.str.lower().isin(MISSING_TEXT).fillna(False).astype(bool)
+        values = values.mask(written & values.isna(), unparsed)
+    return values
+
+
+#: A fare written but not a number: infinite, which the fare check quarantines (as ``fare``), where reading it as
+#: missing would keep the trip as one without a fare, and a file of them as one with no fares at all.
+UNPARSED_FARE = np.inf
 
 
 def zone_ids(s: pd.Series, unknown: frozenset[str] = frozenset()) -> pd.Series:

@@ -21,6 +21,7 @@ import pandas as pd
 from cityml.catalog import City
 from cityml.data.importers.common import (
     MILE_KM,
+    UNPARSED_FARE,
     Mapped,
     Variant,
     content_ids,
@@ -84,7 +85,7 @@ def to_trips(raw: pd.DataFrame, city: City, source_name: str) -> Mapped:
     variant, col = match_variant(raw, VARIANTS, source_name, "NYC TLC")
     pickup = utc_times(raw[col["pickup"]], SOURCE_TZ)
     dropoff = utc_times(raw[col["dropoff"]], SOURCE_TZ)
-    fare = numbers(raw[col["fare"]]) if "fare" in col else pd.Series(np.nan, index=raw.index)
+    fare = numbers(raw[col["fare"]], UNPARSED_FARE) if "fare" in col else pd.Series(np.nan, index=raw.index)
     zones = {z: zone_ids(raw[col[z]], UNKNOWN_ZONES) for z in ("pickup_zone", "dropoff_zone")}
     km = numbers(raw[col["miles"]]) * MILE_KM
     # TLC records carry no trip id: the trip's own values make one, so the same trip from any file, under any name
