@@ -165,12 +165,15 @@ def plan_cities(params: dict[str, Any]) -> list[list[str]]:
     setting ``train_max_tasks``)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from cityml.catalog import load_catalog
+    from cityml.catalog import CatalogError, load_catalog
     from cityml.settings import get_settings
     from training.fleet import plan_chunks
 
     settings = get_settings()
-    catalog = load_catalog(settings.catalog_path)
+    try:
+        catalog = load_catalog(settings.catalog_path)
+    except CatalogError as exc:  # a broken catalog stays broken: no retry
+        raise AirflowFailException(str(exc)) from None
     picked = params.get("cities") or []
     unknown = catalog.unknown(picked)
     if unknown:  # the catalog changed since the form was drawn

@@ -119,3 +119,22 @@ def test_a_cut_off_the_pattern_lets_through_but_no_calendar_has_fails_the_run_na
     assert pendulum.parse(cut_off({"until": "2026-03-01T08:30+01:00"})[0]) == pendulum.datetime(2026, 3, 1, 7, 30)
     with pytest.raises(AirflowFailException, match="until: '2026-02-30' is not a date"):
         cut_off({"until": "2026-02-30"})
+
+
+def test_a_catalog_broken_after_the_form_was_drawn_fails_the_plan_once_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tests.conftest import SMALL_CATALOG
+
+    dag = _dag(monkeypatch, SMALL_CATALOG)
+    broken = tmp_path / "cities.yaml"
+    broken.write_text("cities:\n  - {slug: '../x', timezone: UTC, currency: EUR, bbox: [1, 2, 3, 4]}\n")
+    monkeypatch.setenv("CITYML_CATALOG_PATH", str(broken))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(AirflowFailException, match=r"cities\.0\.slug"):  # failed, not retried
+            dag.get_task("plan").python_callable(params=_validated(dag, {}))
+    finally:
+        get_settings.cache_clear()
