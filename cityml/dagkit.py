@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from cityml.settings import MAX_TRAIN_DAYS
+
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
@@ -91,7 +93,7 @@ def city_params(slugs: list[str] | None, what: str) -> dict[str, Param]:
             0,
             type="integer",
             minimum=0,
-            maximum=3650,
+            maximum=MAX_TRAIN_DAYS,
             title="Training window (days)",
             description="Train on the last N days before 'Train until'; 0: every stored trip.",
         ),

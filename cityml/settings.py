@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The longest training window a run may ask for (the retrain form, `cityml train --train-days`): ten years.
+MAX_TRAIN_DAYS = 3650
 
 
 class Settings(BaseSettings):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,6 +14,7 @@ from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
 from serving.model_store import ModelStore, loads
 from serving.signals import ReloadSignals
+from serving.webhook import Deliveries
 
 #: Set by ``cityml serve --workers N`` (N > 1): scrapes sum every worker's metrics.
 MULTIPROCESS_ENV = "CITYML_METRICS_MULTIPROCESS"
@@ -86,34 +85,6 @@ class Metrics:
         return generate_latest(summed)
 
 
-class Deliveries:
-    """Registry webhook deliveries this worker handled in the last ``window_s`` seconds, by delivery id.
-
-    A signed delivery is handled once: a captured one replayed within the signature's time window
-    is told it was received, and reloads nothing. At most ``limit`` ids are kept, oldest first out.
-    """
-
-    def __init__(self, window_s: float = 300.0, limit: int = 10_000) -> None:
-        self.window_s = window_s
-        self.limit = limit
-        self._seen: OrderedDict[str, float] = OrderedDict()
-
-    def seen(self, delivery_id: str) -> bool:
-        """Whether ``delivery_id`` was handled within the window."""
-        now = time.monotonic()
-        kept = self._seen
-        while kept and next(iter(kept.values())) < now - self.window_s:
-            kept.popitem(last=False)
-        return delivery_id in kept
-
-    def add(self, delivery_id: str) -> None:
-        """Remember a handled delivery."""
-        self._seen[delivery_id] = time.monotonic()
-        self._seen.move_to_end(delivery_id)
-        while len(self._seen) > self.limit:
-            self._seen.popitem(last=False)
-
-
 @dataclass
 class AppState:
     settings: Settings
@@ -122,7 +93,7 @@ class AppState:
     log: PredictionLog
     metrics: Metrics
     signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``
-    deliveries: Deliveries = field(default_factory=lambda: Deliveries())
+    deliveries: Deliveries = field(default_factory=Deliveries)  # the registry webhook's, on this worker
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def reload(self, names: set[str] | None = None, tell_others: bool = False) -> dict[str, str]:

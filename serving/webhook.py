@@ -12,10 +12,47 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from collections import OrderedDict
 from typing import Any
 
 from cityml.registry import client
 from cityml.settings import Settings
+
+#: A signed delivery's timestamp may be this far from the server's clock, either way; older or newer is refused
+#: (``serving.api.routes.admin``), so a delivery captured now cannot be replayed later.
+MAX_SKEW_S = 300
+
+
+class Deliveries:
+    """The registry webhook deliveries this worker took, by delivery id: each is handled once.
+
+    A replay inside the timestamp window (or MLflow trying again) is told it was received. An id is
+    taken before its reload starts, so copies arriving together do not all reload; it is given back if
+    handling it failed (MLflow may try again). Ids are kept while their timestamp could still pass,
+    ``2 * MAX_SKEW_S`` (the sender's clock may run ahead), and at most ``limit`` of them.
+    """
+
+    def __init__(self, window_s: float = 2 * MAX_SKEW_S, limit: int = 10_000) -> None:
+        self.window_s = window_s
+        self.limit = limit
+        self._taken: OrderedDict[str, float] = OrderedDict()
+
+    def take(self, delivery_id: str) -> bool:
+        """Whether ``delivery_id`` is new; if it is, it is taken (a second ``take`` is False)."""
+        now = time.monotonic()
+        taken = self._taken
+        while taken and (len(taken) >= self.limit or next(iter(taken.values())) < now - self.window_s):
+            taken.popitem(last=False)
+        if delivery_id in taken:
+            return False
+        taken[delivery_id] = now
+        return True
+
+    def give_back(self, delivery_id: str) -> None:
+        """Forget a delivery whose handling failed."""
+        self._taken.pop(delivery_id, None)
+
 
 log = logging.getLogger(__name__)
 

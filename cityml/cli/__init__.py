@@ -20,7 +20,7 @@ import typer
 from cityml.catalog import CatalogError, load_catalog
 from cityml.cli.services import services_app
 from cityml.naming import TARGETS, check_target
-from cityml.settings import get_settings
+from cityml.settings import MAX_TRAIN_DAYS, get_settings
 
 app = typer.Typer(help="cityml: per-city ETA and pricing models, from trips to predictions.", no_args_is_help=True)
 data_app = typer.Typer(help="Trip data: generate synthetic cities, import real ones.", no_args_is_help=True)
@@ -313,7 +313,9 @@ def train(
     ] = None,
     train_days: Annotated[
         int,
-        typer.Option(min=0, max=3650, help="Only the last N days before --until (or now); 0: all stored trips."),
+        typer.Option(
+            min=0, max=MAX_TRAIN_DAYS, help="Only the last N days before --until (or now); 0: all stored trips."
+        ),
     ] = 0,
     force_promote: Annotated[
         bool, typer.Option("--force-promote", help="Promote whatever the gate says (recorded on the version).")

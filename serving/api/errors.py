@@ -68,7 +68,8 @@ class Guard:
         # The path the router matches: under a prefix (``--root-path``, a proxy's mount) the prefix is
         # part of ``scope["path"]``; checking that instead let every request past the key check.
         path = get_route_path(scope)
-        if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
+        public = path.rstrip("/") or "/"  # /healthz/ is /healthz to the router (a redirect), and to the guard
+        if public not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             refusal = (
                 self._refuse(state, scope, path)
                 if state is not None

@@ -365,6 +365,19 @@ def test_a_column_named_twice_refuses_the_file_naming_it(settings: Settings, tmp
     with pytest.raises(TripSchemaError, match="column 'FARE_AMOUNT' appears more than once"):
         import_files(settings, "nyc-tlc", [path], "nyc")
     assert not settings.trips_dir.exists() or read_trips(settings.trips_dir, ["nyc"]).empty
+    # Columns no layout reads may repeat: a spreadsheet's empty trailing headers.
+    path.write_text("\n".join([HEADER + ",,", *(r + ",," for r in _tlc_rows(2))]) + "\n")
+    assert import_files(settings, "nyc-tlc", [path], "nyc")["total"]["rows_kept"] == 2
+
+
+def test_a_bad_row_holding_a_quoted_line_break_is_one_bad_line(settings: Settings, tmp_path: Path) -> None:
+    """Its quotes are closed: nothing ran on to the end of the file, and no row is made of its second half."""
+    path = tmp_path / "yellow_tripdata_2024-01.csv"
+    bad = '2,"2024-01-10\n09:00:00",2024-01-10 09:15:00,141,236,2.5,15.6,EXTRA'
+    good = _tlc_rows(4)
+    path.write_text("\n".join([HEADER, *good[:2], bad, *good[2:]]) + "\n")
+    (file,) = import_files(settings, "nyc-tlc", [path], "nyc")["files"]
+    assert (file["rows_read"], file["rows_kept"], file["quarantined_by_reason"]) == (5, 4, {"malformed_line": 1})
 
 
 def _stored_trip(trip_id: str, pickup: pd.Timestamp, fare: float | None = None) -> dict[str, Any]:

@@ -236,6 +236,7 @@ def test_under_a_path_prefix_every_route_still_needs_its_key(state: AppState) ->
         r = client.post("/api/v1/predict/eta", json={"instances": [trip()]}, headers={"X-API-Key": KEY})
         assert r.status_code == 200, r.text
         assert client.get("/api/healthz").status_code == 200 and client.get("/api/openapi.json").status_code == 200
+        assert client.get("/api/healthz/", follow_redirects=False).status_code == 307  # the router's redirect
         assert client.get("/api/not-a-route").status_code == 401  # closed unless listed public
         assert client.get("/api/not-a-route", headers={"X-API-Key": KEY}).status_code == 404
 
@@ -449,6 +450,40 @@ def test_a_webhook_body_that_never_arrives_is_408(state: AppState, monkeypatch: 
     r = asyncio.run(trickle())
     state.log.close()
     assert r.status_code == 408 and r.json()["detail"][0]["type"] == "timeout"
+
+
+def test_copies_of_one_delivery_arriving_together_reload_once(state: AppState) -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    asked: list[Any] = []
+
+    def slow(only: set[str] | None = None) -> dict[str, str]:
+        asked.append(only)
+        time.sleep(0.2)
+        return {}
+
+    state.models.refresh = slow  # type: ignore[method-assign]
+    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+    app = create_app(state=state)
+    app.state.cityml = state
+    body = _alias_event("eta-alpha")
+
+    async def copies() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cityml") as client:
+            headers = _signed(body, "s", str(int(time.time())), "d7")
+            sent = [client.post("/admin/registry-events", content=body, headers=headers) for _ in range(10)]
+            return [r.json() for r in await asyncio.gather(*sent)]
+
+    answers = asyncio.run(copies())
+    state.log.close()
+    assert asked == [{"eta-alpha"}]
+    assert (
+        sum("changed" in a for a in answers) == 1
+        and sum("already received" in a.get("ignored", "") for a in answers) == 9
+    )
 
 
 def test_a_burst_of_deliveries_reloads_one_at_a_time_and_health_answers_meanwhile(state: AppState) -> None:

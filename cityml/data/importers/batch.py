@@ -71,12 +71,17 @@ def _file_report(path: Path, variant: str, period: Any, result: ValidationResult
     }
 
 
+def _kept_as(path: Path) -> str:
+    """The name a file's quarantine is kept under (its name, made safe)."""
+    return quarantine_path(Path(), "", path.name).name
+
+
 def _check_names(files: list[Path]) -> None:
     """Refuse two different files whose quarantines would share a name (kept by the file's name, made safe:
     ``a b.csv`` and ``a_b.csv`` are both ``a_b.csv.parquet``)."""
     by_name: dict[str, Path] = {}
     for path in files:
-        kept_as = quarantine_path(Path(), "", path.name).name
+        kept_as = _kept_as(path)
         other = by_name.setdefault(kept_as, path)
         if other.resolve() != path.resolve():
             raise ValueError(f"{other} and {path} would share the quarantine {kept_as!r}; rename one")
@@ -140,12 +145,12 @@ def import_files(settings: Settings, source: Source, files: list[Path], city: st
     # One quarantine per file: a file given twice keeps both reads' rows (the second's are its duplicates).
     by_file: dict[str, list[pd.DataFrame]] = {}
     for path, result, _ in checked:
-        by_file.setdefault(path.name, []).append(result.quarantine)
+        by_file.setdefault(_kept_as(path), []).append(result.quarantine)
     for name, parts in by_file.items():
         rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         q = write_quarantine(settings.quarantine_dir, target.slug, name, rows)
         for path, _, report in checked:
-            if path.name == name:
+            if _kept_as(path) == name:
                 report["quarantine_file"] = str(q) if q is not None else None
         if q is not None:
             quarantined.append(str(q))

@@ -84,15 +84,19 @@ def match_variant(raw: pd.DataFrame, variants: list[Variant], source: str, what:
         TripSchemaError: No variant matches; the message names the file and what each variant lacks.
     """
     columns = {_key(c): str(c) for c in raw.columns}
-    if len(columns) < len(raw.columns):
-        seen: set[str] = set()
-        twice = sorted({str(c) for c in raw.columns if _key(c) in seen or seen.add(_key(c))})  # type: ignore[func-returns-value]
-        raise TripSchemaError(f"{source}: column {', '.join(map(repr, twice))} appears more than once")
+    keys = [_key(c) for c in raw.columns]
+    twice = {k for k in keys if keys.count(k) > 1}
     lacks = []
     for variant in variants:
         missing = variant.missing(columns)
         if not missing:
-            return variant, variant.resolve(columns)
+            resolved = variant.resolve(columns)
+            # A column the layout reads, named twice: which one holds the values? (Unread ones may repeat:
+            # a spreadsheet's empty trailing headers.)
+            ambiguous = sorted(name for name in resolved.values() if _key(name) in twice)
+            if ambiguous:
+                raise TripSchemaError(f"{source}: column {', '.join(map(repr, ambiguous))} appears more than once")
+            return variant, resolved
         lacks.append(f"{variant.name} variant lacks {', '.join(missing)}")
     raise TripSchemaError(f"{source}: columns match no {what} layout ({'; '.join(lacks)})")
 
@@ -145,9 +149,10 @@ def _read_csv(path: Path) -> RawFile:
     while i < len(malformed):
         number, text = malformed[i]
         line, newline, rest = text.partition("\n")
-        if newline and number is not None and rest.strip():
-            # A quote never closed ran on to the end of the file as one bad "line": that line alone is bad,
-            # the lines after it are read again (their own bad lines join the list, and are looked at too).
+        if newline and number is not None and rest.strip() and text.count('"') % 2:
+            # A quote never closed (an odd count: a bad row that merely holds a quoted line break has an even
+            # one) ran on to the end of the file as one bad "line": that line alone is bad, the lines after it
+            # are read again (their own bad lines join the list, and are looked at too).
             malformed[i] = (number, line)
             more, later = parse(pa.py_buffer(rest.encode()), table.column_names)
             tables.append(more)
@@ -186,7 +191,7 @@ def read_table(path: Path) -> RawFile:
 
 
 #: Text that says "no value" in exported tables: read as missing, not as a value that failed to parse.
-MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none"})
+MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "#n/a", "null", "none", "nil", "-", "--"})
 
 
 def numbers(s: pd.Series, unparsed: float = np.nan) -> pd.Series:
@@ -220,7 +225,7 @@ def zone_ids(s: pd.Series, unknown: frozenset[str] = frozenset()) -> pd.Series:
 
 
 #: A time written with its offset (``Z``, ``+01:00``, ``-0500``): placed by it, not read as the source's clock.
-_OFFSET = r"(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s?(?:Z|[+-]\d{2}(?::?\d{2})?)$"  # after a time: 2023-01-15 has none
 _EARLIEST, _LATEST = pd.Timestamp("1678-01-01"), pd.Timestamp("2261-12-31")  # what nanosecond timestamps hold
 
 

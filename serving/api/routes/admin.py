@@ -23,12 +23,10 @@ from cityml.naming import CHAMPION, split_model_name
 from serving.api.deps import AdminDep, StateDep
 from serving.schemas import error_responses
 from serving.state import AppState
+from serving.webhook import MAX_SKEW_S
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
-#: A signed event older (or newer) than this is refused: a captured delivery cannot be replayed later
-#: (within it, a delivery id is accepted once: ``serving.state.Deliveries``).
-MAX_SKEW_S = 300
 BODY_TIMEOUT_S = 10.0  # MLflow sends a few hundred bytes at once
 _SECONDS = re.compile(r"[0-9]{1,12}")  # epoch seconds, ASCII digits only (str.isdigit takes "¹²³")
 
@@ -80,11 +78,13 @@ async def registry_event(
         raise _refused("signature does not match")
     if not _SECONDS.fullmatch(x_mlflow_timestamp) or abs(time.time() - int(x_mlflow_timestamp)) > MAX_SKEW_S:
         raise _refused(f"timestamp more than {MAX_SKEW_S} s away")
-    if state.deliveries.seen(x_mlflow_delivery_id):  # a replay, or MLflow trying again
+    if not state.deliveries.take(x_mlflow_delivery_id):  # a replay, or MLflow trying again
         return {"ignored": f"delivery {x_mlflow_delivery_id[:64]!r} already received"}
-    answer = await _handle(state, body)
-    state.deliveries.add(x_mlflow_delivery_id)  # handled: a failed one may be tried again
-    return answer
+    try:
+        return await _handle(state, body)
+    except BaseException:
+        state.deliveries.give_back(x_mlflow_delivery_id)  # not handled: MLflow may try it again
+        raise
 
 
 async def _handle(state: AppState, body: bytes) -> dict[str, Any]:

@@ -27,7 +27,8 @@ async def readyz(state: StateDep, response: Response) -> dict[str, object]:
     ready = state.models.loaded_once and bool(served)
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    stale = [{"name": s.name, "version": s.version, "reason": s.reason} for s in state.models.stale.values()]
+    held = list(state.models.stale.values())  # one step: a reload in its thread may change the dict meanwhile
+    stale = [{"name": s.name, "version": s.version, "reason": s.reason} for s in held]
     return {
         "ready": ready,
         "models": len(served),
