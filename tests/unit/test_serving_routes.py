@@ -423,6 +423,16 @@ def test_a_signed_delivery_that_is_no_event_is_refused_not_a_500(
     assert "detail" in r.json()
 
 
+def _webhook_app(state: AppState, refresh: Any = None) -> Any:
+    """The app with the registry webhook on (secret ``s``), for httpx's ASGI transport (no lifespan runs)."""
+    if refresh is not None:
+        state.models.refresh = refresh  # type: ignore[method-assign]
+    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
+    app = create_app(state=state)
+    app.state.cityml = state
+    return app
+
+
 def test_a_webhook_body_that_never_arrives_is_408(state: AppState, monkeypatch: pytest.MonkeyPatch) -> None:
     """The webhook route is open to anyone (it checks a signature, not a key): a body sent byte by byte, or
     never, is given up on instead of holding the connection."""
@@ -433,9 +443,7 @@ def test_a_webhook_body_that_never_arrives_is_408(state: AppState, monkeypatch: 
     from serving.api.routes import admin
 
     monkeypatch.setattr(admin, "BODY_TIMEOUT_S", 0.2)
-    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
-    app = create_app(state=state)
-    app.state.cityml = state
+    app = _webhook_app(state)
 
     async def trickle() -> Any:
         async def body() -> Any:
@@ -465,10 +473,7 @@ def test_copies_of_one_delivery_arriving_together_reload_once(state: AppState) -
         time.sleep(0.2)
         return {}
 
-    state.models.refresh = slow  # type: ignore[method-assign]
-    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
-    app = create_app(state=state)
-    app.state.cityml = state
+    app = _webhook_app(state, slow)
     body = _alias_event("eta-alpha")
 
     async def copies() -> list[dict[str, Any]]:
@@ -506,10 +511,7 @@ def test_a_burst_of_deliveries_reloads_one_at_a_time_and_health_answers_meanwhil
         running.pop()
         return {}
 
-    state.models.refresh = slow  # type: ignore[method-assign]
-    state.settings = state.settings.model_copy(update={"webhook_secret": SecretStr("s")})
-    app = create_app(state=state)
-    app.state.cityml = state
+    app = _webhook_app(state, slow)
     body = _alias_event("eta-alpha")
 
     async def burst() -> tuple[list[int], list[int]]:
