@@ -350,6 +350,20 @@ def test_a_fare_written_but_not_a_number_is_quarantined_not_kept_as_no_fare(sett
     assert fares_kept == pytest.approx([float("nan"), float("nan"), 15.6, 15.6], nan_ok=True)
 
 
+def test_a_bad_line_of_bytes_that_are_not_utf8_or_a_huge_field_do_not_refuse_the_file(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "yellow_tripdata_2024-01.csv"
+    good = _tlc_rows(6)
+    huge = good[5].replace(",2.5,", ",2.50" + "0" * (3 << 20) + ",")  # a 3 MB field: longer than a parse block
+    lines = [HEADER, *good[:3]]
+    path.write_bytes(
+        ("\n".join(lines) + "\n").encode() + b"1,2,\xff\xfe\n" + ("\n".join([*good[3:5], huge]) + "\n").encode()
+    )
+    (file,) = import_files(settings, "nyc-tlc", [path], "nyc")["files"]
+    assert (file["rows_kept"], file["quarantined_by_reason"]) == (6, {"malformed_line": 1})
+
+
 def test_times_with_an_offset_are_placed_by_it_among_local_ones(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "yellow_tripdata_2024-01.csv"
     lines = [*_tlc_rows(2), "2,2024-01-10T14:05:00Z,2024-01-10 09:20:00,141,236,2.5,15.6"]  # 09:05 in New York

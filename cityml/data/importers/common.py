@@ -114,6 +114,8 @@ class RawFile(NamedTuple):
     malformed: list[tuple[int | None, str]]
 
 
+LARGE_BLOCK = 64 << 20  # the parse block of a second try: a field up to this long is read
+
 #: A file where more than this share of the lines do not parse is not a CSV of any layout: refused whole.
 MAX_MALFORMED_SHARE = 0.5
 
@@ -123,7 +125,9 @@ def _read_csv(path: Path) -> RawFile:
     import pyarrow.csv as pcsv
     from pandas.io.common import get_handle
 
-    def parse(source: Any, names: list[str] | None = None) -> tuple[pa.Table, list[tuple[int | None, str]]]:
+    def parse(
+        source: Any, names: list[str] | None = None, block: int = 1 << 20
+    ) -> tuple[pa.Table, list[tuple[int | None, str]]]:
         malformed: list[tuple[int | None, str]] = []
 
         def bad_line(row: pcsv.InvalidRow) -> str:
@@ -132,18 +136,26 @@ def _read_csv(path: Path) -> RawFile:
 
         table = pcsv.read_csv(
             source,
-            read_options=pcsv.ReadOptions(use_threads=False, column_names=names),
+            read_options=pcsv.ReadOptions(use_threads=False, column_names=names, block_size=block),
             parse_options=pcsv.ParseOptions(invalid_row_handler=bad_line, newlines_in_values=True),
             # Empty fields are missing values, in text columns too, as pandas reads them.
             convert_options=pcsv.ConvertOptions(strings_can_be_null=True),
         )
         return table, malformed
 
-    if path.suffix.lower() in (".zip", ".xz"):  # compressions Arrow does not read itself
+    try:
+        if path.suffix.lower() in (".zip", ".xz"):  # compressions Arrow does not read itself
+            with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+                table, malformed = parse(pa.py_buffer(handle.handle.read()))
+        else:  # plain, or gzip/bz2/zstd/lz4, which Arrow infers from the suffix
+            table, malformed = parse(str(path))
+    except pa.ArrowInvalid:
+        # Once more, from text made whole: a bad line whose bytes are not UTF-8 cannot be handed to the bad-line
+        # handler (Arrow fails decoding it first), and a field longer than a parse block (1 MB) straddles two.
+        # Invalid bytes become U+FFFD; blocks are 64 MB. A file this does not help is refused as before.
         with get_handle(path, "rb", compression="infer", is_text=False) as handle:
-            table, malformed = parse(pa.py_buffer(handle.handle.read()))
-    else:  # plain, or gzip/bz2/zstd/lz4, which Arrow infers from the suffix
-        table, malformed = parse(str(path))
+            text = handle.handle.read().decode("utf-8", errors="replace").encode()
+        table, malformed = parse(pa.py_buffer(text), block=LARGE_BLOCK)
     tables = [table]
     i = 0
     while i < len(malformed):
