@@ -244,7 +244,6 @@ def _requested(settings: Settings) -> dict[str, datetime]:
 
 def _record_requests(settings: Settings, cities: list[str], now: datetime) -> None:
     path = settings.reports_dir / "drift" / REQUESTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     done = {city: at.isoformat() for city, at in _requested(settings).items()}
     done.update({city: now.isoformat() for city in cities})
     write_text_atomic(path, json.dumps(done, indent=2, sort_keys=True))
@@ -323,7 +322,6 @@ def run_drift(
     }
     report["history_rows"] = history.record(settings.metadata_db, report)
     path = settings.reports_dir / "drift" / f"{report_stem('drift', now)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     html_path = write_html(report, path.parent, path.stem, labels.history)
     write_text_atomic(path, json.dumps(report, indent=2))
     report["report_path"], report["html_path"] = str(path), str(html_path)

@@ -19,6 +19,8 @@ from typing import Any
 from cityml.registry import client
 from cityml.settings import Settings
 
+log = logging.getLogger(__name__)
+
 #: A signed delivery's timestamp may be this far from the server's clock, either way; older or newer is refused
 #: (``serving.api.routes.admin``), so a delivery captured now cannot be replayed later.
 MAX_SKEW_S = 300
@@ -53,8 +55,6 @@ class Deliveries:
         """Forget a delivery whose handling failed."""
         self._taken.pop(delivery_id, None)
 
-
-log = logging.getLogger(__name__)
 
 EVENTS: list[Any] = ["model_version_alias.created"]
 #: Set by ``cityml serve --workers N``, which registers the webhook once before starting workers

@@ -518,6 +518,7 @@ def serve_routes(
     out: Annotated[Path | None, typer.Option(help="Write the routes here (atomically); default: print them.")] = None,
 ) -> None:
     """The proxy's routes of a sharded fleet: nginx upstreams and a ``map`` from ``X-City`` to the city's shard."""
+    from cityml.reports import write_text_atomic
     from cityml.shards import nginx_routes
 
     settings = get_settings()
@@ -530,10 +531,8 @@ def serve_routes(
     if out is None:
         typer.echo(text, nl=False)
         return
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        tmp.write_text(text)
-        tmp.replace(out)  # nginx never reads half a file
+        write_text_atomic(out, text)  # nginx never reads half a file
     except OSError as exc:
         raise _fail(f"--out {out}: {exc.strerror or exc}") from exc
     typer.echo(f"{out}: {len(cities)} cities over {shards} shards")

@@ -20,7 +20,6 @@ from tests.conftest import FIXTURES
         (["drift", "--hours", "-5"], "--hours -5"),
         (["monitor", "labels", "--hours", "1e300"], "--hours 1e+300"),
         (["train", "--train-days", "99999999"], "--train-days"),
-        (["serve-routes", "--out", "/nonexistent-folder/routes.conf"], "--out /nonexistent-folder/routes.conf"),
     ],
 )
 def test_a_value_out_of_range_is_refused_naming_the_option(env_settings: Settings, args: list[str], named: str) -> None:
@@ -38,3 +37,11 @@ def test_generating_trips_for_a_city_whose_trips_are_imported_is_refused(
     result = CliRunner().invoke(app, ["data", "generate", "--cities", "nyc", "--days", "1"])
     assert result.exit_code == 2 and "--cities: nyc has no synthetic: block" in result.output, result.output
     assert not env_settings.trips_dir.exists()
+
+
+def test_routes_written_where_no_folder_can_be_are_refused_naming_out(env_settings: Settings, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = CliRunner().invoke(app, ["serve-routes", "--out", str(a_file / "routes.conf")])
+    assert result.exit_code == 2 and f"--out {a_file / 'routes.conf'}" in result.output, result.output
+    assert "Traceback" not in result.output
