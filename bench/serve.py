@@ -171,6 +171,18 @@ def _drained(base: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"{base}: prediction log still writing after {timeout_s:.0f} s")
 
 
+def _coalesced(base: str) -> tuple[float, float]:
+    """A cityml server's model-stage runs so far, and the requests they took (``serving.batching``)."""
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    found = {
+        name: float(m.group(1))
+        if (m := re.search(rf"^cityml_predict_requests_per_run_{name} ([\d.e+]+)$", metrics, re.M))
+        else 0.0
+        for name in ("count", "sum")
+    }
+    return found["count"], found["sum"]
+
+
 def _latency(out: str, pct: str) -> float:
     m = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)\b", out)
     if not m:
@@ -430,11 +442,17 @@ def run(quick: bool) -> report.Section:
         bases = {name: f"http://127.0.0.1:{ports['cityml']}" for name in ("cityml", "batch")}
         for url, body, conns in urls.values():  # warm-up
             _wrk(url, body, 2, conns, tmp)
+        runs = [0.0, 0.0]  # model-stage runs and the requests they took, during the single-instance loads
         for _ in range(rounds):
             for name, (url, body, conns) in urls.items():
                 if name in bases:
                     _drained(bases[name])
+                before = _coalesced(bases["cityml"]) if name == "cityml" else (0.0, 0.0)
                 loads[name].append(_wrk(url, body, seconds, conns, tmp))
+                if name == "cityml":
+                    after = _coalesced(bases["cityml"])
+                    runs = [runs[0] + after[0] - before[0], runs[1] + after[1] - before[1]]
+        built["requests_per_run"] = runs[1] / runs[0] if runs[0] else float("nan")
         rss = {
             "cityml": _rss_mb(p1),
             "cityml2": _rss_mb(p2),
@@ -517,6 +535,10 @@ def _section(
         f"(goal ≤ 60 s): {many['served']:,} served, {many['stale']} stale; peak RSS {many['rss_mb']:,.0f} MB "
         f"({many['mb_per_model']:.2f} MB per model above an empty store's {many['baseline_rss_mb']:,.0f} MB).",
     ]
+    lines.append(
+        f"- Requests that arrived together shared one pass through the models (`serving.batching`): "
+        f"{built['requests_per_run']:.1f} requests per pass on average under the single-instance load."
+    )
     degraded = re.findall(r"cityml_predictions_degraded_total\{[^}]*\} ([\d.e+]+)", metrics)
     lines.append(
         f"- Degraded answers during the run (online value missing or stale): {sum(float(d) for d in degraded):,.0f}."

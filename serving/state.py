@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -12,7 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from cityml.features.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
+from serving.batching import Coalescer
 from serving.model_store import ModelStore, loads
+from serving.predicting import Answer, Job, answer
+from serving.schemas import MAX_INSTANCES
 from serving.signals import ReloadSignals
 from serving.webhook import Deliveries
 
@@ -53,6 +57,12 @@ class Metrics:
             ["target"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.coalesced = Histogram(
+            "cityml_predict_requests_per_run",
+            "Predict requests that went through the models together (serving.batching)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
         )
         self.reloads = Counter("cityml_model_reloads_total", "Champion versions loaded", registry=self.registry)
         self.stale = Gauge(
@@ -95,6 +105,13 @@ class AppState:
     signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``
     deliveries: Deliveries = field(default_factory=Deliveries)  # the registry webhook's, on this worker
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: The model stage of predict requests, shared by those that arrive together.
+    predicts: Coalescer[Job, Answer] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.predicts = Coalescer(
+            functools.partial(answer, self), size=len, max_rows=MAX_INSTANCES, observe=self.metrics.coalesced.observe
+        )
 
     async def reload(self, names: set[str] | None = None, tell_others: bool = False) -> dict[str, str]:
         """Load the champions that moved (``names`` only, or all), count the loads; the one way every

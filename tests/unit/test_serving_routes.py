@@ -587,3 +587,77 @@ def test_keys_rotate_by_overlap() -> None:
     assert check_key(after, b"new-key", admin=False) == "ok"
     assert check_key(after, b"old-key", admin=False) == "wrong"
     assert check_key(after, b"new-key", admin=True) == "not_admin"
+
+
+def test_requests_arriving_together_share_one_pass_and_get_the_answers_they_get_alone(state: AppState) -> None:
+    """Eight requests sent at once: one run of the model stage. Each answer is the one the request gets
+    alone, a request refused (an unknown zone; no distance) is refused alone, and the log holds each
+    answered request's rows under its own id. (A refusal from the model stage itself is in
+    ``tests/unit/test_batching.py``.)"""
+    import asyncio
+
+    import httpx
+
+    app = create_app(state=state)
+    app.state.cityml = state  # httpx's ASGI transport runs no lifespan
+    good = [
+        {"instances": [trip(trip_id=f"a{i}", distance_km=1.0 + i, pickup_zone=f"z{i:02d}")]} for i in range(5)
+    ] + [{"instances": [trip(trip_id="b0", distance_km=3.3), trip(trip_id="b1", dropoff_zone="z07")]}]
+    bad = [
+        {"instances": [trip(), trip(pickup_zone="z99")]},  # refused before the models
+        {"instances": [trip(), trip(distance_km=None)]},  # neither a distance nor the coordinates
+    ]
+
+    async def send(bodies: list[dict[str, Any]], together: bool) -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cityml") as client:
+            calls = [client.post("/v1/predict/eta", json=b, headers={"X-API-Key": KEY}) for b in bodies]
+            if together:
+                return list(await asyncio.gather(*calls))
+            return [await c for c in calls]
+
+    alone = asyncio.run(send(good, together=False))
+    before = state.metrics.coalesced.collect()[0].samples
+    together = asyncio.run(send([*good[:3], *bad, *good[3:]], together=True))
+    after = {s.name: s.value for s in state.metrics.coalesced.collect()[0].samples}
+    runs = after["cityml_predict_requests_per_run_count"] - {s.name: s.value for s in before}[
+        "cityml_predict_requests_per_run_count"
+    ]
+    state.log.close()
+    assert runs == 1, "the six requests that reached the models went through them in one run"
+    assert [r.status_code for r in together] == [200, 200, 200, 422, 422, 200, 200, 200]
+    assert together[3].json()["detail"][0]["loc"] == ["body", "instances", 1, "pickup_zone"]
+    assert together[4].json()["detail"][0]["loc"][:3] == ["body", "instances", 1]
+    answered = [*together[:3], *together[5:]]
+    for solo, shared in zip(alone, answered, strict=True):
+        assert [p["value"] for p in shared.json()["predictions"]] == [p["value"] for p in solo.json()["predictions"]]
+    logged = read_predictions(state.settings.predictions_dir, "alpha", "eta")
+    by_request: dict[str, list[str]] = {}
+    for x in logged:
+        by_request.setdefault(x["request_id"], []).append(x["trip_id"])
+    assert [by_request[r.json()["request_id"]] for r in answered] == [["a0"], ["a1"], ["a2"], ["a3"], ["a4"], ["b0", "b1"]]
+    refused = {r.json().get("request_id") for r in together[3:5]}
+    assert not refused & {x["request_id"] for x in logged}
+
+
+def test_the_model_stage_refuses_one_request_of_a_run_and_answers_the_others(state: AppState) -> None:
+    """A per-km model cannot answer a trip of unknown length (the schema asks for a distance or the
+    coordinates; this builds the instance past it): that request's 422 names the instance and the
+    field, the other request of the run is answered and logged, the refused one is not."""
+    from datetime import UTC, datetime
+
+    from fastapi import HTTPException
+
+    from serving.predicting import Answer, answer, prepare
+    from serving.schemas import TripRequest
+
+    now = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    ok = TripRequest.model_validate(trip(trip_id="ok"))
+    unknown_length = TripRequest.model_construct(**{**ok.model_dump(), "distance_km": None, "trip_id": "no"})
+    jobs = [prepare(state, "eta", [ok], "r-ok", now), prepare(state, "eta", [ok, unknown_length], "r-no", now)]
+    got = answer(state, jobs)
+    state.log.close()
+    assert isinstance(got[0], Answer) and np.isfinite(got[0].values).all()
+    assert isinstance(got[1], HTTPException) and got[1].status_code == 422
+    assert got[1].detail[0]["loc"] == ["body", "instances", 1, "distance_km"]
+    logged = read_predictions(state.settings.predictions_dir, "alpha", "eta")
+    assert [(x["request_id"], x["trip_id"]) for x in logged] == [("r-ok", "ok")]

@@ -1,0 +1,85 @@
+"""Requests that arrive together go through the models together, with no timer.
+
+Under load, the event loop reads several requests in one turn and starts them all before it runs
+anything it was told to run later. Each request is checked on its own (its refusals are its own),
+then queued here; the first one queued schedules the run with ``call_soon``, which comes after
+every request already started has queued. So the run takes what arrived together, and a request
+that arrives alone runs alone: nothing ever waits for company.
+
+One run is one pass of the model stage for all its requests: one online read per feature view,
+request-time features in one numpy pass, one call per booster, one hand-off to the prediction
+log. That is a request's fixed cost paid once for the batch (``bench/RESULTS.md`` shows how many
+requests a run took under load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+#: What the model stage answers for each job of a run, in order: its result, or the exception its
+#: request raises (a refusal of that request only).
+Run = Callable[[list[J]], Sequence["R | Exception"]]
+
+
+class Coalescer(Generic[J, R]):
+    """Queue jobs from requests on one event loop; run those queued in one loop turn together.
+
+    ``size(job)``: its rows; a run takes jobs until ``max_rows`` (always at least one), the rest
+    go to the next run. ``observe(n)``: told how many jobs each run took (a metric).
+    """
+
+    def __init__(
+        self,
+        run: Run[J, R],
+        size: Callable[[J], int],
+        max_rows: int,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._size = size
+        self.max_rows = max_rows
+        self._observe = observe
+        self._pending: list[tuple[J, asyncio.Future[R]]] = []
+
+    async def __call__(self, job: J) -> R:
+        """The job's result once its run is done (raises what the run gave it)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((job, future))
+        return await future
+
+    def _flush(self) -> None:
+        taken, rows = 0, 0
+        for job, _ in self._pending:
+            rows += self._size(job)
+            if taken and rows > self.max_rows:
+                break
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        live = [(job, future) for job, future in batch if not future.done()]  # a cancelled request: no work
+        if not live:
+            return
+        if self._observe is not None:
+            self._observe(len(live))
+        try:
+            results = self._run([job for job, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"the model stage answered {len(results)} of {len(live)} requests")
+        except Exception as exc:  # noqa: BLE001 -- a fault of the stage: every request of the run sees it (a logged 500)
+            for _, future in live:
+                future.set_exception(exc)
+            return
+        for (_, future), result in zip(live, results, strict=True):
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -1,0 +1,176 @@
+"""A predict request's two stages: its instances checked (:func:`prepare`), then the models (:func:`answer`).
+
+:func:`prepare` runs per request and refuses what cannot be answered, naming the field: an unknown
+city or zone, a point outside the city, a city of another shard, no model. :func:`answer` runs once
+for every request a :class:`serving.batching.Coalescer` run took: per model, the rows of all of
+them → request-time and online feature columns (``cityml.features.online.model_columns``, the code
+parity checks) → ``LoadedModel.predict_columns`` → each request's values, and its records queued
+for the prediction log (written off the request path). A request's answer does not depend on
+which others shared its run: every step is row by row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fastapi import HTTPException, status
+
+from cityml.catalog import CityContext
+from cityml.features.online import model_columns
+from cityml.features.request_features import TripRows
+from cityml.naming import Target
+from cityml.prediction_log import PredictionBatch
+from serving.features import RequestError, known_zones, trip_rows
+from serving.model_store import Served
+from serving.schemas import TripRequest
+
+if TYPE_CHECKING:
+    from serving.state import AppState
+
+
+@dataclass
+class Job:
+    """One request's instances, checked, with the model that answers each and their trip rows."""
+
+    request_id: str
+    now: datetime
+    target: Target
+    instances: list[TripRequest]
+    served_by: list[Served]
+    fallbacks: list[str | None]
+    rows: TripRows
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+
+@dataclass
+class Answer:
+    """A request's predictions in its instances' order, and which were made with online values missing."""
+
+    values: np.ndarray
+    degraded: np.ndarray
+
+
+def refuse(state: AppState, code: int, index: int, field: str, message: str, reason: str) -> HTTPException:
+    """The refusal of a request for its instance ``index``'s ``field``, counted by reason."""
+    state.metrics.errors.labels(reason).inc()
+    return HTTPException(code, detail=[{"loc": ["body", "instances", index, field], "msg": message, "type": reason}])
+
+
+def prepare(state: AppState, target: Target, instances: list[TripRequest], request_id: str, now: datetime) -> Job:
+    """Which model answers each instance, and its trip row; raises the refusal of the first that cannot be."""
+    catalog = state.models.catalog
+    per_city: dict[str, tuple[Served, str | None, frozenset[str] | None]] = {}  # once per city of the request
+    served_by: list[Served] = []
+    fallbacks: list[str | None] = []
+    zones: list[frozenset[str] | None] = []
+    for i, inst in enumerate(instances):
+        hit = per_city.get(inst.city)
+        if hit is None:
+            if inst.city not in catalog:
+                raise refuse(state, 422, i, "city", f"unknown city {inst.city[:40]!r}", "unknown_city")
+            if not state.models.owns(inst.city):  # a sharded fleet: the proxy routes by X-City
+                shard = state.models.shard_of(inst.city)
+                message = f"{inst.city!r} is served by shard {shard}: send X-City: {inst.city} through the proxy"
+                raise refuse(state, status.HTTP_421_MISDIRECTED_REQUEST, i, "city", message, "other_shard")
+            served, fallback = state.models.get(target, inst.city)
+            if served is None:
+                message = f"no {target} model for {inst.city!r} and no global fallback"
+                raise refuse(state, status.HTTP_503_SERVICE_UNAVAILABLE, i, "city", message, "no_model")
+            hit = per_city[inst.city] = (served, fallback, known_zones(catalog, inst.city, served.zones))
+        served_by.append(hit[0])
+        fallbacks.append(hit[1])
+        zones.append(hit[2])
+    try:
+        rows = trip_rows(instances, catalog, now, zones)
+    except RequestError as exc:
+        raise refuse(state, 422, exc.index, exc.field, str(exc), exc.reason) from exc
+    return Job(request_id, now, target, instances, served_by, fallbacks, rows)
+
+
+@dataclass
+class _Part:
+    """The rows of one job that one model answers: ``index`` into the job, ``at`` into the model's batch."""
+
+    job: int
+    index: np.ndarray
+    at: slice
+
+
+def _rows_of(job: Job, index: np.ndarray) -> TripRows:
+    return job.rows if len(index) == len(job) else job.rows.take(index)
+
+
+def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
+    """Every job's answer, or its refusal (a per-km model and a trip of unknown length), in order."""
+    catalog = state.models.catalog
+    contexts: dict[str, CityContext] = {}
+    for job in jobs:
+        for inst in job.instances:
+            if inst.city not in contexts:
+                contexts[inst.city] = catalog.get(inst.city).context
+    # The rows each model answers, job by job, and where they sit in that model's batch.
+    by_model: dict[int, tuple[Served, list[_Part]]] = {}
+    for j, job in enumerate(jobs):
+        groups: dict[int, list[int]] = {}
+        for i, served in enumerate(job.served_by):
+            groups.setdefault(id(served), []).append(i)
+        for key, members in groups.items():
+            parts = by_model.setdefault(key, (job.served_by[members[0]], []))[1]
+            start = parts[-1].at.stop if parts else 0
+            parts.append(_Part(j, np.asarray(members), slice(start, start + len(members))))
+
+    values = [np.empty(len(job)) for job in jobs]
+    degraded = [np.zeros(len(job), dtype=bool) for job in jobs]
+    refused: dict[int, HTTPException] = {}
+    batches: dict[int, list[PredictionBatch]] = {}
+    for served, parts in by_model.values():
+        model = served.model
+        whole = [_rows_of(jobs[p.job], p.index) for p in parts]
+        rows = whole[0] if len(whole) == 1 else TripRows.concat(whole)
+        columns, online = model_columns(state.online.reader(model.feature_service), rows, contexts)
+        pred = model.predict_columns(columns, len(rows))
+        names = [n for n in model.features if n != "city"]
+        for p, part_rows in zip(parts, whole, strict=True):
+            job, own = jobs[p.job], pred[p.at]
+            unknown = np.flatnonzero(~np.isfinite(own))
+            if unknown.size:  # a per-km model and a trip of unknown length
+                i = int(p.index[unknown[0]])
+                message = "give distance_km or the four coordinates"
+                refused.setdefault(p.job, refuse(state, 422, i, "distance_km", message, "no_distance"))
+                continue
+            missing = online.missing[p.at]
+            values[p.job][p.index] = own
+            degraded[p.job][p.index] = missing
+            if missing.any():
+                reason = "store_error" if online.error else "missing_or_stale"
+                state.metrics.degraded.labels(job.target, reason).inc(int(missing.sum()))
+            one = len(parts) == 1
+            batches.setdefault(p.job, []).append(
+                PredictionBatch(
+                    ts=job.now,
+                    request_id=job.request_id,
+                    target=job.target,
+                    model=model.name,
+                    version=model.version,
+                    cities=[job.instances[i].city for i in p.index],
+                    fallbacks=[job.fallbacks[i] for i in p.index],
+                    degraded=missing,
+                    features={n: columns[n] if one else columns[n][p.at] for n in names},
+                    predictions=own,
+                    trip_ids=[job.instances[i].trip_id for i in p.index],
+                    pickup_s=part_rows.pickup_s,
+                    pickup_zones=part_rows.pickup_zone,
+                    dropoff_zones=part_rows.dropoff_zone,
+                )
+            )
+    # A refused request logs nothing, as it answers nothing.
+    logged = [b for j, own_batches in batches.items() if j not in refused for b in own_batches]
+    dropped = state.log.submit(logged)
+    if dropped:
+        state.metrics.log_dropped.inc(dropped)
+    return [refused[j] if j in refused else Answer(values[j], degraded[j]) for j in range(len(jobs))]
