@@ -6,6 +6,7 @@ only read, through these functions.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+
+    from cityml.trees import FlatTrees
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,9 @@ class LoadedModel:
     files: VersionFiles | None = field(default=None, repr=False)  # where its artifacts are
     others: list[tuple[lgb.Booster, LabelScale]] = field(default_factory=list)  # a blend's other members
     selftest: dict[str, Any] | None = field(default=None, repr=False)  # its SELFTEST_FILE, read at load
+    #: Its members' trees in ``cityml.trees``' compiled loop, once built and checked (:meth:`flatten`);
+    #: None: LightGBM walks them. Serving builds it for the models that answer, off the request path.
+    flat: FlatTrees | None = field(default=None, repr=False)
 
     @property
     def feature_service(self) -> str:
@@ -255,6 +261,23 @@ class LoadedModel:
     def features(self) -> list[str]:
         return self.encoder.names
 
+    def flatten(self) -> FlatTrees:
+        """Its members' trees as ``cityml.trees`` walks them, checked bit for bit against LightGBM on probe
+        rows. Raises ``cityml.trees.Unsupported`` saying why where the loop cannot stand in for LightGBM.
+
+        Each member's text holds the iterations its :class:`RawPredictor` predicts with (its best).
+        """
+        from cityml import trees
+
+        members = self.members
+        texts = [raw.booster.model_to_string(num_iteration=raw.iteration or -1) for raw, _, _ in members]
+        flat = trees.flatten(texts, [cols for _, _, cols in members])
+        lightgbm = [functools.partial(_member_raw, raw, cols) for raw, _, cols in members]
+        wrong = trees.mismatch(flat, lightgbm, len(self.encoder.names))
+        if wrong is not None:
+            raise trees.Unsupported(f"{self.name} v{self.version}: the flat trees differ from LightGBM: {wrong}")
+        return flat
+
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Predictions in the label's units (``cityml.modeling``), the base's added in for a pooled model."""
         return self.predict_columns({name: frame[name].to_numpy() for name in frame.columns}, len(frame))
@@ -268,11 +291,15 @@ class LoadedModel:
         base = self.base.predict_columns(columns, n) if self.base is not None else None
         x = self.encoder.matrix(columns, n)
         km = columns.get("distance_km")
-        return predict_members(self.members, x, km, cities, base)
+        return predict_members(self.members, x, km, cities, base, self.flat)
 
     def serves(self, city: str) -> bool:
         """Whether this model can answer for ``city`` (a fleet model only for cities it learned)."""
         return self.scale.covers(city) and (self.base is None or self.base.serves(city))
+
+
+def _member_raw(raw: RawPredictor, cols: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    return raw(x if cols is None else x[:, cols])
 
 
 #: Loaded base models by (name, version): every pooled city model of a run shares one fleet version.

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
+from cityml import trees
 from cityml.features.featurestore import get_store
 from cityml.features.online import OnlineFeatures
 from cityml.modeling import one_thread_per_call
@@ -69,6 +70,7 @@ def build_state(settings: Settings) -> AppState:
     """Everything a request needs, built once: online reader cache, champions, log writer, metrics."""
     fail_fast()
     one_thread_per_call()
+    trees.warm()  # the compiled tree loop, before the first request (about 2 s)
     online = OnlineFeatures(get_store(settings), retry_s=settings.online_retry_s, cache_s=settings.online_cache_s)
     return AppState(
         settings=settings,
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await run_in_threadpool(built.log.close)
+            await run_in_threadpool(built.hot.close)
 
     # /docs and /redoc with their assets served from the package: they work without internet.
     app = FastAPIOffline(title="cityml", version="0.1.0", lifespan=lifespan)

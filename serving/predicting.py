@@ -130,6 +130,8 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
     batches: dict[int, list[PredictionBatch]] = {}
     for served, parts in by_model.values():
         model = served.model
+        if model.flat is None:
+            state.hot.want(model)  # its trees, flattened in the background, answer its next requests
         whole = [_rows_of(jobs[p.job], p.index) for p in parts]
         rows = whole[0] if len(whole) == 1 else TripRows.concat(whole)
         columns, online = model_columns(state.online.reader(model.feature_service), rows, contexts)

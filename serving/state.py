@@ -14,6 +14,7 @@ from cityml.features.online import OnlineFeatures
 from cityml.prediction_log import PredictionLog
 from cityml.settings import Settings
 from serving.batching import Coalescer
+from serving.hot_trees import HotTrees
 from serving.model_store import ModelStore, loads
 from serving.predicting import Answer, Job, answer
 from serving.schemas import MAX_INSTANCES
@@ -105,6 +106,7 @@ class AppState:
     signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``
     deliveries: Deliveries = field(default_factory=Deliveries)  # the registry webhook's, on this worker
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    hot: HotTrees = field(default_factory=HotTrees, repr=False)  # flattens the trees of models that answer
     #: The model stage of predict requests, shared by those that arrive together.
     predicts: Coalescer[Job, Answer] = field(init=False, repr=False)
 

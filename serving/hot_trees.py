@@ -1,0 +1,84 @@
+"""The models that answer get their trees flattened for the compiled loop, in the background.
+
+Flattening a six-booster model (``LoadedModel.flatten``: its text, the flat arrays, the check
+against LightGBM) takes a few hundred milliseconds and holds about 1.6 MB. Doing it for every
+loaded model would add minutes to a 2,000-model start and gigabytes to its memory; most cities'
+models may not be asked for. So a model is flattened the first time it answers, in one background
+thread, one model at a time; until it is done, and for a model the loop cannot stand in for (it
+says why, logged once), LightGBM answers. The answers are the same either way, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import weakref
+
+from cityml.registry import LoadedModel
+from cityml.trees import Unsupported
+
+log = logging.getLogger(__name__)
+
+ASKED_PRUNE = 10_000
+
+
+class HotTrees:
+    """Flattens models asked for with :meth:`want`, each once, in a thread started on first use."""
+
+    def __init__(self) -> None:
+        self._asked: dict[int, weakref.ref[LoadedModel]] = {}  # by id (a LoadedModel is not hashable)
+        # A model to flatten, an event to set once all before it are done, or None: stop.
+        self._queue: queue.SimpleQueue[LoadedModel | threading.Event | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.flattened = 0
+        self.unsupported = 0
+
+    def want(self, model: LoadedModel) -> None:
+        """Have ``model`` (and its base) flattened; nothing happens if it is, or is on its way."""
+        for m in (model, model.base):
+            if m is None or m.flat is not None:
+                continue
+            asked = self._asked.get(id(m))
+            if asked is not None and asked() is m:
+                continue
+            if len(self._asked) > ASKED_PRUNE:  # models replaced since: their ids may come back
+                self._asked = {k: r for k, r in self._asked.items() if r() is not None}
+            self._asked[id(m)] = weakref.ref(m)
+            self._put(m)
+
+    def wait(self, timeout_s: float = 120.0) -> bool:
+        """Until every model asked for so far is flattened or refused (tests, the bench)."""
+        done = threading.Event()
+        self._put(done)
+        return done.wait(timeout_s)
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(30)
+
+    def _put(self, item: LoadedModel | threading.Event) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cityml-hot-trees", daemon=True)
+                self._thread.start()
+            self._queue.put(item)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                item.flat = item.flatten()
+                self.flattened += 1
+            except Unsupported as exc:
+                self.unsupported += 1
+                log.info("%s v%s stays on LightGBM: %s", item.name, item.version, exc)
+            except Exception:
+                self.unsupported += 1
+                log.exception("flattening %s v%s failed; LightGBM answers for it", item.name, item.version)
