@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Serving reuses an online-store row this long after reading it (0: read every time).",
     )
+    flat_models: int = Field(
+        default=1000,
+        ge=0,
+        description="Models whose trees serving flattens for its compiled loop (cityml.trees), the first that "
+        "answer: about 1.6 MB each for a six-booster model. 0: LightGBM walks every model's trees.",
+    )
     serve_shards: int = Field(
         default=1, ge=1, description="Serving replicas the cities are spread over (cityml/shards.py); 1: no sharding."
     )

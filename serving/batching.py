@@ -30,7 +30,8 @@ class Coalescer(Generic[J, R]):
     """Queue jobs from requests on one event loop; run those queued in one loop turn together.
 
     ``size(job)``: its rows; a run takes jobs until ``max_rows`` (always at least one), the rest
-    go to the next run. ``observe(n)``: told how many jobs each run took (a metric).
+    go to the next run. ``observe(n)``: told how many jobs each run took (a metric). A run that
+    raises is run again job by job: a request that breaks the stage fails alone.
     """
 
     def __init__(
@@ -55,6 +56,12 @@ class Coalescer(Generic[J, R]):
         self._pending.append((job, future))
         return await future
 
+    def _answers(self, jobs: list[J]) -> Sequence[R | Exception]:
+        results = self._run(jobs)
+        if len(results) != len(jobs):
+            raise RuntimeError(f"the model stage answered {len(results)} of {len(jobs)} requests")
+        return results
+
     def _flush(self) -> None:
         taken, rows = 0, 0
         for job, _ in self._pending:
@@ -71,13 +78,18 @@ class Coalescer(Generic[J, R]):
         if self._observe is not None:
             self._observe(len(live))
         try:
-            results = self._run([job for job, _ in live])
-            if len(results) != len(live):
-                raise RuntimeError(f"the model stage answered {len(results)} of {len(live)} requests")
-        except Exception as exc:  # noqa: BLE001 -- a fault of the stage: every request of the run sees it (a logged 500)
-            for _, future in live:
-                future.set_exception(exc)
-            return
+            results = self._answers([job for job, _ in live])
+        except Exception as exc:  # noqa: BLE001 -- a fault of the stage, not of one job
+            if len(live) == 1:
+                live[0][1].set_exception(exc)  # its request's logged 500
+                return
+            # Whichever request brought it fails alone: the others of the run are answered one by one.
+            results = []
+            for job, _ in live:
+                try:
+                    results.extend(self._answers([job]))
+                except Exception as alone:  # noqa: BLE001 -- this request's 500
+                    results.append(alone)
         for (_, future), result in zip(live, results, strict=True):
             if isinstance(result, Exception):
                 future.set_exception(result)

@@ -4,12 +4,14 @@ Flattening a six-booster model (``LoadedModel.flatten``: its text, the flat arra
 against LightGBM) takes a few hundred milliseconds and holds about 1.6 MB. Doing it for every
 loaded model would add minutes to a 2,000-model start and gigabytes to its memory; most cities'
 models may not be asked for. So a model is flattened the first time it answers, in one background
-thread, one model at a time; until it is done, and for a model the loop cannot stand in for (it
-says why, logged once), LightGBM answers. The answers are the same either way, bit for bit.
+thread, one model at a time, up to ``CITYML_FLAT_MODELS`` models held at once; until it is done,
+past that bound, and for a model the loop cannot stand in for (it says why, logged once),
+LightGBM answers. The answers are the same either way, bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -20,13 +22,12 @@ from cityml.trees import Unsupported
 
 log = logging.getLogger(__name__)
 
-ASKED_PRUNE = 10_000
-
 
 class HotTrees:
     """Flattens models asked for with :meth:`want`, each once, in a thread started on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit  # models flattened at once at most (those replaced since do not count)
         self._asked: dict[int, weakref.ref[LoadedModel]] = {}  # by id (a LoadedModel is not hashable)
         # A model to flatten, an event to set once all before it are done, or None: stop.
         self._queue: queue.SimpleQueue[LoadedModel | threading.Event | None] = queue.SimpleQueue()
@@ -43,10 +44,15 @@ class HotTrees:
             asked = self._asked.get(id(m))
             if asked is not None and asked() is m:
                 continue
-            if len(self._asked) > ASKED_PRUNE:  # models replaced since: their ids may come back
-                self._asked = {k: r for k, r in self._asked.items() if r() is not None}
-            self._asked[id(m)] = weakref.ref(m)
+            if len(self._asked) >= self.limit:
+                continue
+            self._asked[id(m)] = weakref.ref(m, functools.partial(self._forget, id(m)))
             self._put(m)
+
+    def _forget(self, key: int, gone: weakref.ref[LoadedModel]) -> None:
+        """A model was replaced and freed: it no longer counts, and its id may come back."""
+        if self._asked.get(key) is gone:
+            del self._asked[key]
 
     def wait(self, timeout_s: float = 120.0) -> bool:
         """Until every model asked for so far is flattened or refused (tests, the bench)."""

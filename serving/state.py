@@ -106,11 +106,12 @@ class AppState:
     signals: ReloadSignals | None = None  # the other workers, under ``cityml serve --workers N``
     deliveries: Deliveries = field(default_factory=Deliveries)  # the registry webhook's, on this worker
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
-    hot: HotTrees = field(default_factory=HotTrees, repr=False)  # flattens the trees of models that answer
+    hot: HotTrees = field(init=False, repr=False)  # flattens the trees of models that answer
     #: The model stage of predict requests, shared by those that arrive together.
     predicts: Coalescer[Job, Answer] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.hot = HotTrees(self.settings.flat_models)
         self.predicts = Coalescer(
             functools.partial(answer, self), size=len, max_rows=MAX_INSTANCES, observe=self.metrics.coalesced.observe
         )

@@ -12,15 +12,14 @@ from serving.batching import Coalescer
 
 
 class Stage:
-    """A model stage that doubles numbers, refuses negative ones and records its runs."""
+    """A model stage that doubles numbers, refuses negative ones, breaks on 13 and records its runs."""
 
     def __init__(self) -> None:
         self.runs: list[list[int]] = []
-        self.fail = False
 
     def __call__(self, jobs: list[int]) -> Sequence[int | Exception]:
         self.runs.append(list(jobs))
-        if self.fail:
+        if 13 in jobs:
             raise RuntimeError("the stage broke")
         return [ValueError(f"refused {j}") if j < 0 else 2 * j for j in jobs]
 
@@ -43,20 +42,20 @@ def test_jobs_queued_together_run_together_and_a_lone_job_runs_alone() -> None:
     assert stage.runs == [[1, 2, 3, 4], [5]] and seen == [4, 1]
 
 
-def test_a_refusal_reaches_its_job_only_and_a_fault_every_job_of_its_run() -> None:
+def test_a_refusal_reaches_its_job_only_and_a_job_that_breaks_the_stage_fails_alone() -> None:
     stage = Stage()
-    run, _ = _coalescer(stage)
+    run, seen = _coalescer(stage)
 
-    async def go() -> list[object]:
-        return list(await asyncio.gather(run(1), run(-2), run(3), return_exceptions=True))
+    async def go(jobs: tuple[int, ...]) -> list[object]:
+        return list(await asyncio.gather(*(run(j) for j in jobs), return_exceptions=True))
 
-    first = asyncio.run(go())
+    first = asyncio.run(go((1, -2, 3)))
     assert first[0] == 2 and isinstance(first[1], ValueError) and first[2] == 6
-    stage.fail = True
-    second = asyncio.run(go())
-    assert all(isinstance(r, RuntimeError) for r in second)
-    stage.fail = False
-    assert asyncio.run(go())[2] == 6  # the next run is unharmed
+    second = asyncio.run(go((1, 13, 3)))
+    assert second[0] == 2 and isinstance(second[1], RuntimeError) and second[2] == 6
+    assert stage.runs[1:] == [[1, 13, 3], [1], [13], [3]]  # the run, then each of its jobs alone
+    assert seen == [3, 3]
+    assert asyncio.run(go((13,)))[0].__class__ is RuntimeError  # alone, it is its own 500
 
 
 def test_a_run_holds_at_most_max_rows_and_always_one_job() -> None:

@@ -3,6 +3,8 @@ walk, and the check that guards them catches a tree that differs."""
 
 from __future__ import annotations
 
+import gc
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -158,3 +160,19 @@ def test_hot_trees_flatten_a_model_once_in_the_background_and_leave_the_rest_on_
     hot.close()
     assert good.flat is not None and other.flat is None
     assert (hot.flattened, hot.unsupported) == (1, 1)
+
+
+def test_hot_trees_hold_at_most_their_limit_and_a_replaced_model_frees_its_place() -> None:
+    booster = _train(FEATURES, rounds=5)
+    models = [LoadedModel(name=f"eta-{i}", version="1", booster=booster, tags={}, run_id=None) for i in range(3)]
+    hot = HotTrees(limit=2)
+    for m in models:
+        hot.want(m)
+    assert hot.wait()
+    assert [m.flat is not None for m in models] == [True, True, False]
+    del models[0]  # its city moved to a new version: the old one is freed
+    gc.collect()
+    hot.want(models[-1])
+    assert hot.wait()
+    hot.close()
+    assert models[-1].flat is not None and hot.flattened == 3
