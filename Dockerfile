@@ -7,6 +7,7 @@ ARG UV_VERSION=0.13.8
 # /opt/venv: outside /app, so the dependency layer stays cached while the code changes.
 # Bytecode compiled at build time: the code is read-only to the user it runs as.
 # GIT_PYTHON_REFRESH: there is no git in the image (the commit comes from GIT_SHA); MLflow need not look.
+# NUMBA_CACHE_DIR: serving's compiled tree loop (cityml.trees) is cached where the user can write.
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -15,7 +16,8 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    GIT_PYTHON_REFRESH=quiet
+    GIT_PYTHON_REFRESH=quiet \
+    NUMBA_CACHE_DIR=/tmp/numba
 
 # libgomp1: LightGBM's OpenMP. /data and /mlartifacts are where the named volumes mount; a new volume
 # takes its owner from the image's folder, so the non-root user can write there.

@@ -222,7 +222,6 @@ def _kernel() -> Callable[..., None]:
     """The compiled loop (numba; compiled on first use and cached on disk, so warm it before serving)."""
     import numba
 
-    @numba.njit(cache=True, nogil=False, boundscheck=False)
     def walk(
         x: np.ndarray,
         feature: np.ndarray,
@@ -274,7 +273,11 @@ def _kernel() -> Callable[..., None]:
                     total += leaf_value[leaf_start[t] + ~node]
                 out[m, r] = total
 
-    return walk  # type: ignore[no-any-return]
+    try:
+        return numba.njit(cache=True, boundscheck=False)(walk)  # type: ignore[no-any-return]
+    except RuntimeError as exc:  # no folder to cache in (read-only code, no home): compile every start
+        log.warning("the compiled tree loop is not cached on disk (%s); set NUMBA_CACHE_DIR", exc)
+        return numba.njit(boundscheck=False)(walk)  # type: ignore[no-any-return]
 
 
 def warm() -> None:
