@@ -52,9 +52,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="After an online-store failure, serve without it (degraded) this long."
     )
     online_cache_s: float = Field(
-        default=2.0,
+        default=30.0,
         ge=0,
-        description="Serving reuses an online-store row this long after reading it (0: read every time).",
+        description="Serving reuses an online-store row this long after reading it (0: read every time); "
+        "a row materialized meanwhile is seen this much late (materialization is hourly).",
     )
     flat_models: int = Field(
         default=1000,

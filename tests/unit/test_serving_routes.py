@@ -669,3 +669,15 @@ def test_the_model_stage_refuses_one_request_of_a_run_and_answers_the_others(sta
     assert got[1].detail[0]["loc"] == ["body", "instances", 1, "distance_km"]
     logged = read_predictions(state.settings.predictions_dir, "alpha", "eta")
     assert [(x["request_id"], x["trip_id"]) for x in logged] == [("r-ok", "ok")]
+
+
+def test_request_ids_look_like_uuids_never_repeat_and_a_forked_worker_draws_its_own() -> None:
+    import re
+
+    from serving.api.routes.predict import request_id
+
+    ids = [request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    before = request_id.prefix
+    request_id.reset()  # what os.register_at_fork runs in a child
+    assert request_id.prefix != before and request_id() not in ids

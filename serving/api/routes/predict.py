@@ -7,9 +7,11 @@ requests that arrived together (``serving.batching``, ``serving.predicting.answe
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +85,27 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
     return openapi
 
 
+class _Ids:
+    """Request ids: 80 random bits drawn once per process, then a count (32 hex digits, as a uuid's).
+
+    ``uuid4`` read the OS's random source on every request (1.3% of one). A forked child draws its own.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(10)
+        self.count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.count):012x}"
+
+
+request_id = _Ids()
+
+
 def _target(value: str) -> Target:
     if value not in TARGETS:
         msg = f"Input should be {' or '.join(repr(t) for t in TARGETS)}"
@@ -109,7 +132,7 @@ async def predict(request: Request) -> Response:
     state: AppState = request.app.state.cityml
     target = _target(request.path_params["target"])
     body = _body(await request.body())
-    job = prepare(state, target, body.instances, uuid.uuid4().hex, datetime.now(UTC))
+    job = prepare(state, target, body.instances, request_id(), datetime.now(UTC))
     answer = await state.predicts(job)  # with the requests that arrived with it (serving.batching)
 
     catalog = state.models.catalog
