@@ -167,7 +167,7 @@ def _trees(text: str, member: int) -> list[dict[str, str]]:
     if end < 0:
         raise Unsupported(f"member {member}: not a LightGBM model text (no 'end of trees')")
     header = dict(line.partition("=")[::2] for line in text[: first if first >= 0 else end].splitlines())
-    objective = header.get("objective", "").split(" ")[0]
+    objective = header.get("objective", "").strip()  # one word: "regression sqrt" squares its output
     if objective not in RAW_OBJECTIVES:
         raise Unsupported(f"member {member}: objective {objective!r} converts its raw score")
     if header.get("num_tree_per_iteration", "1") != "1":
@@ -194,27 +194,109 @@ def mismatch(flat: FlatTrees, members: Sequence[Callable[[np.ndarray], np.ndarra
     """Where the flat trees and LightGBM differ on probe rows, or None where they agree bit for bit.
 
     ``members``: each member's LightGBM raw prediction on the blend's matrix (its own columns taken).
-    The probe rows put every feature on the edges of every split: each threshold, the next number
-    above it, zero, a negative number, NaN, and numbers past an int's range.
+    Two kinds of probe rows (:func:`probe_rows`): rows steered down a path to a chosen split of each
+    tree, that split's own value then set to one of its edge cases; and rows whose every value is
+    an edge of some split of its feature or a special value. A check, not a proof: it catches a
+    model the parser or the loop reads differently (an objective that transforms its output, a
+    misaligned tree), and a wrong rule wherever a probe reaches it.
     """
-    rng = np.random.default_rng(0)
-    edges: list[np.ndarray] = []
-    widest = int(np.diff(flat.cat_bounds).max()) if len(flat.cat_bounds) > 1 else 0
-    cats = np.arange(0, 32.0 * widest + 2)  # every category a bitset holds, and the next ones
-    for f in range(n_features):
-        at = flat.threshold[(flat.feature == f) & ((flat.decision & 1) == 0)]
-        special = np.array([0.0, -0.0, -1.0, -0.5, 1e-36, np.nan, np.inf, -np.inf, INT_LIMIT, 1e300])
-        edges.append(np.concatenate([at, np.nextafter(at, np.inf), np.nextafter(at, -np.inf), cats, special]))
-    n = 256
-    rows = np.column_stack([rng.choice(e, n) for e in edges]) if n_features else np.empty((n, 0))
-    for probe in (rows[:8], rows):  # LightGBM's single-row path, and its batch path
-        got = flat.raw(probe)
-        for m, predict in enumerate(members):
-            want = predict(probe)
-            if not np.array_equal(got[m], want):
-                i = int(np.flatnonzero(got[m] != want)[0])
-                return f"member {m}, probe row {i}: flat trees {got[m][i]!r}, LightGBM {want[i]!r}"
+    rows = probe_rows(flat, n_features)
+    got = np.empty((flat.members, len(rows)))
+    for start in range(0, len(rows), PROBE_CHUNK):  # short calls: the loop holds the GIL while it runs
+        got[:, start : start + PROBE_CHUNK] = flat.raw(rows[start : start + PROBE_CHUNK])
+    for m, predict in enumerate(members):
+        # LightGBM's single-row path on the first rows, its batch path on all, in short calls: a
+        # served request on the same booster waits for its lock (holding the GIL) while one runs.
+        want = np.concatenate(
+            [predict(rows[:8])] + [predict(rows[a : a + LIGHTGBM_CHUNK]) for a in range(8, len(rows), LIGHTGBM_CHUNK)]
+        )
+        if not np.array_equal(got[m], want):
+            i = int(np.flatnonzero(got[m] != want)[0])
+            return f"member {m}, probe row {i}: flat trees {got[m][i]!r}, LightGBM {want[i]!r}"
     return None
+
+
+PROBE_CHUNK = 16
+LIGHTGBM_CHUNK = 64
+PROBE_ROWS = 4096  # at most, steered ones included
+SPECIAL = np.array([0.0, -0.0, -1.0, -0.5, 1e-36, -1e-36, ZERO, np.nan, np.nan, np.inf, -np.inf, INT_LIMIT, 1e300])
+
+
+def probe_rows(flat: FlatTrees, n_features: int, seed: int = 0) -> np.ndarray:
+    """Rows for :func:`mismatch`: steered to splits of every tree (up to :data:`PROBE_ROWS`), then random edges."""
+    rng = np.random.default_rng(seed)
+    categorical = (flat.decision & 1) == 1
+    widest = int(np.diff(flat.cat_bounds).max()) if len(flat.cat_bounds) > 1 else 0
+    cats = np.arange(0.0, min(32 * widest + 2, 4096))  # the categories bitsets hold, and the next ones
+    edges = []
+    for f in range(n_features):
+        at = flat.threshold[(flat.feature == f) & ~categorical]
+        values = [at, np.nextafter(at, np.inf), np.nextafter(at, -np.inf)]
+        values.append(cats if np.any((flat.feature == f) & categorical) else np.empty(0))
+        edges.append(np.concatenate(values) if sum(map(len, values)) else np.zeros(1))
+
+    def random_rows(n: int) -> np.ndarray:
+        rows = np.column_stack([rng.choice(e, n) for e in edges]) if n_features else np.empty((n, 0))
+        special = rng.random(rows.shape) < 0.3
+        rows[special] = rng.choice(SPECIAL, int(special.sum()))
+        return rows
+
+    steered = _steered(flat, random_rows, rng)
+    return np.vstack([steered, random_rows(max(PROBE_ROWS // 4, PROBE_ROWS - len(steered)))])
+
+
+def _steered(flat: FlatTrees, random_rows: Callable[[int], np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One row per chosen split: the path from its tree's root followed, its own value an edge case."""
+    trees = np.flatnonzero(flat.node_start >= 0)
+    if len(trees) == 0:
+        return np.empty((0, random_rows(1).shape[1]))
+    picked = trees if len(trees) <= PROBE_ROWS // 2 else rng.choice(trees, PROBE_ROWS // 2, replace=False)
+    rows = random_rows(2 * len(picked))
+    for r, t in enumerate(np.repeat(picked, 2)):
+        base = int(flat.node_start[t])
+        size = _tree_end(flat, t) - base
+        parent: dict[int, tuple[int, bool]] = {}
+        for node in range(size):
+            for child, went_left in ((int(flat.left[base + node]), True), (int(flat.right[base + node]), False)):
+                if child >= 0:
+                    parent[child] = (node, went_left)
+        target = int(rng.integers(size))
+        path = []
+        node = target
+        while node in parent:
+            node, went_left = parent[node]
+            path.append((node, went_left))
+        for node, went_left in reversed(path):  # from the root down: each split sends the row the path's way
+            rows[r, flat.feature[base + node]] = _going(flat, base + node, went_left)
+        i = base + target
+        if flat.decision[i] & 1:
+            rows[r, flat.feature[i]] = rng.choice(
+                [np.nan, -0.5, -1.0, INT_LIMIT, _going(flat, i, True), _going(flat, i, False)]
+            )
+        else:
+            thr = flat.threshold[i]
+            rows[r, flat.feature[i]] = rng.choice([np.nan, 0.0, -0.0, ZERO, thr, np.nextafter(thr, np.inf)])
+    return rows
+
+
+def _tree_end(flat: FlatTrees, t: int) -> int:
+    """Where tree ``t``'s nodes end: the next tree with nodes starts there, or the arrays end."""
+    later = flat.node_start[t + 1 :]
+    later = later[later >= 0]
+    return int(later[0]) if len(later) else len(flat.feature)
+
+
+def _going(flat: FlatTrees, i: int, left: bool) -> float:
+    """A value that split ``i`` sends left (or right)."""
+    if not flat.decision[i] & 1:
+        thr = float(flat.threshold[i])
+        return thr if left else float(np.nextafter(thr, np.inf))
+    k = int(flat.threshold[i])
+    words = flat.cat_bits[flat.cat_bounds[k] : flat.cat_bounds[k + 1]]
+    bits = np.flatnonzero(np.unpackbits(words.astype("<u4").view(np.uint8), bitorder="little"))
+    if left:
+        return float(bits[0]) if len(bits) else -1.0
+    return -1.0  # a negative category always goes right
 
 
 @functools.cache

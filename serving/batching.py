@@ -15,8 +15,11 @@ requests a run took under load).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -84,6 +87,7 @@ class Coalescer(Generic[J, R]):
                 live[0][1].set_exception(exc)  # its request's logged 500
                 return
             # Whichever request brought it fails alone: the others of the run are answered one by one.
+            log.warning("a run of %d requests failed (%r); answering them one by one", len(live), exc)
             results = []
             for job, _ in live:
                 try:

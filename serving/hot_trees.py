@@ -33,6 +33,7 @@ class HotTrees:
         self._queue: queue.SimpleQueue[LoadedModel | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
         self.flattened = 0
         self.unsupported = 0
 
@@ -61,30 +62,46 @@ class HotTrees:
         return done.wait(timeout_s)
 
     def close(self) -> None:
+        """Stop: the model being flattened is finished, those still queued are not."""
         with self._lock:
-            thread, self._thread = self._thread, None
+            self._closed = True
+            thread = self._thread
         if thread is not None:
             self._queue.put(None)
             thread.join(30)
 
     def _put(self, item: LoadedModel | threading.Event) -> None:
         with self._lock:
+            if self._closed:  # a closed server flattens nothing more; a wait has nothing to wait for
+                if isinstance(item, threading.Event):
+                    item.set()
+                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="cityml-hot-trees", daemon=True)
                 self._thread.start()
             self._queue.put(item)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            item = self._queue.get()
             if isinstance(item, threading.Event):
                 item.set()
-                continue
-            try:
-                item.flat = item.flatten()
-                self.flattened += 1
-            except Unsupported as exc:
-                self.unsupported += 1
-                log.info("%s v%s stays on LightGBM: %s", item.name, item.version, exc)
-            except Exception:
-                self.unsupported += 1
-                log.exception("flattening %s v%s failed; LightGBM answers for it", item.name, item.version)
+            elif item is None or self._closed:
+                break
+            else:
+                self._flatten(item)
+            item = None  # not kept alive while waiting for the next one
+        while not self._queue.empty():  # closed: what still waits is dropped; a wait is told
+            if isinstance(left := self._queue.get(), threading.Event):
+                left.set()
+
+    def _flatten(self, model: LoadedModel) -> None:
+        try:
+            model.flat = model.flatten()
+            self.flattened += 1
+        except Unsupported as exc:
+            self.unsupported += 1
+            log.info("%s v%s stays on LightGBM: %s", model.name, model.version, exc)
+        except Exception:
+            self.unsupported += 1
+            log.exception("flattening %s v%s failed; LightGBM answers for it", model.name, model.version)

@@ -11,6 +11,7 @@ which others shared its run: every step is row by row.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -126,7 +127,8 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
 
     values = [np.empty(len(job)) for job in jobs]
     degraded = [np.zeros(len(job), dtype=bool) for job in jobs]
-    refused: dict[int, HTTPException] = {}
+    no_distance: dict[int, int] = {}  # job -> its first instance a per-km model could not answer
+    degraded_by: dict[int, Counter[str]] = {}  # job -> degraded rows by reason
     batches: dict[int, list[PredictionBatch]] = {}
     for served, parts in by_model.values():
         model = served.model
@@ -141,16 +143,15 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
             job, own = jobs[p.job], pred[p.at]
             unknown = np.flatnonzero(~np.isfinite(own))
             if unknown.size:  # a per-km model and a trip of unknown length
-                i = int(p.index[unknown[0]])
-                message = "give distance_km or the four coordinates"
-                refused.setdefault(p.job, refuse(state, 422, i, "distance_km", message, "no_distance"))
+                first = int(p.index[unknown[0]])
+                no_distance[p.job] = min(first, no_distance.get(p.job, first))
                 continue
             missing = online.missing[p.at]
             values[p.job][p.index] = own
             degraded[p.job][p.index] = missing
             if missing.any():
                 reason = "store_error" if online.error else "missing_or_stale"
-                state.metrics.degraded.labels(job.target, reason).inc(int(missing.sum()))
+                degraded_by.setdefault(p.job, Counter())[reason] += int(missing.sum())
             one = len(parts) == 1
             batches.setdefault(p.job, []).append(
                 PredictionBatch(
@@ -170,7 +171,15 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
                     dropoff_zones=part_rows.dropoff_zone,
                 )
             )
-    # A refused request logs nothing, as it answers nothing.
+    # Counted and logged only now, when every model of the run has answered: a run that raises is
+    # run again job by job (serving.batching), and nothing of the failed pass may count twice.
+    # A refused request logs nothing and counts no degraded rows, as it answers nothing.
+    message = "give distance_km or the four coordinates"
+    refused = {j: refuse(state, 422, i, "distance_km", message, "no_distance") for j, i in no_distance.items()}
+    for j, reasons in degraded_by.items():
+        if j not in refused:
+            for reason, count in reasons.items():
+                state.metrics.degraded.labels(jobs[j].target, reason).inc(count)
     logged = [b for j, own_batches in batches.items() if j not in refused for b in own_batches]
     dropped = state.log.submit(logged)
     if dropped:

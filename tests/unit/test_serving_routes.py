@@ -681,3 +681,52 @@ def test_request_ids_look_like_uuids_never_repeat_and_a_forked_worker_draws_its_
     before = request_id.prefix
     request_id.reset()  # what os.register_at_fork runs in a child
     assert request_id.prefix != before and request_id() not in ids
+
+
+def test_a_run_that_fails_and_is_rerun_counts_each_refusal_and_degraded_row_once(state: AppState) -> None:
+    """A poison request breaks the shared run; the run is answered again request by request. The
+    refused request names its first instance without a length and counts once, the degraded rows of
+    the good request count once, and the poison request alone gets the fault."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from serving.predicting import Answer, prepare
+    from serving.schemas import TripRequest
+
+    reader = state.online.reader("eta_v2")
+    reader.missing_every = 1  # type: ignore[attr-defined]
+    read = reader.read
+    poison_s = int(datetime(2026, 3, 2, 7, tzinfo=UTC).timestamp())
+
+    def fragile(keys: dict[str, Any], at_s: np.ndarray) -> OnlineRows:
+        if (np.asarray(at_s) == poison_s).any():
+            raise RuntimeError("this request breaks the store client")
+        return read(keys, at_s)
+
+    reader.read = fragile  # type: ignore[method-assign]
+    # The poison request asks another model, which the run reaches after the ETA model has answered.
+    eta = state.models.get("eta", "alpha")[0]
+    price = LoadedModel(name="price-alpha", version="1", booster=eta.model.booster, tags={}, run_id=None)  # type: ignore[union-attr]
+    state.models._models[("price", "alpha")] = Served(city="alpha", target="price", model=price)
+    now = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    ok = TripRequest.model_validate(trip())
+    lengthless = TripRequest.model_construct(**{**ok.model_dump(), "distance_km": None})
+    poison = TripRequest.model_validate(trip(pickup_ts="2026-03-02T07:00:00Z"))
+    jobs = [
+        prepare(state, "eta", [ok, ok], "good", now),
+        prepare(state, "eta", [ok, lengthless, lengthless], "refused", now),
+        prepare(state, "price", [poison], "poison", now),
+    ]
+
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(*(state.predicts(j) for j in jobs), return_exceptions=True))
+
+    got = asyncio.run(together())
+    state.log.close()
+    assert isinstance(got[0], Answer) and got[0].degraded.tolist() == [True, True]
+    assert got[1].detail[0]["loc"] == ["body", "instances", 1, "distance_km"]
+    assert isinstance(got[2], RuntimeError)
+    metrics = state.metrics.scrape().decode()
+    assert 'cityml_predict_errors_total{reason="no_distance"} 1.0' in metrics
+    assert 'cityml_predictions_degraded_total{reason="missing_or_stale",target="eta"} 2.0' in metrics
+    assert [x["request_id"] for x in read_predictions(state.settings.predictions_dir, "alpha", "eta")] == ["good"] * 2

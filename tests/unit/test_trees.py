@@ -115,7 +115,8 @@ def test_a_blends_members_on_their_own_columns_and_best_iterations() -> None:
     ("params", "why"),
     [
         ({"objective": "poisson"}, "objective 'poisson'"),
-        ({"objective": "multiclass", "num_class": 3}, "objective 'multiclass'"),
+        ({"objective": "regression", "reg_sqrt": True}, "objective 'regression sqrt'"),  # squares its output
+        ({"objective": "multiclass", "num_class": 3}, "objective 'multiclass"),
         ({"linear_tree": True}, "linear trees"),
         ({"boosting": "rf", "bagging_freq": 1, "bagging_fraction": 0.5}, "averaged output"),
     ],
@@ -176,3 +177,25 @@ def test_hot_trees_hold_at_most_their_limit_and_a_replaced_model_frees_its_place
     assert hot.wait()
     hot.close()
     assert models[-1].flat is not None and hot.flattened == 3
+
+
+def test_probe_rows_reach_the_splits_where_missing_values_are_handled() -> None:
+    """The check's rows are steered down to splits: a flipped default direction on a split that handles
+    NaN is caught where random rows alone almost never reach it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 8))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    booster = lgb.train(
+        {"objective": "l2", "verbosity": -1, "num_leaves": 31, "num_threads": 1},
+        lgb.Dataset(x, np.nan_to_num(x).sum(axis=1)),
+        num_boost_round=60,
+    )
+    flat = trees.flatten([booster.model_to_string()], [None])
+    lightgbm = [lambda rows: booster.predict(rows, num_threads=1)]
+    nan_splits = np.flatnonzero(((flat.decision & 1) == 0) & (((flat.decision >> 2) & 3) == 2))
+    caught = 0
+    for k in rng.choice(nan_splits, 10, replace=False):
+        decision = flat.decision.copy()
+        decision[k] ^= 2
+        caught += trees.mismatch(trees.FlatTrees(**{**flat.__dict__, "decision": decision}), lightgbm, 8) is not None
+    assert caught >= 5, caught
