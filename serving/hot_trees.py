@@ -1,7 +1,7 @@
 """The models that answer get their trees flattened for the compiled loop, in the background.
 
 Flattening a six-booster model (``LoadedModel.flatten``: its text, the flat arrays, the check
-against LightGBM) takes a few hundred milliseconds and holds about 1.6 MB. Doing it for every
+against LightGBM on probe rows) takes two to three seconds and holds about 1.6 MB. Doing it for every
 loaded model would add minutes to a 2,000-model start and gigabytes to its memory; most cities'
 models may not be asked for. So a model is flattened the first time it answers, in one background
 thread, one model at a time, up to ``CITYML_FLAT_MODELS`` models held at once; until it is done,
