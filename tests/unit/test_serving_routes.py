@@ -721,12 +721,22 @@ def test_a_run_that_fails_and_is_rerun_counts_each_refusal_and_degraded_row_once
     async def together() -> list[Any]:
         return list(await asyncio.gather(*(state.predicts(j) for j in jobs), return_exceptions=True))
 
+    def counts() -> tuple[float, float]:
+        # Deltas, of children made before: once Feast's import has set PROMETHEUS_MULTIPROC_DIR in this
+        # process, a counter's value is kept per process and name, and a new child starts from earlier tests'.
+        state.metrics.errors.labels("no_distance")
+        state.metrics.degraded.labels("eta", "missing_or_stale")
+        get = state.metrics.registry.get_sample_value
+        refused = get("cityml_predict_errors_total", {"reason": "no_distance"}) or 0.0
+        missing = get("cityml_predictions_degraded_total", {"reason": "missing_or_stale", "target": "eta"}) or 0.0
+        return refused, missing
+
+    before = counts()
     got = asyncio.run(together())
     state.log.close()
     assert isinstance(got[0], Answer) and got[0].degraded.tolist() == [True, True]
     assert got[1].detail[0]["loc"] == ["body", "instances", 1, "distance_km"]
     assert isinstance(got[2], RuntimeError)
-    metrics = state.metrics.scrape().decode()
-    assert 'cityml_predict_errors_total{reason="no_distance"} 1.0' in metrics
-    assert 'cityml_predictions_degraded_total{reason="missing_or_stale",target="eta"} 2.0' in metrics
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 2.0)
     assert [x["request_id"] for x in read_predictions(state.settings.predictions_dir, "alpha", "eta")] == ["good"] * 2
