@@ -1,8 +1,9 @@
 """The prediction log: every served prediction with its model inputs. The format lives here.
 
-Serving hands each request's predictions to :class:`PredictionLog` as a :class:`PredictionBatch`
-(columns, as the request computed them); a background writer turns batches into
-:class:`PredictionRecord` rows and files, off the request path. The drift job reads them through
+Serving hands the predictions of each run of its model stage to :class:`PredictionLog`, a
+:class:`PredictionBatch` per model (columns, as the run computed them); the log copies them into
+columns that grow, and a background writer turns those into :class:`PredictionRecord` rows and
+files, off the request path. The drift job reads them through
 :func:`read_predictions`.
 
 Files: ``<predictions_dir>/city=<slug>/date=<YYYY-MM-DD>/part-<time>-<id>.parquet``, one per
@@ -25,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,18 +60,20 @@ class PredictionRecord:
 
 @dataclass(frozen=True)
 class PredictionBatch:
-    """One request's predictions by one model version, as the request path computed them: columns.
+    """Predictions of one model version, as the request path computed them: columns, one row per prediction.
 
-    ``features`` holds the model's input columns by name (numbers with NaN where missing, zones as
-    text or None); the writer turns the batch into :class:`PredictionRecord` rows in its own thread.
+    A batch may hold several requests (the rows one model answered in one run of serving's model
+    stage): request id and time are per row. ``features`` holds the model's input columns by name
+    (numbers with NaN where missing, zones as text or None); the writer turns the batch into
+    :class:`PredictionRecord` rows in its own thread.
     """
 
-    ts: datetime
-    request_id: str
+    ts_us: np.ndarray  # request time, epoch microseconds (UTC)
+    request_ids: Sequence[str]
     target: str
     model: str
     version: str
-    cities: Sequence[str]
+    cities: np.ndarray | Sequence[str]
     fallbacks: Sequence[str | None]
     degraded: np.ndarray
     features: Mapping[str, np.ndarray]
@@ -82,6 +85,11 @@ class PredictionBatch:
 
     def __len__(self) -> int:
         return len(self.predictions)
+
+
+def epoch_us(ts: datetime) -> int:
+    """An aware datetime as epoch microseconds, as :attr:`PredictionBatch.ts_us` holds times."""
+    return round(ts.timestamp() * 1e6)
 
 
 SCHEMA = pa.schema(
@@ -107,17 +115,113 @@ OPTIONAL = ("trip_id", "pickup_ts", "pickup_zone", "dropoff_zone")  # absent fro
 
 
 def write_batches(folder: Path, batches: Sequence[PredictionBatch]) -> list[Path]:
-    """Write batches as :class:`PredictionRecord` rows, one parquet file per (city, day); returns the files.
+    """Write batches as :class:`PredictionRecord` rows, one parquet file per (city, day); returns the files."""
+    pending = _Pending()
+    for batch in batches:
+        pending.add(batch)
+    return _write(folder, pending)
 
-    Column by column, across all batches of one feature set at once: a batch is usually one
-    request of one row, and converting each on its own cost more than the request's predict.
-    Row values become plain numbers and strings, never record objects: thousands of objects alive
-    at once made the garbage collector run full passes in this thread, holding the GIL.
+
+class _Columns:
+    """Records of one feature set, column by column, in arrays that grow as batches come.
+
+    A batch is usually one request's row or a few: had the writer gathered them piece by piece
+    (a concatenation per column over a second's thousand batches), it held the GIL ~35 ms per
+    second, and requests waited for it (serving's p99). Here each batch is copied into place when
+    it is submitted, a few microseconds of slice assignments, and the writer gets whole columns.
+    Values stay plain numbers and strings, never record objects: thousands of objects alive at
+    once made the garbage collector run full passes, holding the GIL.
     """
-    by_features: dict[tuple[str, ...], list[PredictionBatch]] = {}
-    for b in batches:
-        by_features.setdefault(tuple(b.features), []).append(b)
-    parts = [_table(names, group) for names, group in by_features.items()]
+
+    FIXED: ClassVar[dict[str, str]] = {
+        "ts": "int64",
+        "request_id": "O",
+        "city": "O",
+        "target": "O",
+        "model": "O",
+        "version": "O",
+        "fallback": "O",
+        "degraded": "bool",
+        "prediction": "float64",
+        "trip_id": "O",
+        "pickup_ts": "int64",
+        "pickup_zone": "O",
+        "dropoff_zone": "O",
+    }
+
+    def __init__(self, features: Mapping[str, np.ndarray], capacity: int = 256) -> None:
+        self.names = tuple(features)
+        self.size = 0
+        self.dtypes = {**self.FIXED, **{f"f:{name}": column.dtype for name, column in features.items()}}
+        self.arrays = {name: np.empty(capacity, dtype) for name, dtype in self.dtypes.items()}
+
+    def add(self, b: PredictionBatch) -> None:
+        start, n = self.size, len(b)
+        per_row = (b.ts_us, b.request_ids, b.cities, b.fallbacks, b.degraded, b.trip_ids, b.pickup_s)
+        if any(len(c) != n for c in (*per_row, b.pickup_zones, b.dropoff_zones, *b.features.values())):
+            raise ValueError(f"a batch of {n} predictions has columns of other lengths")  # numpy would broadcast one
+        if start + n > len(self.arrays["ts"]):
+            self._grow(start + n)
+        at = slice(start, start + n)
+        a = self.arrays
+        a["ts"][at] = b.ts_us
+        a["request_id"][at] = b.request_ids
+        a["city"][at] = b.cities
+        a["target"][at] = b.target
+        a["model"][at] = b.model
+        a["version"][at] = b.version
+        a["fallback"][at] = b.fallbacks
+        a["degraded"][at] = b.degraded
+        a["prediction"][at] = b.predictions
+        a["trip_id"][at] = b.trip_ids
+        a["pickup_ts"][at] = b.pickup_s
+        a["pickup_zone"][at] = b.pickup_zones
+        a["dropoff_zone"][at] = b.dropoff_zones
+        for name in self.names:
+            a[f"f:{name}"][at] = b.features[name]
+        self.size += n
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * len(self.arrays["ts"]))
+        for name, old in self.arrays.items():
+            new = np.empty(capacity, old.dtype)
+            new[: self.size] = old[: self.size]
+            self.arrays[name] = new
+
+    def table(self) -> pa.Table:
+        """The records as a table of :data:`SCHEMA`."""
+        a = {name: array[: self.size] for name, array in self.arrays.items()}
+        text = {name: pa.array(a[name], type=pa.string()) for name, dtype in self.FIXED.items() if dtype == "O"}
+        fragments = [_json_values(a[f"f:{name}"]) for name in self.names]
+        columns = {
+            **text,
+            "ts": pa.array(a["ts"]).cast(SCHEMA.field("ts").type),
+            "degraded": a["degraded"],
+            "features": _json_objects(self.names, fragments, self.size),
+            "prediction": a["prediction"],
+            "pickup_ts": pa.array(a["pickup_ts"]).cast(SCHEMA.field("pickup_ts").type),
+        }
+        return pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
+
+
+class _Pending:
+    """Submitted records not yet written: one :class:`_Columns` per feature set (names and their types)."""
+
+    def __init__(self) -> None:
+        self.by_features: dict[tuple[tuple[str, str], ...], _Columns] = {}
+        self.size = 0
+
+    def add(self, b: PredictionBatch) -> None:
+        key = tuple((name, column.dtype.str) for name, column in b.features.items())
+        columns = self.by_features.get(key)
+        if columns is None:
+            columns = self.by_features[key] = _Columns(b.features)
+        columns.add(b)
+        self.size += len(b)
+
+
+def _write(folder: Path, pending: _Pending) -> list[Path]:
+    parts = [columns.table() for columns in pending.by_features.values() if columns.size]
     if not parts:
         return []
     table = pa.concat_tables(parts)
@@ -191,49 +295,16 @@ def _json_objects(names: Sequence[str], fragments: list[pa.Array], n: int) -> pa
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _table(names: tuple[str, ...], group: list[PredictionBatch]) -> pa.Table:
-    """The rows of batches that share a feature set, as a table of :data:`SCHEMA`."""
-    sizes = [len(b) for b in group]
-
-    def each(attr: str) -> list[Any]:
-        return [v for b, n in zip(group, sizes, strict=True) for v in [getattr(b, attr)] * n]
-
-    def joined(attr: str) -> list[Any]:
-        return [v for b in group for v in getattr(b, attr)]
-
-    fragments = [_json_values(np.concatenate([b.features[name] for b in group])) for name in names]
-    # As epoch microseconds: pyarrow converting aware datetimes held the GIL ~10 ms per 1,000 rows.
-    micros = np.repeat(np.array([round(b.ts.timestamp() * 1e6) for b in group], dtype="int64"), sizes)
-    columns = {
-        "ts": pa.array(micros).cast(SCHEMA.field("ts").type),
-        "request_id": each("request_id"),
-        "city": joined("cities"),
-        "target": each("target"),
-        "model": each("model"),
-        "version": each("version"),
-        "fallback": joined("fallbacks"),
-        "degraded": np.concatenate([b.degraded for b in group]).astype(bool),
-        "features": _json_objects(names, fragments, sum(sizes)),
-        "prediction": np.concatenate([b.predictions for b in group]).astype("float64"),
-        "trip_id": joined("trip_ids"),
-        "pickup_ts": pa.array(np.concatenate([b.pickup_s for b in group]).astype("int64")).cast(
-            SCHEMA.field("pickup_ts").type
-        ),
-        "pickup_zone": joined("pickup_zones"),
-        "dropoff_zone": joined("dropoff_zones"),
-    }
-    return pa.table(columns, schema=SCHEMA)
-
-
 class PredictionLog:
     """A bounded buffer of prediction batches and a thread that writes them.
 
-    :meth:`submit` never blocks and never wakes the writer: it appends to a list under a lock held
-    for a few instructions. The writer wakes every ``flush_s`` seconds, or as soon as ``batch``
-    records wait, turns what it finds into records and writes them. (A queue woke the writer on
-    every request; the two threads then traded the GIL on every predict, which cost more than the
-    predict.) A batch that does not fit under ``max_queue`` waiting records is dropped whole and its
-    records counted (``dropped``). :meth:`close` flushes what is buffered.
+    :meth:`submit` never blocks and never wakes the writer: it copies the batch into the pending
+    columns (:class:`_Columns`) under a lock held for a few microseconds. The writer wakes every
+    ``flush_s`` seconds, or as soon as ``batch`` records wait, takes the columns and writes them.
+    (A queue woke the writer on every request; the two threads then traded the GIL on every
+    predict, which cost more than the predict.) A batch that does not fit under ``max_queue``
+    waiting records is dropped whole and its records counted (``dropped``). :meth:`close` flushes
+    what is buffered.
     """
 
     def __init__(self, folder: Path, max_queue: int = 100_000, batch: int = 5_000, flush_s: float = 1.0) -> None:
@@ -244,8 +315,7 @@ class PredictionLog:
         self.dropped = 0
         self.written = 0
         self.failed = 0
-        self._buffer: list[PredictionBatch] = []
-        self._buffered = 0  # records in ``_buffer``
+        self._buffer = _Pending()
         self._pending = 0  # buffered or being written
         self._lock = threading.Lock()
         self._wake = threading.Event()  # a full batch waits, or closing
@@ -262,11 +332,15 @@ class PredictionLog:
                 if self._pending + n > self.max_queue:
                     dropped += n
                     continue
+                try:
+                    self._buffer.add(b)
+                except (ValueError, TypeError):  # columns of unequal lengths: a bug, never the request's failure
+                    self.failed += n
+                    log.exception("prediction log: a batch of %d records could not be buffered", n)
+                    continue
                 self._pending += n
-                self._buffered += n
-                self._buffer.append(b)
             self.dropped += dropped
-            full = self._buffered >= self.batch
+            full = self._buffer.size >= self.batch
         if full:
             self._wake.set()
         return dropped
@@ -291,10 +365,11 @@ class PredictionLog:
                 self._wake.wait(self.flush_s)
                 self._wake.clear()
             with self._lock:
-                batches, self._buffer, count, self._buffered = self._buffer, [], self._buffered, 0
-            if batches:
+                pending, self._buffer = self._buffer, _Pending()
+            count = pending.size
+            if count:
                 try:
-                    write_batches(self.folder, batches)
+                    _write(self.folder, pending)
                     self.written += count
                 except (OSError, pa.ArrowException, ValueError):
                     self.failed += count

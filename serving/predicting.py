@@ -12,6 +12,7 @@ which others shared its run: every step is row by row.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from cityml.catalog import CityContext
 from cityml.features.online import model_columns
 from cityml.features.request_features import TripRows
 from cityml.naming import Target
-from cityml.prediction_log import PredictionBatch
+from cityml.prediction_log import PredictionBatch, epoch_us
 from serving.features import RequestError, known_zones, trip_rows
 from serving.model_store import Served
 from serving.schemas import TripRequest
@@ -129,7 +130,7 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
     degraded = [np.zeros(len(job), dtype=bool) for job in jobs]
     no_distance: dict[int, int] = {}  # job -> its first instance a per-km model could not answer
     degraded_by: dict[int, Counter[str]] = {}  # job -> degraded rows by reason
-    batches: dict[int, list[PredictionBatch]] = {}
+    answered: list[_Answered] = []
     for served, parts in by_model.values():
         model = served.model
         if model.flat is None:
@@ -138,9 +139,9 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
         rows = whole[0] if len(whole) == 1 else TripRows.concat(whole)
         columns, online = model_columns(state.online.reader(model.feature_service), rows, contexts)
         pred = model.predict_columns(columns, len(rows))
-        names = [n for n in model.features if n != "city"]
-        for p, part_rows in zip(parts, whole, strict=True):
-            job, own = jobs[p.job], pred[p.at]
+        answered.append(_Answered(served, parts, rows, columns, pred, online.missing))
+        for p in parts:
+            own = pred[p.at]
             unknown = np.flatnonzero(~np.isfinite(own))
             if unknown.size:  # a per-km model and a trip of unknown length
                 first = int(p.index[unknown[0]])
@@ -152,25 +153,6 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
             if missing.any():
                 reason = "store_error" if online.error else "missing_or_stale"
                 degraded_by.setdefault(p.job, Counter())[reason] += int(missing.sum())
-            one = len(parts) == 1
-            batches.setdefault(p.job, []).append(
-                PredictionBatch(
-                    ts=job.now,
-                    request_id=job.request_id,
-                    target=job.target,
-                    model=model.name,
-                    version=model.version,
-                    cities=[job.instances[i].city for i in p.index],
-                    fallbacks=[job.fallbacks[i] for i in p.index],
-                    degraded=missing,
-                    features={n: columns[n] if one else columns[n][p.at] for n in names},
-                    predictions=own,
-                    trip_ids=[job.instances[i].trip_id for i in p.index],
-                    pickup_s=part_rows.pickup_s,
-                    pickup_zones=part_rows.pickup_zone,
-                    dropoff_zones=part_rows.dropoff_zone,
-                )
-            )
     # Counted and logged only now, when every model of the run has answered: a run that raises is
     # run again job by job (serving.batching), and nothing of the failed pass may count twice.
     # A refused request logs nothing and counts no degraded rows, as it answers nothing.
@@ -180,8 +162,50 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
         if j not in refused:
             for reason, count in reasons.items():
                 state.metrics.degraded.labels(jobs[j].target, reason).inc(count)
-    logged = [b for j, own_batches in batches.items() if j not in refused for b in own_batches]
+    logged = [batch for a in answered if (batch := a.log_batch(jobs, refused)) is not None]
     dropped = state.log.submit(logged)
     if dropped:
         state.metrics.log_dropped.inc(dropped)
     return [refused[j] if j in refused else Answer(values[j], degraded[j]) for j in range(len(jobs))]
+
+
+@dataclass
+class _Answered:
+    """What one model answered in a run: its rows (of all the run's jobs), their inputs and predictions."""
+
+    served: Served
+    parts: list[_Part]
+    rows: TripRows
+    columns: dict[str, np.ndarray]
+    predictions: np.ndarray
+    missing: np.ndarray
+
+    def log_batch(self, jobs: list[Job], refused: Container[int]) -> PredictionBatch | None:
+        """The prediction log's batch of these rows, one for the whole run, without refused jobs' rows."""
+        parts = [p for p in self.parts if p.job not in refused]
+        if not parts:
+            return None
+        model = self.served.model
+        names = [n for n in model.features if n != "city"]
+        at: slice | np.ndarray = slice(None)
+        rows, columns = self.rows, self.columns
+        if len(parts) < len(self.parts):
+            kept = np.concatenate([np.arange(p.at.start, p.at.stop) for p in parts])
+            rows, columns, at = self.rows.take(kept), {n: self.columns[n][kept] for n in names}, kept
+        sizes = [len(p.index) for p in parts]
+        return PredictionBatch(
+            ts_us=np.repeat(np.array([epoch_us(jobs[p.job].now) for p in parts], dtype="int64"), sizes),
+            request_ids=[jobs[p.job].request_id for p in parts for _ in p.index],
+            target=jobs[parts[0].job].target,
+            model=model.name,
+            version=model.version,
+            cities=rows.city,
+            fallbacks=[jobs[p.job].fallbacks[i] for p in parts for i in p.index],
+            degraded=self.missing[at],
+            features={n: columns[n] for n in names},
+            predictions=self.predictions[at],
+            trip_ids=[jobs[p.job].instances[i].trip_id for p in parts for i in p.index],
+            pickup_s=rows.pickup_s,
+            pickup_zones=rows.pickup_zone,
+            dropoff_zones=rows.dropoff_zone,
+        )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cityml.data.trips import write_trips
-from cityml.prediction_log import PredictionBatch, write_batches
+from cityml.prediction_log import PredictionBatch, epoch_us, write_batches
 from cityml.settings import Settings
 from monitoring.accuracy import RealizedDay, flag, join_outcomes, run_labels
 
@@ -124,8 +124,8 @@ def _log(folder: Path, trips: pd.DataFrame, prediction: float, trip_ids: bool) -
         folder,
         [
             PredictionBatch(
-                ts=datetime.now(UTC),
-                request_id="r",
+                ts_us=np.full(n, epoch_us(datetime.now(UTC))),
+                request_ids=["r"] * n,
                 target="eta",
                 model="eta-alpha",
                 version="1",

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cityml.prediction_log import PredictionBatch, PredictionLog, read_predictions
+from cityml.prediction_log import PredictionBatch, PredictionLog, epoch_us, read_predictions
 
 
 def _batch(*ids: int) -> PredictionBatch:
     n = len(ids)
     return PredictionBatch(
-        ts=datetime(2026, 1, 5, 8, tzinfo=UTC),
-        request_id=f"r{ids[0]}",
+        ts_us=np.full(n, epoch_us(datetime(2026, 1, 5, 8, tzinfo=UTC))),
+        request_ids=[f"r{ids[0]}"] * n,
         target="eta",
         model="eta-lisbon",
         version="1",
@@ -88,8 +88,10 @@ def test_past_the_bound_a_batch_is_dropped_whole_and_counted(tmp_path: Path) -> 
 
 
 def test_rows_go_to_their_city_and_utc_day(tmp_path: Path) -> None:
-    late = replace(_batch(0, 1), ts=datetime(2026, 1, 5, 23, 59, 59, tzinfo=UTC))
-    early = replace(_batch(2, 3), ts=datetime(2026, 1, 6, 0, 0, 1, tzinfo=UTC), cities=["porto"] * 2)
+    late = replace(_batch(0, 1), ts_us=np.full(2, epoch_us(datetime(2026, 1, 5, 23, 59, 59, tzinfo=UTC))))
+    early = replace(
+        _batch(2, 3), ts_us=np.full(2, epoch_us(datetime(2026, 1, 6, 0, 0, 1, tzinfo=UTC))), cities=["porto"] * 2
+    )
     log = PredictionLog(tmp_path, flush_s=3600)
     log.submit([late, early])
     log.close()
@@ -144,3 +146,34 @@ def test_every_float_reads_back_exactly_as_served(tmp_path: Path) -> None:
     rows = sorted(read_predictions(tmp_path, "lisbon"), key=lambda r: int(r["trip_id"][1:]))
     assert np.array_equal([r["features"]["wide"] for r in rows], wide)
     assert np.array_equal([r["features"]["narrow"] for r in rows], narrow.astype("float64"))
+
+
+def test_feature_sets_and_types_keep_apart_and_a_malformed_batch_fails_alone(tmp_path: Path) -> None:
+    """Batches of other feature sets, or of one name with another type, are written side by side in one
+    flush; a batch whose columns disagree in length is counted as failed, never raised to the request."""
+    log = PredictionLog(tmp_path, flush_s=3600)
+    counts = replace(_batch(1, 2), features={"distance_km": np.array([3, 4])})  # int64, not float64
+    other = replace(_batch(3), features={"speed": np.array([7.5])})
+    broken = replace(_batch(5, 6), trip_ids=["t5"])  # two predictions, one trip id
+    assert log.submit([_batch(0), counts, other, broken, _batch(4)]) == 0
+    log.close()
+    assert log.failed == 2 and log.written == 5
+    rows = sorted(read_predictions(tmp_path, "lisbon"), key=lambda r: r["trip_id"])
+    assert [r["trip_id"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
+    assert [r["features"] for r in rows] == [
+        {"distance_km": None, "pickup_zone": None},
+        {"distance_km": 3},
+        {"distance_km": 4},
+        {"speed": 7.5},
+        {"distance_km": 2.5, "pickup_zone": None},
+    ]
+
+
+def test_pending_columns_grow_past_their_first_capacity(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, flush_s=3600)
+    for start in range(0, 1_000, 7):
+        log.submit([_batch(*range(start, min(start + 7, 1_000)))])
+    log.close()
+    rows = read_predictions(tmp_path, "lisbon")
+    assert sorted(int(r["trip_id"][1:]) for r in rows) == list(range(1_000))
+    assert {r["trip_id"]: r["prediction"] for r in rows}["t999"] == 1099.0
