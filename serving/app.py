@@ -123,9 +123,6 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     install_errors(app)
     for router in (predict.router, models.router, health.router, admin.router):
         app.include_router(router)
-    # The router tries routes in order: predict first, not after the docs' five (their paths never overlap).
-    routes = app.router.routes
-    routes.sort(key=lambda r: not isinstance(r, predict.DirectRoute))
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

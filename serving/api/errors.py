@@ -3,7 +3,8 @@
 Every error answers ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`` (FastAPI's
 validation shape), without the input echoed back. The guard runs before routing: a protected path
 without a valid key is refused before its body is read, a body past ``max_body_bytes`` gets a 413,
-and an exception anywhere becomes a counted, logged 500 that keeps the connection usable.
+a direct route (``serving.api.direct``: the predict) is called from here, past the router, and an
+exception anywhere becomes a counted, logged 500 that keeps the connection usable.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.deps import check_key, raise_for
+from serving.api.direct import call, match
 from serving.schemas import MAX_INSTANCES
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,13 @@ class Guard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        # A direct route (the predict) is called from here; every other path goes through the router.
+        direct = match(scope["app"], scope["method"], path) if "app" in scope else None
         try:
-            await self.app(scope, bounded, tracked)
+            if direct is not None:
+                await call(*direct, scope, bounded, tracked)
+            else:
+                await self.app(scope, bounded, tracked)
         except TooLarge as exc:
             if not started:
                 await _json(exc.status_code, {"detail": exc.detail})(scope, receive, send)

@@ -110,7 +110,7 @@ def test_the_predict_route_class_refuses_what_it_would_not_solve() -> None:
     parameter on such a route would be skipped silently, so declaring one fails when the route is built."""
     from fastapi import APIRouter, Depends
 
-    from serving.api.routes.predict import DirectRoute
+    from serving.api.direct import DirectRoute
 
     router = APIRouter(route_class=DirectRoute)
 

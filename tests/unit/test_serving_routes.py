@@ -577,6 +577,37 @@ def test_a_city_held_by_another_shard_gets_421_naming_that_shard(tmp_path: Path,
     state.log.close()
 
 
+def test_the_predict_is_called_past_the_router_and_other_requests_still_route(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard calls the predict endpoint itself (``serving.api.direct``): the router's handling of the
+    route is never reached, a refusal still gets the app's error shape, and what does not match the route
+    exactly (another method, a trailing slash, another target) is the router's, as for any route."""
+    from serving.api.direct import DirectRoute
+
+    [route] = [r for r in api.app.routes if isinstance(r, DirectRoute)]  # type: ignore[attr-defined]
+
+    handled: list[str] = []
+    handle = route.handle
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        handled.append(scope["method"])
+        await handle(scope, receive, send)
+
+    monkeypatch.setattr(route, "handle", counted)
+    assert post(api, {"instances": [trip()]}).status_code == 200
+    refused = post(api, {"instances": [trip(pickup_zone="z99")]})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "instances", 0, "pickup_zone"]
+    assert post(api, {"instances": [trip()]}, target="fare").json()["detail"][0]["loc"] == ["path", "target"]
+    wrong_method = api.get("/v1/predict/eta", headers={"X-API-Key": KEY})
+    assert wrong_method.status_code == 405 and wrong_method.json()["detail"][0]["type"] == "method_not_allowed"
+    slash = api.post(
+        "/v1/predict/eta/", json={"instances": [trip()]}, headers={"X-API-Key": KEY}, follow_redirects=False
+    )
+    assert slash.status_code == 307 and slash.headers["location"].endswith("/v1/predict/eta")
+    assert handled == ["GET"], "the router handled a predict"
+
+
 def test_keys_rotate_by_overlap() -> None:
     """The runbook's rotation: both keys open predict while clients move, then only the new one does."""
     from serving.api.deps import check_key

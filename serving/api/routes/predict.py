@@ -12,40 +12,18 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from cityml.naming import TARGETS, UNITS, Target
+from serving.api.direct import DirectRoute
 from serving.predicting import prepare
 from serving.schemas import PredictRequest, PredictResponse, error_responses
 from serving.state import AppState
-
-
-class DirectRoute(APIRoute):
-    """A route whose endpoint is the request handler itself: ``async (Request) -> Response``.
-
-    FastAPI's handler solves the endpoint's parameters on every request (query string, cookies,
-    headers) before calling it; the predict endpoint takes the bare request and reads and checks
-    its body itself, so that was work for nothing, about 5% of a request. The route keeps
-    everything else of an ``APIRoute``: its OpenAPI entry, FastAPI's exception handlers.
-    """
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        d = self.dependant
-        declared = [*d.dependencies, *d.path_params, *d.query_params, *d.header_params, *d.cookie_params]
-        if declared or d.body_params:  # FastAPI would solve them; this route would silently not
-            raise TypeError(f"{path}: a DirectRoute endpoint takes the request only, not dependencies or parameters")
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return self.endpoint  # type: ignore[no-any-return]
-
 
 router = APIRouter(prefix="/v1", tags=["predict"], route_class=DirectRoute)
 
