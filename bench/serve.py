@@ -275,7 +275,7 @@ def _features(model: Any, home: Path, instances: list[dict[str, Any]]) -> tuple[
     from cityml.features.featurestore import get_store
     from cityml.features.online import OnlineReader, model_columns
     from cityml.settings import Settings
-    from serving.features import trip_rows
+    from serving.features import place, trip_rows
     from serving.schemas import TripRequest
 
     settings = Settings(home=home)
@@ -283,7 +283,8 @@ def _features(model: Any, home: Path, instances: list[dict[str, Any]]) -> tuple[
     reqs = [TripRequest.model_validate(i) for i in instances]
     from datetime import UTC, datetime
 
-    rows = trip_rows(reqs, catalog, datetime.now(UTC), [None] * len(reqs))
+    pickup, dropoff = place(reqs, catalog, [None] * len(reqs))
+    rows = trip_rows(reqs, pickup, dropoff, [datetime.now(UTC)] * len(reqs))
     reader = OnlineReader(get_store(settings), get_store(settings).get_feature_service(model.feature_service))
     columns, _ = model_columns(reader, rows, catalog.contexts())
     return _encoded(model, columns, len(reqs)), model.features

@@ -50,24 +50,33 @@ def known_zones(catalog: Catalog, city: str, zone_categories: frozenset[str] | N
     return catalog.get(city).grid_zones or zone_categories
 
 
-def trip_rows(
-    instances: Sequence[TripRequest], catalog: Catalog, now: datetime, zones: Sequence[frozenset[str] | None]
-) -> TripRows:
-    """Columns of the instances; ``zones[i]``: the zones instance ``i``'s city has (None: not known here)."""
-    n = len(instances)
-    pickup, dropoff = np.empty(n, dtype=object), np.empty(n, dtype=object)
+def place(
+    instances: Sequence[TripRequest], catalog: Catalog, zones: Sequence[frozenset[str] | None]
+) -> tuple[list[str], list[str]]:
+    """Each instance's pickup and dropoff zone, checked; ``zones[i]``: the zones instance ``i``'s city has
+    (None: not known here). Raises the :class:`RequestError` of the first instance that cannot be placed."""
     cities = {slug: catalog.get(slug) for slug in {x.city for x in instances}}
+    pickup: list[str] = []
+    dropoff: list[str] = []
     for i, inst in enumerate(instances):
         city = cities[inst.city]
-        pickup[i] = _zone(city, i, inst, "pickup", zones[i])
-        dropoff[i] = _zone(city, i, inst, "dropoff", zones[i])
+        pickup.append(_zone(city, i, inst, "pickup", zones[i]))
+        dropoff.append(_zone(city, i, inst, "dropoff", zones[i]))
+    return pickup, dropoff
+
+
+def trip_rows(
+    instances: Sequence[TripRequest], pickup: Sequence[str], dropoff: Sequence[str], now: Sequence[datetime]
+) -> TripRows:
+    """Columns of placed instances (:func:`place`); ``now[i]``: when instance ``i`` was asked, its pickup
+    time if it gives none. Instances of several requests go in one call: a run's rows of one model."""
 
     def number(name: str) -> np.ndarray:
         values = [getattr(x, name) for x in instances]
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     # A time without a zone is UTC, as pandas (and so training) reads it.
-    when = [x.pickup_ts or now for x in instances]
+    when = [x.pickup_ts or at for x, at in zip(instances, now, strict=True)]
     when = [t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in when]
     return TripRows(
         city=np.array([x.city for x in instances], dtype=object),
@@ -77,6 +86,6 @@ def trip_rows(
         dropoff_lat=number("dropoff_lat"),
         dropoff_lon=number("dropoff_lon"),
         distance_km=number("distance_km"),
-        pickup_zone=pickup,
-        dropoff_zone=dropoff,
+        pickup_zone=np.array(pickup, dtype=object),
+        dropoff_zone=np.array(dropoff, dtype=object),
     )

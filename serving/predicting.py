@@ -2,8 +2,8 @@
 
 :func:`prepare` runs per request and refuses what cannot be answered, naming the field: an unknown
 city or zone, a point outside the city, a city of another shard, no model. :func:`answer` runs once
-for every request a :class:`serving.batching.Coalescer` run took: per model, the rows of all of
-them → request-time and online feature columns (``cityml.features.online.model_columns``, the code
+for every request a :class:`serving.batching.Coalescer` run took: per model, the trip rows of all
+of them, built once → request-time and online feature columns (``cityml.features.online.model_columns``, the code
 parity checks) → ``LoadedModel.predict_columns`` → each request's values, and its records queued
 for the prediction log (written off the request path). A request's answer does not depend on
 which others shared its run: every step is row by row.
@@ -25,7 +25,7 @@ from cityml.features.online import model_columns
 from cityml.features.request_features import TripRows
 from cityml.naming import Target
 from cityml.prediction_log import PredictionBatch, epoch_us
-from serving.features import RequestError, known_zones, trip_rows
+from serving.features import RequestError, known_zones, place, trip_rows
 from serving.model_store import Served
 from serving.schemas import TripRequest
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Job:
-    """One request's instances, checked, with the model that answers each and their trip rows."""
+    """One request's instances, checked, with the model that answers each and their zones."""
 
     request_id: str
     now: datetime
@@ -43,7 +43,8 @@ class Job:
     instances: list[TripRequest]
     served_by: list[Served]
     fallbacks: list[str | None]
-    rows: TripRows
+    pickup_zones: list[str]
+    dropoff_zones: list[str]
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -88,10 +89,10 @@ def prepare(state: AppState, target: Target, instances: list[TripRequest], reque
         fallbacks.append(hit[1])
         zones.append(hit[2])
     try:
-        rows = trip_rows(instances, catalog, now, zones)
+        pickup, dropoff = place(instances, catalog, zones)
     except RequestError as exc:
         raise refuse(state, 422, exc.index, exc.field, str(exc), exc.reason) from exc
-    return Job(request_id, now, target, instances, served_by, fallbacks, rows)
+    return Job(request_id, now, target, instances, served_by, fallbacks, pickup, dropoff)
 
 
 @dataclass
@@ -103,8 +104,18 @@ class _Part:
     at: slice
 
 
-def _rows_of(job: Job, index: np.ndarray) -> TripRows:
-    return job.rows if len(index) == len(job) else job.rows.take(index)
+def _rows(jobs: list[Job], parts: list[_Part]) -> TripRows:
+    """The trip rows of the parts, one after the other: built once for the run, not per request."""
+    if len(parts) == 1 and len(parts[0].index) == len(jobs[parts[0].job]):
+        job = jobs[parts[0].job]
+        return trip_rows(job.instances, job.pickup_zones, job.dropoff_zones, [job.now] * len(job))
+    picked = [(jobs[p.job], i) for p in parts for i in p.index.tolist()]
+    return trip_rows(
+        [job.instances[i] for job, i in picked],
+        [job.pickup_zones[i] for job, i in picked],
+        [job.dropoff_zones[i] for job, i in picked],
+        [job.now for job, _ in picked],
+    )
 
 
 def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
@@ -135,8 +146,7 @@ def answer(state: AppState, jobs: list[Job]) -> list[Answer | HTTPException]:
         model = served.model
         if model.flat is None:
             state.hot.want(model)  # its trees, flattened in the background, answer its next requests
-        whole = [_rows_of(jobs[p.job], p.index) for p in parts]
-        rows = whole[0] if len(whole) == 1 else TripRows.concat(whole)
+        rows = _rows(jobs, parts)
         columns, online = model_columns(state.online.reader(model.feature_service), rows, contexts)
         pred = model.predict_columns(columns, len(rows))
         answered.append(_Answered(served, parts, rows, columns, pred, online.missing))

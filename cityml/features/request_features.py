@@ -7,7 +7,7 @@ instances of a predict request. There is no second copy of this code anywhere.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -114,11 +114,6 @@ class TripRows:
     def take(self, index: np.ndarray) -> TripRows:
         """The rows at positions ``index``."""
         return TripRows(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    @classmethod
-    def concat(cls, parts: Sequence[TripRows]) -> TripRows:
-        """The rows of ``parts`` one after the other."""
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> TripRows:

@@ -693,25 +693,27 @@ def test_the_model_stage_refuses_one_request_of_a_run_and_answers_the_others(sta
     ok = TripRequest.model_validate(trip(trip_id="ok"))
     unknown_length = TripRequest.model_construct(**{**ok.model_dump(), "distance_km": None, "trip_id": "no"})
     later = datetime(2026, 3, 2, 9, 0, 1, tzinfo=UTC)
+    untimed = TripRequest.model_validate({k: v for k, v in trip(trip_id="untimed").items() if k != "pickup_ts"})
     jobs = [
         prepare(state, "eta", [ok], "r-ok", now),
         prepare(state, "eta", [ok, unknown_length], "r-no", now),
-        prepare(state, "eta", [ok, ok], "r-later", later),
+        prepare(state, "eta", [ok, untimed], "r-later", later),
     ]
     got = answer(state, jobs)
     state.log.close()
     assert isinstance(got[0], Answer) and np.isfinite(got[0].values).all()
     assert isinstance(got[1], HTTPException) and got[1].status_code == 422
     assert got[1].detail[0]["loc"] == ["body", "instances", 1, "distance_km"]
-    assert isinstance(got[2], Answer) and (got[2].values == got[0].values[0]).all()
-    # One batch for the run's rows of the model, less the refused request's: each row its own request and time.
+    assert isinstance(got[2], Answer) and got[2].values[0] == got[0].values[0]
+    # One batch for the run's rows of the model, less the refused request's: each row its own request and
+    # time, and an instance without a pickup time is picked up when its own request asked.
     logged = read_predictions(state.settings.predictions_dir, "alpha", "eta")
-    assert [(x["request_id"], x["trip_id"], x["ts"]) for x in logged] == [
-        ("r-ok", "ok", now.isoformat()),
-        ("r-later", "ok", later.isoformat()),
-        ("r-later", "ok", later.isoformat()),
+    assert [(x["request_id"], x["trip_id"], x["ts"], x["pickup_ts"]) for x in logged] == [
+        ("r-ok", "ok", now.isoformat(), "2026-03-02T08:15:00+00:00"),
+        ("r-later", "ok", later.isoformat(), "2026-03-02T08:15:00+00:00"),
+        ("r-later", "untimed", later.isoformat(), later.isoformat()),
     ]
-    assert [x["prediction"] for x in logged] == [got[0].values[0]] * 3
+    assert [x["prediction"] for x in logged] == [got[0].values[0], *got[2].values]
 
 
 def test_request_ids_look_like_uuids_never_repeat_and_a_forked_worker_draws_its_own() -> None:
