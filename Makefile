@@ -37,7 +37,7 @@ services-down:  ## stop what `make services` started
 lint: setup
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy cityml training serving monitoring
+	$(RUN) mypy cityml training serving monitoring bench
 
 format: setup
 	$(RUN) ruff format .

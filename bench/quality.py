@@ -93,7 +93,7 @@ def _reference(split: Any, label: str) -> tuple[float, float]:
     out = []
     for frame in (pd.concat([split.train, split.valid]), split.train):
         ref = lgb.LGBMRegressor(verbosity=-1).fit(model_frame(frame, REF_FEATURES), frame[label])
-        out.append(_mae(y, ref.predict(model_frame(split.test, REF_FEATURES))))
+        out.append(_mae(y, np.asarray(ref.predict(model_frame(split.test, REF_FEATURES)))))
     return out[0], out[1]
 
 

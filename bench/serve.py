@@ -314,7 +314,7 @@ def _load_many(settings: Any, env: dict[str, str], n_cities: int, tmp: Path) -> 
     catalog_path.write_text(yaml.safe_dump(random_catalog(names)))
     c = client(settings)
     mv = champion(c, f"eta-{CITY}")
-    assert mv is not None
+    assert mv is not None and mv.source is not None
     t0 = time.perf_counter()
     for city in names:
         for target in ("eta", "price"):

@@ -75,7 +75,7 @@ def measure(cities: int, days: int, trips_per_day: int, workers: int) -> dict[st
         "setup_s": round(setup_s, 1),
         "trips": trips,
         "phases_s": {k: round(v, 1) for k, v in phases.items()},
-        "global_fit_s": round(sum(r.get("timings", {}).get("fit", 0.0) for r in results if r["city"] == "global"), 1),
+        "global_fit_s": round(sum(r.timings.get("fit", 0.0) for r in results if r.city == "global"), 1),
         "wall_s": round(wall, 1),
         "fit_sum_s": round(stages["fit"], 1),
         "ratio": round(wall / stages["fit"], 2) if stages["fit"] else None,
