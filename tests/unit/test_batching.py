@@ -42,6 +42,21 @@ def test_jobs_queued_together_run_together_and_a_lone_job_runs_alone() -> None:
     assert stage.runs == [[1, 2, 3, 4], [5]] and seen == [4, 1]
 
 
+def test_a_job_started_in_the_next_loop_turn_joins_the_run() -> None:
+    """The run waits one loop turn, no timer: a request the next socket poll starts still joins it."""
+    stage = Stage()
+    run, seen = _coalescer(stage)
+
+    async def go() -> list[int]:
+        first = asyncio.ensure_future(run(1))
+        await asyncio.sleep(0)  # the first job queued and its run scheduled
+        second = asyncio.ensure_future(run(2))  # started a turn later, as the next request read would be
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(go()) == [2, 4]
+    assert stage.runs == [[1, 2]] and seen == [2]
+
+
 def test_a_refusal_reaches_its_job_only_and_a_job_that_breaks_the_stage_fails_alone() -> None:
     stage = Stage()
     run, seen = _coalescer(stage)
