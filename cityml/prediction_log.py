@@ -157,28 +157,26 @@ class _Columns:
 
     def add(self, b: PredictionBatch) -> None:
         start, n = self.size, len(b)
-        per_row = (b.ts_us, b.request_ids, b.cities, b.fallbacks, b.degraded, b.trip_ids, b.pickup_s)
-        if any(len(c) != n for c in (*per_row, b.pickup_zones, b.dropoff_zones, *b.features.values())):
+        values = {
+            "ts": b.ts_us,
+            "request_id": b.request_ids,
+            "city": b.cities,
+            "fallback": b.fallbacks,
+            "degraded": b.degraded,
+            "prediction": b.predictions,
+            "trip_id": b.trip_ids,
+            "pickup_ts": b.pickup_s,
+            "pickup_zone": b.pickup_zones,
+            "dropoff_zone": b.dropoff_zones,
+            **{f"f:{name}": b.features[name] for name in self.names},
+        }
+        if any(len(v) != n for v in values.values()):
             raise ValueError(f"a batch of {n} predictions has columns of other lengths")  # numpy would broadcast one
         if start + n > len(self.arrays["ts"]):
             self._grow(start + n)
         at = slice(start, start + n)
-        a = self.arrays
-        a["ts"][at] = b.ts_us
-        a["request_id"][at] = b.request_ids
-        a["city"][at] = b.cities
-        a["target"][at] = b.target
-        a["model"][at] = b.model
-        a["version"][at] = b.version
-        a["fallback"][at] = b.fallbacks
-        a["degraded"][at] = b.degraded
-        a["prediction"][at] = b.predictions
-        a["trip_id"][at] = b.trip_ids
-        a["pickup_ts"][at] = b.pickup_s
-        a["pickup_zone"][at] = b.pickup_zones
-        a["dropoff_zone"][at] = b.dropoff_zones
-        for name in self.names:
-            a[f"f:{name}"][at] = b.features[name]
+        for name, value in {**values, "target": b.target, "model": b.model, "version": b.version}.items():
+            self.arrays[name][at] = value
         self.size += n
 
     def _grow(self, needed: int) -> None:
