@@ -170,8 +170,8 @@ class _Columns:
             "dropoff_zone": b.dropoff_zones,
             **{f"f:{name}": b.features[name] for name in self.names},
         }
-        if any(len(v) != n for v in values.values()):
-            raise ValueError(f"a batch of {n} predictions has columns of other lengths")  # numpy would broadcast one
+        if any(isinstance(v, str) or len(v) != n for v in values.values()):  # numpy would broadcast either
+            raise ValueError(f"a batch of {n} predictions has a column of another length, or text for a column")
         if start + n > len(self.arrays["ts"]):
             self._grow(start + n)
         at = slice(start, start + n)
@@ -332,7 +332,7 @@ class PredictionLog:
                     continue
                 try:
                     self._buffer.add(b)
-                except (ValueError, TypeError):  # columns of unequal lengths: a bug, never the request's failure
+                except Exception:  # a malformed batch is a bug, never the request's failure
                     self.failed += n
                     log.exception("prediction log: a batch of %d records could not be buffered", n)
                     continue
@@ -370,7 +370,8 @@ class PredictionLog:
                     _write(self.folder, pending)
                     self.written += count
                 except (OSError, pa.ArrowException, ValueError):
-                    self.failed += count
+                    with self._lock:  # submit counts its failures under it too
+                        self.failed += count
                     log.exception("prediction log: %d records could not be written to %s", count, self.folder)
                 with self._lock:
                     self._pending -= count

@@ -81,7 +81,10 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body served (413 past it).")
     prediction_log_queue: int = Field(
-        default=100_000, ge=1, description="Predictions waiting to be written; past it they are dropped and counted."
+        default=100_000,
+        ge=1,
+        description="Predictions waiting to be written; past it they are dropped and counted. A run of the "
+        "model stage hands its rows of a model as one batch (up to 1,000), dropped whole if it does not fit.",
     )
     drift_min_rows: int = 50
     drift_method: Literal["auto", "psi", "ks", "wasserstein", "js", "chi2"] = Field(

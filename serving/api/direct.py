@@ -16,6 +16,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
+from starlette._utils import is_async_callable  # how Starlette itself tells a handler's kind
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 
@@ -67,13 +70,19 @@ async def call(route: DirectRoute, params: dict[str, Any], scope: Scope, receive
         handler = _handler(scope["app"], exc)
         if handler is None:
             raise
-        response = await handler(request, exc)
+        if is_async_callable(handler):
+            response = await handler(request, exc)
+        else:  # as Starlette runs a plain function handler
+            response = await run_in_threadpool(handler, request, exc)
     await response(scope, receive, send)
 
 
 def _handler(app: FastAPI, exc: Exception) -> Callable[[Request, Exception], Any] | None:
-    """The app's handler for ``exc``: the one registered for its class or the nearest base, as Starlette looks."""
+    """The app's handler for ``exc``, looked up as Starlette does: an ``HTTPException``'s status code first,
+    then its class or the nearest base."""
     handlers = app.exception_handlers
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]  # type: ignore[no-any-return]
     for cls in type(exc).__mro__:
         if cls in handlers:
             return handlers[cls]  # type: ignore[no-any-return]

@@ -108,8 +108,8 @@ class Guard:
             await send(message)
 
         # A direct route (the predict) is called from here; every other path goes through the router.
-        direct = match(scope["app"], scope["method"], path) if "app" in scope else None
         try:
+            direct = match(scope["app"], scope["method"], path) if "app" in scope else None
             if direct is not None:
                 await call(*direct, scope, bounded, tracked)
             else:

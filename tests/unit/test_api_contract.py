@@ -123,3 +123,53 @@ def test_the_predict_route_class_refuses_what_it_would_not_solve() -> None:
         router.add_api_route("/guarded", bare, methods=["POST"], dependencies=[Depends(lambda: None)])
     with pytest.raises(TypeError, match="request only"):
         router.add_api_route("/query", with_query, methods=["POST"])
+
+
+def test_a_direct_route_answers_its_exceptions_with_the_handlers_the_router_would_use() -> None:
+    """``serving.api.direct.call`` looks a handler up as Starlette does: an HTTPException's status code
+    first, then the class; a plain-function handler runs in the thread pool; no handler: it raises."""
+    from fastapi import APIRouter, FastAPI, HTTPException
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.types import Receive, Scope, Send
+
+    from serving.api.direct import DirectRoute, call, match
+
+    app = FastAPI()
+    router = APIRouter(route_class=DirectRoute)
+
+    async def gone(request: Request) -> None:
+        raise HTTPException(404, "no such thing")
+
+    async def broken(request: Request) -> None:
+        raise ValueError("bad value")
+
+    async def other(request: Request) -> None:
+        raise KeyError("nobody handles this")
+
+    router.add_api_route("/gone", gone, methods=["POST"])
+    router.add_api_route("/broken", broken, methods=["POST"])
+    router.add_api_route("/other", other, methods=["POST"])
+    app.include_router(router)
+
+    def by_status(request: Request, exc: Exception) -> PlainTextResponse:  # sync: Starlette runs it in a thread
+        return PlainTextResponse("by status", status_code=410)
+
+    async def by_class(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"handled": str(exc)}, status_code=418)
+
+    app.add_exception_handler(404, by_status)
+    app.add_exception_handler(ValueError, by_class)
+
+    async def direct_only(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        found = match(app, scope["method"], scope["path"])
+        assert found is not None, scope["path"]
+        await call(*found, scope, receive, send)
+
+    client = TestClient(direct_only, raise_server_exceptions=True)  # no lifespan: requests only
+    gone_r = client.post("/gone")
+    assert (gone_r.status_code, gone_r.text) == (410, "by status")
+    assert client.post("/broken").json() == {"handled": "bad value"}
+    with pytest.raises(KeyError):
+        client.post("/other")
+    assert match(app, "GET", "/gone") is None and match(app, "POST", "/gone/") is None

@@ -152,20 +152,29 @@ def test_feature_sets_and_types_keep_apart_and_a_malformed_batch_fails_alone(tmp
     """Batches of other feature sets, or of one name with another type, are written side by side in one
     flush; a batch whose columns disagree in length is counted as failed, never raised to the request."""
     log = PredictionLog(tmp_path, flush_s=3600)
-    counts = replace(_batch(1, 2), features={"distance_km": np.array([3, 4])})  # int64, not float64
+    # The same feature names as _batch's, one of another type: kept apart, not cast to the first one's.
+    counts = replace(
+        _batch(1, 2), features={"distance_km": np.array([3, 4]), "pickup_zone": np.array([None, "z02"], dtype=object)}
+    )
+    floats = replace(
+        _batch(6), features={"distance_km": np.array([2.5]), "pickup_zone": np.array(["z03"], dtype=object)}
+    )
     other = replace(_batch(3), features={"speed": np.array([7.5])})
     broken = replace(_batch(5, 6), trip_ids=["t5"])  # two predictions, one trip id
-    assert log.submit([_batch(0), counts, other, broken, _batch(4)]) == 0
+    text = replace(_batch(7, 8), request_ids="ab")  # a string of the right length is no column
+    listed = replace(_batch(9), features={"distance_km": [1.0]})  # not an array: no dtype
+    assert log.submit([counts, _batch(0), other, broken, text, listed, _batch(4), floats]) == 0
     log.close()
-    assert log.failed == 2 and log.written == 5
+    assert log.failed == 5 and log.written == 6
     rows = sorted(read_predictions(tmp_path, "lisbon"), key=lambda r: r["trip_id"])
-    assert [r["trip_id"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
+    assert [r["trip_id"] for r in rows] == ["t0", "t1", "t2", "t3", "t4", "t6"]
     assert [r["features"] for r in rows] == [
         {"distance_km": None, "pickup_zone": None},
-        {"distance_km": 3},
-        {"distance_km": 4},
+        {"distance_km": 3, "pickup_zone": None},
+        {"distance_km": 4, "pickup_zone": "z02"},
         {"speed": 7.5},
         {"distance_km": 2.5, "pickup_zone": None},
+        {"distance_km": 2.5, "pickup_zone": "z03"},
     ]
 
 
